@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set-up and the whole test suite: bash tests/run.sh [pytest args]
+# Installs missing dependencies into the current python3 (set PYTHON=... to use another interpreter, e.g. a
+# virtual environment's). pip is a no-op when everything is already satisfied, so this is safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+echo "== set-up: $($PY --version) at $(command -v "$PY")"
+$PY -m pip install -q -r requirements.txt -r tests/requirements.txt
+echo "== ruff"
+$PY -m ruff check .
+echo "== pytest"
+$PY -m pytest -q tests "$@"
