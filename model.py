@@ -1,0 +1,516 @@
+"""Qwen3 from scratch: config, decoder, KV cache, packed-document masking, HF safetensors load/save.
+
+What: a faithful Qwen3 (GQA attention with q/k RMSNorm, SwiGLU MLP, RoPE with optional YaRN) whose parameter
+names are the Hugging Face checkpoint keys, so a checkpoint loads with `load_state_dict(strict=True,
+assign=True)` and no mapping table. `model(ids)` returns the final normed hidden states (B, T, H); logits are
+`model.lm_head(h)`, so the fused log-prob kernel can consume `h` and `lm_head.weight` without materialising them.
+
+Design:
+- One forward path. The KV cache is an explicit argument: row b writes at slots lengths[b].. (position = slot),
+  each query sees slots <= its own, lengths += T afterwards. Ragged rows are handled by scatter, not loops.
+- Packed documents via `doc_ids`: a token sees earlier tokens of its own document; positions restart per
+  document. FlexAttention (block mask) on CUDA, an explicit boolean mask with torch SDPA elsewhere.
+- RoPE angles are computed on the fly from position ids in fp32 (YaRN per arXiv:2309.00071, with the defaults
+  transformers uses); the inverse frequencies are a plain fp32 tensor, not a buffer, so `.to(bf16)` cannot
+  round them.
+- Build on the meta device, then `to_empty` + `init_weights` (fresh model) or `load_state_dict(assign=True)`.
+- `save_pretrained` writes into a sibling temp folder and renames it into place: never a half checkpoint.
+
+Run:
+    python model.py --bench                  # fwd+bwd tokens/s vs transformers' Qwen3, tiny config, CPU
+    python model.py --bench --config ../shared/data/qwen3-configs/Qwen3-0.6B/config.json --device cuda \\
+        --dtype bfloat16                     # the GPU check: logits vs transformers and forward tokens/s
+    python -m pytest -q tests/test_model.py
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import shutil
+import time
+import zlib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+# config.json keys that do not change the computation (or that from_dict checks by hand).
+_IGNORED_KEYS = {
+    "architectures", "model_type", "torch_dtype", "dtype", "transformers_version", "use_cache",
+    "initializer_range", "max_window_layers", "attention_dropout", "attention_bias", "hidden_act",
+    "sliding_window", "use_sliding_window", "layer_types", "rope_parameters", "_name_or_path",
+}
+_ROPE_KEYS = {"rope_type", "type", "rope_theta", "factor", "original_max_position_embeddings", "beta_fast",
+              "beta_slow", "attention_factor", "mscale", "mscale_all_dim", "truncate", "partial_rotary_factor"}
+
+
+@dataclass
+class Qwen3Config:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    max_position_embeddings: int = 32768
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1e6
+    rope_scaling: dict | None = None  # None or {"rope_type": "yarn", "factor": f, "original_max_position_embeddings"}
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Qwen3Config:
+        """Build from HF config.json content; anything this model does not implement raises a ValueError."""
+        d = dict(d)
+        expect = {"model_type": "qwen3", "hidden_act": "silu"}
+        bad = {k: d[k] for k, v in expect.items() if d.get(k, v) != v}
+        bad |= {k: d[k] for k in ("attention_bias", "use_sliding_window", "attention_dropout") if d.get(k)}
+        if set(d.get("layer_types") or []) - {"full_attention"}:
+            bad["layer_types"] = d["layer_types"]
+        if set(d.get("architectures") or []) - {"Qwen3ForCausalLM", "Qwen3Model"}:
+            bad["architectures"] = d["architectures"]
+        names = {f.name for f in fields(cls)}
+        unknown = {k: v for k, v in d.items() if k not in names | _IGNORED_KEYS and v not in (None, False, 0, {}, [])}
+        if bad or unknown:
+            raise ValueError(f"unsupported Qwen3 config fields: {bad | unknown}")
+        d.setdefault("head_dim", d["hidden_size"] // d["num_attention_heads"])
+        d.setdefault("num_key_value_heads", d["num_attention_heads"])
+        d["rope_scaling"] = d.get("rope_parameters") or d.get("rope_scaling")  # newer layout first
+        return cls(**{k: v for k, v in d.items() if k in names and v is not None})
+
+    def __post_init__(self):  # accepts either rope layout; rope_theta inside the rope dict wins
+        rope = dict(self.rope_scaling or {})
+        self.rope_theta = float(rope.pop("rope_theta", None) or self.rope_theta)
+        self.rope_scaling = _normalise_rope(rope, self.max_position_embeddings)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> Qwen3Config:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config not found: {path}")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError) as e:  # bad JSON, a missing or unsupported field
+            raise ValueError(f"{path}: {e if isinstance(e, ValueError) else repr(e)}") from e
+
+    def to_dict(self) -> dict:
+        """HF-style config.json content (loadable by transformers' AutoConfig)."""
+        return {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", **asdict(self), "hidden_act": "silu",
+                "attention_bias": False, "attention_dropout": 0.0, "use_sliding_window": False, "sliding_window": None}
+
+
+def _normalise_rope(rope: dict, max_pos: int) -> dict | None:
+    """HF rope dict (rope_theta removed) -> None (plain RoPE) or a yarn dict with factor and original length."""
+    unknown = set(rope) - _ROPE_KEYS
+    rope_type = rope.pop("rope_type", rope.pop("type", "default"))
+    if unknown or rope_type not in ("default", "yarn") or rope.pop("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError(f"unsupported rope_scaling/rope_parameters: type {rope_type!r}, fields {sorted(unknown)}")
+    if rope_type == "default":
+        return None
+    rope.setdefault("original_max_position_embeddings", max_pos)
+    if rope.get("factor") is None:  # as transformers: the context extension ratio
+        rope["factor"] = max_pos / rope["original_max_position_embeddings"]
+    return {"rope_type": "yarn", **rope}
+
+
+def rope_frequencies(cfg: Qwen3Config) -> tuple[Tensor, float]:
+    """Inverse frequencies (head_dim/2,) fp32 on CPU and the cos/sin scale; YaRN = arXiv:2309.00071 sec. 3.2-3.4."""
+    dim, base = cfg.head_dim, cfg.rope_theta
+    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float32, device="cpu") / dim)
+    if not cfg.rope_scaling:
+        return 1.0 / pos_freqs, 1.0
+    rs = cfg.rope_scaling
+    factor, orig = rs["factor"], rs["original_max_position_embeddings"]
+    mscale = lambda s, m=1.0: 1.0 if s <= 1 else 0.1 * m * math.log(s) + 1.0
+    attn_factor = rs.get("attention_factor")
+    if attn_factor is None:
+        ms, ms_all = rs.get("mscale"), rs.get("mscale_all_dim")
+        attn_factor = mscale(factor, ms) / mscale(factor, ms_all) if ms and ms_all else mscale(factor)
+    # dims that rotate fewer than beta_slow times over the original context are interpolated, more than
+    # beta_fast times extrapolated, with a linear ramp in between
+    corr_dim = lambda rot: dim * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(base))
+    low, high = corr_dim(rs.get("beta_fast") or 32), corr_dim(rs.get("beta_slow") or 1)
+    if rs.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low + 0.001 * (low == high)))
+    extrap = 1 - ramp.clamp(0, 1)
+    inv_freq = 1.0 / (factor * pos_freqs) * (1 - extrap) + 1.0 / pos_freqs * extrap
+    return inv_freq, float(attn_factor)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)  # fp32 statistics
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)  # (B, heads, T, head_dim/2) each; rotate-half pairing as in HF checkpoints
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Qwen3Config):
+        super().__init__()
+        self.hd, self.nh, self.nkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+        self.q_proj = nn.Linear(cfg.hidden_size, self.nh * self.hd, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.nkv * self.hd, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.nkv * self.hd, bias=False)
+        self.o_proj = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=False)
+        self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps)  # per-head q/k norm (Qwen3)
+        self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask, kv: tuple | None) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, T, self.nh, self.hd)).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k_norm(self.k_proj(x).view(B, T, self.nkv, self.hd)).transpose(1, 2)  # (B, nkv, T, hd)
+        v = self.v_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv is not None:  # kv = (cache, layer index, slots (B, T), end): attend over the written prefix
+            cache, i, slots, end = kv
+            k, v = cache.write(i, k, v, slots, end)  # (B, nkv, end, hd)
+        gqa = self.nh != self.nkv
+        if mask is None:  # plain causal: flash kernels take GQA directly
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # (B, nh, T, hd)
+        elif isinstance(mask, Tensor):  # SDPA's masked kernels lack GQA: repeat the kv heads instead
+            k, v = k.repeat_interleave(self.nh // self.nkv, 1), v.repeat_interleave(self.nh // self.nkv, 1)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:  # a FlexAttention BlockMask (CUDA)
+            o = _flex_attention()(q, k, v, block_mask=mask, enable_gqa=gqa)
+        return self.o_proj(o.transpose(1, 2).reshape(B, T, self.nh * self.hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Qwen3Config):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Qwen3Config):
+        super().__init__()
+        self.self_attn, self.mlp = Attention(cfg), MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, h: Tensor, cos: Tensor, sin: Tensor, mask, kv: tuple | None = None) -> Tensor:
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, mask, kv)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+@functools.cache
+def _flex_attention():  # compiled once per process; only reached on CUDA
+    from torch.nn.attention.flex_attention import flex_attention
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def doc_positions(doc_ids: Tensor) -> Tensor:
+    """(B, T) document ids of contiguous documents -> positions restarting at 0 in each document."""
+    idx = torch.arange(doc_ids.shape[1], device=doc_ids.device).expand_as(doc_ids)  # (B, T)
+    start = torch.ones_like(doc_ids, dtype=torch.bool)
+    start[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    return idx - torch.where(start, idx, 0).cummax(dim=1).values
+
+
+class KVCache:
+    """Per-layer key/value buffers (B, n_kv, max_len, head_dim) and per-row fill lengths (B,)."""
+
+    def __init__(self, k: list[Tensor], v: list[Tensor], lengths: Tensor):
+        self.k, self.v, self.lengths = k, v, lengths
+
+    @classmethod
+    def allocate(cls, config: Qwen3Config, batch_size: int, max_len: int, device, dtype) -> KVCache:
+        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        n = config.num_hidden_layers
+        new = lambda: [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)]
+        return cls(new(), new(), torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].shape[2]
+
+    def select(self, rows: Tensor) -> KVCache:
+        """New cache of these rows (repeats allowed: prefix sharing; a subset: dropping finished rows)."""
+        rows = rows.to(self.lengths.device)
+        pick = lambda bufs: [b.index_select(0, rows) for b in bufs]
+        return KVCache(pick(self.k), pick(self.v), self.lengths.index_select(0, rows))
+
+    def write(self, i: int, k: Tensor, v: Tensor, slots: Tensor, end: int) -> tuple[Tensor, Tensor]:
+        """Scatter k, v (B, n_kv, T, hd) of layer i into slots (B, T); return the buffers' first `end` slots."""
+        idx = slots[:, None, :, None].expand_as(k)
+        self.k[i].scatter_(2, idx, k.to(self.k[i].dtype))
+        self.v[i].scatter_(2, idx, v.to(self.v[i].dtype))
+        return self.k[i][:, :, :end], self.v[i][:, :, :end]
+
+
+class Qwen3(nn.Module):
+    def __init__(self, config: Qwen3Config):
+        super().__init__()
+        self.config, self.gradient_checkpointing, self.use_flex = config, False, True
+        self.model = nn.ModuleDict(dict(
+            # _weight skips Embedding's normal_ init, whose meta-device path costs seconds of imports
+            embed_tokens=nn.Embedding(config.vocab_size, config.hidden_size,
+                                      _weight=torch.empty(config.vocab_size, config.hidden_size)),
+            layers=nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers)),
+            norm=RMSNorm(config.hidden_size, config.rms_norm_eps)))
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tie_weights()
+        self.inv_freq, self.rope_scale = rope_frequencies(config)  # plain fp32 CPU tensor, moved on first use
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02, seed: int | None = None) -> None:
+        """Fresh init (after `to_empty`): normal(0, std) matrices, unit norm weights, RoPE rebuilt."""
+        self.tie_weights()
+        self.inv_freq, self.rope_scale = rope_frequencies(self.config)
+        for name, p in self.named_parameters():
+            g = None if seed is None else torch.Generator(p.device).manual_seed(seed + zlib.crc32(name.encode()))
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, std, generator=g)
+
+    def rope(self, pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Positions (B or 1, T) -> cos, sin (B or 1, 1, T, head_dim), angles in fp32."""
+        if self.inv_freq.device != pos.device:
+            self.inv_freq = self.inv_freq.to(pos.device)
+        freqs = pos[..., None].float() * self.inv_freq  # (B, T, hd/2)
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, hd)
+        return (emb.cos() * self.rope_scale).to(dtype), (emb.sin() * self.rope_scale).to(dtype)
+
+    def forward(self, input_ids: Tensor, position_ids: Tensor | None = None, doc_ids: Tensor | None = None,
+                cache: KVCache | None = None) -> Tensor:
+        """input_ids (B, T) -> final normed hidden states (B, T, H). See KVCache / doc_ids in the module doc."""
+        B, T = input_ids.shape
+        dev, mask, kv = input_ids.device, None, None
+        if cache is not None:
+            assert doc_ids is None, "doc_ids with a KV cache is not supported"
+            slots = cache.lengths[:, None] + torch.arange(T, device=dev)  # (B, T)
+            end = int(cache.lengths.max()) + T
+            if end > cache.max_len:
+                raise ValueError(f"KV cache overflow: writing up to slot {end} but max_len is {cache.max_len}")
+            mask = torch.arange(end, device=dev) <= slots[:, None, :, None]  # (B, 1, T, end): key slot <= query slot
+            position_ids = slots if position_ids is None else position_ids
+        elif doc_ids is not None:
+            mask = self._doc_mask(doc_ids)
+            position_ids = doc_positions(doc_ids) if position_ids is None else position_ids
+        elif position_ids is None:
+            position_ids = torch.arange(T, device=dev)[None]  # (1, T): one cos/sin table shared by all rows
+        h = self.model.embed_tokens(input_ids)  # (B, T, H)
+        cos, sin = self.rope(position_ids, h.dtype)
+        for i, layer in enumerate(self.model.layers):
+            kv = None if cache is None else (cache, i, slots, end)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                h = checkpoint(layer, h, cos, sin, mask, kv, use_reentrant=False)
+            else:
+                h = layer(h, cos, sin, mask, kv)
+        if cache is not None:
+            cache.lengths = cache.lengths + T
+        return self.model.norm(h)
+
+    def _doc_mask(self, doc_ids: Tensor):
+        """Causal and same-document: a FlexAttention BlockMask on CUDA, else a bool mask (B, 1, T, T)."""
+        B, T = doc_ids.shape
+        if doc_ids.is_cuda and self.use_flex:
+            from torch.nn.attention.flex_attention import create_block_mask
+            mask_mod = lambda b, h, q, k: (k <= q) & (doc_ids[b, q] == doc_ids[b, k])
+            return create_block_mask(mask_mod, B, None, T, T, device=doc_ids.device)
+        causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+        return (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]
+
+
+def build_model(config: Qwen3Config, device="cpu", dtype: torch.dtype = torch.float32, seed: int | None = None
+                ) -> Qwen3:
+    """Meta construction, then storage on `device` in `dtype`, then a fresh init."""
+    with torch.device("meta"):
+        model = Qwen3(config).to(dtype)
+    model.to_empty(device=device)
+    model.init_weights(seed=seed)
+    return model
+
+
+def _read_safetensors(file: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {file}")
+    try:
+        return load_file(str(file))
+    except Exception as e:  # truncated or corrupt: safetensors raises its own error type
+        raise ValueError(f"cannot read safetensors file {file} (truncated or corrupt?): {e}") from e
+
+
+def _read_checkpoint(path: Path) -> dict[str, Tensor]:
+    """All tensors of a folder holding model.safetensors or model.safetensors.index.json + shards."""
+    index = path / "model.safetensors.index.json"
+    if not index.is_file():
+        return _read_safetensors(path / "model.safetensors")
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"bad checkpoint index {index}: {e!r}") from e
+    sd = {}
+    for shard in sorted(set(weight_map.values())):
+        sd.update(_read_safetensors(path / shard))
+    return sd
+
+
+def _check_state_dict(model: Qwen3, sd: dict[str, Tensor], where: Path) -> None:
+    """Raise one error naming every missing / unexpected tensor and every shape mismatch."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing, unexpected = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {want[k]}" for k in want
+              if k in sd and tuple(sd[k].shape) != want[k]]
+    if missing or unexpected or shapes:
+        raise ValueError(f"checkpoint {where} does not match the config: missing tensors {missing}, "
+                         f"unexpected tensors {unexpected}, shape mismatches {shapes}")
+
+
+def load_pretrained(path: str | Path, device="cpu", dtype: torch.dtype = torch.float32) -> Qwen3:
+    """HF checkpoint folder (config.json + safetensors, single or sharded) -> Qwen3 on `device` in `dtype`."""
+    path = Path(path)
+    config = Qwen3Config.from_json(path / "config.json")
+    sd = _read_checkpoint(path)
+    with torch.device("meta"):
+        model = Qwen3(config)
+    if config.tie_word_embeddings:  # stored once or twice, the head is the embedding
+        w = sd.get("model.embed_tokens.weight", sd.get("lm_head.weight"))
+        if w is not None:
+            sd["model.embed_tokens.weight"] = sd["lm_head.weight"] = w
+    _check_state_dict(model, sd, path)
+    sd = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=True)
+    model.tie_weights()  # assign=True made two Parameters; make them one again
+    return model
+
+
+def save_pretrained(model: Qwen3, path: str | Path, max_shard_size: int = 5 * 2**30,
+                    state_dict: dict[str, Tensor] | None = None) -> None:
+    """Write config.json + safetensors (sharded with an index when over max_shard_size bytes), atomically."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    sd = model.state_dict() if state_dict is None else state_dict
+    sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()
+          if not (model.config.tie_word_embeddings and k == "lm_head.weight")}
+    shards = _shards(sd, max_shard_size)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    names = ["model.safetensors"] if len(shards) == 1 else \
+        [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        save_file(shard, str(tmp / name), metadata={"format": "pt"})
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in sd.values())},
+                 "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    dtype = str(next(iter(sd.values())).dtype).removeprefix("torch.")
+    (tmp / "config.json").write_text(json.dumps({**model.config.to_dict(), "torch_dtype": dtype}, indent=2))
+    _fsync_dir(tmp)
+    _replace_dir(tmp, path)
+
+
+def _shards(sd: dict[str, Tensor], max_bytes: int) -> list[dict[str, Tensor]]:
+    """Greedy split in state-dict order; a tensor larger than max_bytes gets a shard of its own."""
+    shards: list[dict[str, Tensor]] = [{}]
+    size = 0
+    for k, v in sd.items():
+        nbytes = v.numel() * v.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k], size = v, size + nbytes
+    return shards
+
+
+def _fsync_dir(folder: Path) -> None:
+    for f in folder.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Rename the complete folder src to dst; an existing dst is moved aside first and removed after."""
+    old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def bench(argv: list[str] | None = None) -> None:
+    """Forward+backward tokens/s of this model vs transformers' Qwen3 on the same config, weights and inputs."""
+    from transformers import Qwen3Config as HFConfig
+    from transformers import Qwen3ForCausalLM
+    p = argparse.ArgumentParser(description="python model.py --bench [options]")
+    p.add_argument("--bench", action="store_true")
+    p.add_argument("--config", default=None, help="config.json to use (default: a tiny 4-layer Qwen3)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--iters", type=int, default=10, help="timed steps per model and mode")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (1: steadier on a shared machine)")
+    args = p.parse_args(argv)
+    if not args.bench:
+        p.error("nothing to do: pass --bench")
+    torch.set_num_threads(args.threads)
+    cfg = Qwen3Config.from_json(args.config) if args.config else Qwen3Config(
+        vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, tie_word_embeddings=True)
+    dtype = getattr(torch, args.dtype)
+    ours = build_model(cfg, args.device, dtype, seed=0)
+    theirs = Qwen3ForCausalLM(HFConfig(**cfg.to_dict(), attn_implementation="sdpa")).to(args.device, dtype)
+    theirs.load_state_dict(ours.state_dict(), strict=False)  # missing lm_head when tied: tied in HF too
+    ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), device=args.device)
+    with torch.no_grad():
+        a, b = ours.lm_head(ours(ids)).float(), theirs(ids).logits.float()
+    print(f"config {cfg}\nlogits max abs diff {(a - b).abs().max().item():.3e}, max |logit| {b.abs().max().item():.2f}")
+    steps = {"ours": lambda: ours.lm_head(ours(ids)), "transformers": lambda: theirs(ids).logits}
+    for mode in ("forward", "forward+backward"):
+        times = {k: [] for k in steps}
+        for _ in range(args.iters + 2):  # interleaved so that load from other processes hits both alike
+            for name, fn in steps.items():
+                times[name].append(_time_step(fn, ids, mode == "forward", args.device))
+        tps = {k: ids.numel() / sorted(v[2:])[len(v[2:]) // 2] for k, v in times.items()}  # median, no warm-up
+        print(f"{mode}: ours {tps['ours']:.0f} tok/s | transformers {tps['transformers']:.0f} tok/s | "
+              f"ratio {tps['ours'] / tps['transformers']:.2f}x")
+
+
+def _time_step(fn, ids: Tensor, forward_only: bool, device: str) -> float:
+    t0 = time.perf_counter()
+    with torch.set_grad_enabled(not forward_only):
+        logits = fn()
+        if not forward_only:
+            F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten()).backward()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+if __name__ == "__main__":
+    bench()
