@@ -17,6 +17,7 @@ Design:
 - `save_pretrained` writes into a sibling temp folder and renames it into place: never a half checkpoint.
 
 Run:
+    python model.py --check DIR              # validate a checkpoint folder without loading it
     python model.py --bench                  # fwd+bwd tokens/s vs transformers' Qwen3, tiny config, CPU
     python model.py --bench --config ../shared/data/qwen3-configs/Qwen3-0.6B/config.json --device cuda \\
         --dtype bfloat16                     # the GPU check: logits vs transformers and forward tokens/s
@@ -361,19 +362,46 @@ def _read_safetensors(file: Path) -> dict[str, Tensor]:
         raise ValueError(f"cannot read safetensors file {file} (truncated or corrupt?): {e}") from e
 
 
-def _read_checkpoint(path: Path) -> dict[str, Tensor]:
-    """All tensors of a folder holding model.safetensors or model.safetensors.index.json + shards."""
+def _checkpoint_files(path: Path) -> list[Path]:
+    """The safetensors files of a folder: model.safetensors, or the shards named by model.safetensors.index.json."""
     index = path / "model.safetensors.index.json"
     if not index.is_file():
-        return _read_safetensors(path / "model.safetensors")
+        return [path / "model.safetensors"]
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
     except (ValueError, KeyError) as e:
         raise ValueError(f"bad checkpoint index {index}: {e!r}") from e
+    return [path / shard for shard in sorted(set(weight_map.values()))]
+
+
+def _read_checkpoint(path: Path) -> dict[str, Tensor]:
+    """All tensors of a folder holding model.safetensors or model.safetensors.index.json + shards."""
     sd = {}
-    for shard in sorted(set(weight_map.values())):
-        sd.update(_read_safetensors(path / shard))
+    for file in _checkpoint_files(path):
+        sd.update(_read_safetensors(file))
     return sd
+
+
+def check_checkpoint(path: str | Path) -> Qwen3Config:
+    """Validate a checkpoint folder without reading tensor data: config, files, names and shapes (for preflight)."""
+    from safetensors import safe_open
+    path = Path(path)
+    config = Qwen3Config.from_json(path / "config.json")
+    sd = {}
+    for file in _checkpoint_files(path):
+        if not file.is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {file}")
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                sd.update({k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()})
+        except Exception as e:
+            raise ValueError(f"cannot read safetensors file {file} (truncated or corrupt?): {e}") from e
+    with torch.device("meta"):
+        model = Qwen3(config)
+    if config.tie_word_embeddings and "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+    _check_state_dict(model, sd, path)
+    return config
 
 
 def _check_state_dict(model: Qwen3, sd: dict[str, Tensor], where: Path) -> None:
@@ -513,4 +541,12 @@ def _time_step(fn, ids: Tensor, forward_only: bool, device: str) -> float:
 
 
 if __name__ == "__main__":
-    bench()
+    import sys
+    if sys.argv[1:2] == ["--check"] and len(sys.argv) == 3:  # preflight used by train.sh
+        try:
+            cfg = check_checkpoint(sys.argv[2])
+        except (OSError, ValueError) as e:
+            sys.exit(f"model.py --check: {e}")
+        print(f"{sys.argv[2]}: complete Qwen3 checkpoint ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size})")
+    else:
+        bench()

@@ -200,3 +200,16 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
     (ck / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="model.safetensors.*truncated"):
         load_pretrained(ck)
+
+
+def test_check_checkpoint_validates_without_loading(tmp_path):
+    cfg = tiny(tied=False)
+    save_pretrained(build_model(cfg, seed=0), tmp_path / "ck", max_shard_size=20_000)
+    assert M.check_checkpoint(tmp_path / "ck").hidden_size == cfg.hidden_size
+    shard = sorted((tmp_path / "ck").glob("model-*.safetensors"))[1]
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated shard
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        M.check_checkpoint(tmp_path / "ck")
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match=shard.name):
+        M.check_checkpoint(tmp_path / "ck")
