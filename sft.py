@@ -1,0 +1,525 @@
+"""Long chain-of-thought SFT for Qwen3 (Klear-Reasoner stage one), and the trainer plumbing gppo.py reuses.
+
+What: token-level NLL on the assistant turn (reasoning, answer, `<|im_end|>`) of packed chat examples, with FSDP2
+over any number of ranks, AdamW with warmup + cosine decay to a floor, and crash-safe sharded checkpoints.
+
+Design:
+- torchrun or a single process: either way there is a process group (a private in-memory 1-rank one without
+  torchrun), so collectives and DCP checkpoints run the same code. FSDP2 `fully_shard` per decoder layer, then the
+  root (embeddings, final norm, lm_head: tied weights stay in one unit); bf16 params / fp32 gradient reduction
+  (a plain sum: the loss is already a global mean) over fp32 master weights and AdamW states on CUDA; fp32 on
+  CPU. One CPU process is not wrapped at all: nothing to shard or cast, and FSDP's hooks would only cost time.
+- The LM head is not part of `model(...)` (it returns hidden states), so `batch_logprobs` reads lm_head.weight
+  right after the forward: the FSDP2 root is built with reshard_after_forward=False, so its parameters stay
+  gathered from its pre-forward until its post-backward and that weight's gradient goes through FSDP's
+  reduce-scatter like any other. (A no-grad forward also leaves them gathered until the next backward; an
+  optimizer step always follows a backward, so the gathered copy is never stale in training.)
+- Loss = summed token NLL / the global number of loss tokens of the optimizer step (all ranks, all micro-steps,
+  counted first with one all_reduce), so any split of the same batch over ranks or micro-steps gives the same
+  gradient.
+- Data: every rank tokenises and packs the same files (best-fit rows of --max-length tokens); the sampler gives
+  each rank a strided shard of a per-epoch permutation of rows; a step takes --tokens-per-step tokens globally.
+- Checkpoints: DCP-sharded model + optimizer, per-rank data position + RNG, meta and args JSON, written into
+  `step_N.tmp` with a COMPLETE marker last, then renamed; latest() only sees complete folders; --keep kept.
+- Klear SFT defaults (RECIPE.md): lr 8e-5 -> 4e-5 cosine, 4 epochs, 32K tokens. Not published, chosen here:
+  3% linear warmup, 4M tokens per step (128 rows of 32K), AdamW betas (0.9, 0.95), weight decay 0.1 (matrices
+  only), grad clip 1.0 (a step whose norm is not finite is skipped).
+- --max-steps stops early without changing the schedule (it still spans --epochs): a long run can be split into
+  jobs with --resume, and the loss curve is that of one uninterrupted run.
+
+Run:
+  python sft.py --config runs/demo/data/config.json --tokenizer runs/demo/data --data runs/demo/data/sft.jsonl \\
+      --out runs/demo/sft --max-length 512 --tokens-per-step 16384 --lr 1e-3 --min-lr 1e-4 --epochs 3
+  torchrun --nproc_per_node 8 sft.py --model Qwen3-8B-Base --data sft.jsonl --out runs/sft --checkpointing
+  torchrun --nproc_per_node 8 sft.py --model Qwen3-8B-Base --data sft.jsonl --out runs/sft --resume
+  python sft.py --bench                  # CPU tokens/s vs transformers + AdamW, packing efficiency (demo data)
+  python -m pytest -q tests/test_sft.py
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.distributed.checkpoint.state_dict as dcp_sd
+from torch.distributed.tensor import DTensor
+
+import data
+import kernels
+import model as qwen3
+
+IGNORE_INDEX = kernels.IGNORE_INDEX
+
+
+# ------------------------------------------------------------------------------------------ distributed plumbing
+def print0(*args) -> None:
+    if (dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))) == 0:
+        print(*args, flush=True)
+
+
+@dataclass
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def init_distributed() -> Dist:
+    """Process group from torchrun's env (gloo on CPU, nccl on CUDA), or a private 1-rank group without it."""
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        backend = "nccl" if cuda else "gloo"
+        if "MASTER_ADDR" in os.environ:
+            dist.init_process_group(backend, device_id=device if cuda else None)
+        else:  # `python sft.py`: an in-memory store, nothing to rendezvous with
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    return Dist(dist.get_rank(), dist.get_world_size(), local, device)
+
+
+def all_reduce_sum(x: float | torch.Tensor) -> torch.Tensor:
+    """Sum over ranks in float64 (int stays int); the result lives where the backend needs it."""
+    t = x.detach().clone() if torch.is_tensor(x) else torch.tensor(float(x), dtype=torch.float64)
+    t = t.double() if t.is_floating_point() else t
+    if dist.is_initialized():
+        if dist.get_backend() == "nccl" and not t.is_cuda:
+            t = t.cuda()
+        dist.all_reduce(t)
+    return t
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def shard_model(model: qwen3.Qwen3, dist_: Dist, checkpointing: bool = False,
+                bf16: bool | None = None) -> qwen3.Qwen3:
+    """FSDP2 per decoder layer, then the root (embeddings + norm + lm_head, tied or not, in one unit).
+    bf16 (default: on CUDA): bf16 compute params, fp32 gradient reduction, fp32 master weights."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    model.gradient_checkpointing = checkpointing
+    bf16 = dist_.device.type == "cuda" if bf16 is None else bf16
+    if dist_.world_size == 1 and dist_.device.type == "cpu" and not bf16:
+        return model  # fp32 on one CPU process: nothing to shard or cast, FSDP's hooks would only cost time
+    mesh = init_device_mesh(dist_.device.type, (dist_.world_size,))
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
+        else MixedPrecisionPolicy()
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    # The root keeps its params gathered between forward and backward: batch_logprobs reads lm_head.weight then.
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+    for unit in [*model.model.layers, model]:  # sum, not average, over ranks: the loss is already a global mean
+        unit.set_gradient_divide_factor(1.0)
+        unit.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL_SUM)
+    return model
+
+
+# ------------------------------------------------------------------------------------------ optimisation
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.1,
+                    betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
+    """AdamW over fp32 (sharded) params; weight decay on matrices only, not on norm gains."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8, foreach=True)
+
+
+def lr_at(step: int, peak: float, floor: float, warmup: int, total: int, kind: str = "cosine") -> float:
+    """lr of optimizer step `step` (0-based): linear warmup to peak, then cosine to floor at `total` (or constant)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if kind == "constant":
+        return peak
+    assert kind == "cosine", kind
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def clip_and_check(model: torch.nn.Module, max_norm: float) -> tuple[float, bool]:
+    """Global grad norm over all ranks (clipped to max_norm when > 0) and whether it is finite."""
+    grads = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(grads, max_norm if max_norm > 0 else float("inf"), foreach=True)
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    norm = float(norm)
+    return norm, math.isfinite(norm)
+
+
+# ------------------------------------------------------------------------------------------ loss
+def batch_logprobs(model: qwen3.Qwen3, batch: dict, temperature: float = 1.0, return_entropy: bool = False):
+    """log p(targets) (B, T) fp32 of a packed batch (0 where targets == -100), and the entropy (B, T) if asked."""
+    hidden = model(batch["input_ids"], position_ids=batch.get("position_ids"), doc_ids=batch.get("doc_ids"))
+    weight = model.lm_head.weight  # gathered: the FSDP2 root does not reshard after forward (see shard_model)
+    assert not isinstance(weight, DTensor), "lm_head.weight is still sharded: call this right after model(...)"
+    targets = batch["targets"]
+    out = kernels.token_logprobs(hidden.flatten(0, 1), weight, targets.flatten(), temperature=temperature,
+                                 return_entropy=return_entropy)
+    if return_entropy:
+        return out[0].view(targets.shape), out[1].view(targets.shape)
+    return out.view(targets.shape)
+
+
+def token_nll(model: qwen3.Qwen3, batch: dict, temperature: float = 1.0) -> torch.Tensor:
+    """Summed NLL over the target tokens of a packed batch (input_ids, targets, doc_ids, position_ids)."""
+    return -batch_logprobs(model, batch, temperature).sum()
+
+
+# ------------------------------------------------------------------------------------------ run folder
+def _write(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+class RunDir:
+    """A run folder: args.json, metrics.jsonl, checkpoints/step_XXXXXXXX (sharded) and HF exports."""
+
+    def __init__(self, path, rank: int, args: dict | argparse.Namespace | None = None, keep: int = 2):
+        self.path, self.rank, self.keep = Path(path), rank, keep
+        self.args = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+        self.ckpts = self.path / "checkpoints"
+        if rank == 0:
+            self.ckpts.mkdir(parents=True, exist_ok=True)
+            _write(self.path / "args.json", json.dumps(self.args, indent=2, default=str))
+
+    def log(self, step: int, metrics: dict) -> None:
+        """One `|` line on rank 0 and a JSON line in metrics.jsonl (after a resume, a later line for a step wins)."""
+        if self.rank != 0:
+            return
+        fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+        print(" | ".join([f"step {step}"] + [f"{k} {fmt(v)}" for k, v in metrics.items()]), flush=True)
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+    def save(self, step: int, model, optimizer, state: dict) -> Path:
+        """Sharded checkpoint of model + optimizer (DCP), this rank's `state` and RNG; atomic (tmp + rename)."""
+        final = self.ckpts / f"step_{step:08d}"
+        tmp = final.with_name(final.name + ".tmp")
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # debris of a crash during an earlier write
+            tmp.mkdir(parents=True)
+        _barrier()
+        sd = _sharded_state(model, optimizer)
+        dcp.save(sd, checkpoint_id=tmp)
+        with open(tmp / f"rank{self.rank:05d}.pt", "wb") as f:
+            torch.save({"state": state, "rng": _rng_state()}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _barrier()  # every rank's shards are on disk before the folder can count as complete
+        if self.rank == 0:
+            _write(tmp / "meta.json", json.dumps({"step": step, "world_size": dist.get_world_size()}))
+            _write(tmp / "args.json", json.dumps(self.args, indent=2, default=str))
+            _write(tmp / "COMPLETE", "")
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            _fsync_dir(self.ckpts)
+            debris = list(self.ckpts.glob("step_*.tmp"))  # folders of writes that crashed (saves run in order)
+            for old in debris + (self._complete()[:-self.keep] if self.keep > 0 else []):
+                shutil.rmtree(old, ignore_errors=True)
+        _barrier()
+        return final
+
+    def _complete(self) -> list[Path]:
+        found = [p for p in self.ckpts.glob("step_*") if p.suffix != ".tmp" and (p / "COMPLETE").is_file()]
+        return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+    def latest(self) -> Path | None:
+        done = self._complete() if self.ckpts.is_dir() else []
+        return done[-1] if done else None
+
+    def load(self, ckpt, model, optimizer) -> dict:
+        """Restore model + optimizer (any sharding) and this rank's RNG; returns the `state` given to save()."""
+        ckpt = Path(ckpt)
+        meta = json.loads((ckpt / "meta.json").read_text())
+        if meta["world_size"] != dist.get_world_size():
+            raise ValueError(f"{ckpt}: written by {meta['world_size']} ranks, resuming needs the same number "
+                             f"(now {dist.get_world_size()}): the data position is per rank")
+        sd = _sharded_state(model, optimizer)
+        dcp.load(sd, checkpoint_id=ckpt)
+        dcp_sd.set_model_state_dict(model, sd["model"])
+        dcp_sd.set_optimizer_state_dict(model, optimizer, sd["optim"])
+        extra = torch.load(ckpt / f"rank{self.rank:05d}.pt", weights_only=False)
+        _set_rng_state(extra["rng"])
+        return extra["state"]
+
+    def export_hf(self, model, tokenizer, out, dtype: torch.dtype | None = None) -> Path:
+        """Gather the full state dict to rank 0's CPU and write a HF folder (config, safetensors, tokenizer)."""
+        opts = dcp_sd.StateDictOptions(full_state_dict=True, cpu_offload=True)  # rank 0 gets it all, on CPU
+        sd = dcp_sd.get_model_state_dict(model, options=opts)
+        out = Path(out)
+        if self.rank == 0:
+            sd = {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in sd.items()}
+            tmp = out.with_name(f".{out.name}.export-tmp")
+            qwen3.save_pretrained(model, tmp, state_dict=sd)  # itself atomic; the tokenizer joins before rename
+            tokenizer.save(tmp)
+            _fsync_dir(tmp)
+            old = out.with_name(f".{out.name}.export-old")
+            if out.exists():
+                os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        _barrier()
+        return out
+
+
+def _sharded_state(model, optimizer) -> dict:
+    """This rank's DTensor shards (or plain tensors) under FQN keys: what DCP saves and loads in place."""
+    return {"model": dcp_sd.get_model_state_dict(model), "optim": dcp_sd.get_optimizer_state_dict(model, optimizer)}
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------ SFT
+def load_model(args) -> tuple[data.Tokenizer, qwen3.Qwen3]:
+    """fp32 model on CPU (shard_model moves each rank's shards to its device) and its tokenizer."""
+    if args.model:
+        tok, model = data.load_tokenizer(args.tokenizer or args.model), qwen3.load_pretrained(args.model)
+    else:
+        tok = data.load_tokenizer(args.tokenizer)
+        model = qwen3.build_model(qwen3.Qwen3Config.from_json(args.config), seed=args.seed)
+    if tok.vocab_size > model.config.vocab_size:
+        raise ValueError(f"tokenizer has {tok.vocab_size} tokens but the model's vocab_size is "
+                         f"{model.config.vocab_size}")
+    return tok, model
+
+
+def load_rows(paths: list[str], tok: data.Tokenizer, seq_len: int, overlong: str = "truncate",
+              skip_bad: bool = False) -> tuple[dict, dict]:
+    """SFT JSONL files -> packed rows (R, seq_len) (same on every rank) and packing stats."""
+    examples = []
+    for path in paths:
+        examples += data.read_jsonl(path, skip_bad=skip_bad, parse=lambda r: data.sft_example(r, tok))
+    return data.pack(examples, seq_len, tok.pad_id, overlong=overlong)
+
+
+def train_step(model, optimizer, batch: dict, micro_batch: int, lr: float, grad_clip: float) -> dict:
+    """One optimizer step over this rank's rows `batch` ((R, T) tensors), in micro-batches of micro_batch rows."""
+    device = next(model.parameters()).device
+    n_tokens = int(all_reduce_sum((batch["targets"] != IGNORE_INDEX).sum()))  # all ranks, all micro-steps
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    nll = torch.zeros((), dtype=torch.float64, device=device)
+    for s in range(0, batch["input_ids"].shape[0], micro_batch):
+        mb = {k: v[s:s + micro_batch].to(device, non_blocking=True) for k, v in batch.items()}
+        loss = token_nll(model, mb)
+        # Every micro-step's sum shares the step's global denominator. FSDP2 reduce-scatters after each backward,
+        # so gradients stay sharded: memory does not grow with the number of micro-steps.
+        (loss / max(n_tokens, 1)).backward()
+        nll += loss.detach().double()
+    grad_norm, finite = clip_and_check(model, grad_clip)
+    if finite and n_tokens > 0:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": float(all_reduce_sum(nll)) / max(n_tokens, 1), "grad_norm": grad_norm,
+            "skipped": int(not finite), "loss_tokens": n_tokens}
+
+
+def flops_per_token(cfg: qwen3.Qwen3Config, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x matmul params, plus causal attention over the full row (an upper bound)."""
+    H, L, hd = cfg.hidden_size, cfg.num_hidden_layers, cfg.head_dim
+    attn = 2 * H * hd * (cfg.num_attention_heads + cfg.num_key_value_heads)
+    matmul = L * (attn + 3 * H * cfg.intermediate_size) + cfg.vocab_size * H  # lm_head counts, embedding does not
+    return 6 * matmul + 6 * L * cfg.num_attention_heads * hd * seq_len
+
+
+def peak_flops(device: torch.device, tflops: float = 0.0) -> float:
+    """Dense bf16 peak FLOP/s of one device (0 when unknown: no MFU is logged)."""
+    if tflops > 0 or device.type != "cuda":
+        return tflops * 1e12
+    name = torch.cuda.get_device_name(device)
+    table = (("H200", 989), ("H100", 989), ("H800", 989), ("H20", 148), ("A100", 312), ("A800", 312), ("B200", 2250))
+    return next((tf * 1e12 for key, tf in table if key in name), 0.0)
+
+
+def plan(args, n_rows: int, world: int) -> tuple[int, int, int]:
+    """Rows per rank per step, total steps over --epochs, warmup steps."""
+    rows_per_step = max(1, round(args.tokens_per_step / args.max_length))
+    rows_per_rank = -(-rows_per_step // world)  # every rank takes the same number of rows (FSDP collectives)
+    usable = n_rows // world * world  # the sampler drops the tail that does not split evenly
+    total = max(1, math.ceil(args.epochs * usable / (rows_per_rank * world)))
+    return rows_per_rank, total, math.ceil(args.warmup_ratio * total)
+
+
+def prepare(args, d: Dist) -> tuple[data.Tokenizer, qwen3.Qwen3, torch.optim.AdamW, dict, dict]:
+    """Tokenizer, sharded model, optimizer, packed rows and packing stats, with the resolved args printed."""
+    torch.manual_seed(args.seed)
+    print0(json.dumps(vars(args), indent=2))
+    tok, model = load_model(args)
+    rows, stats = load_rows(args.data, tok, args.max_length, args.overlong, args.skip_bad)
+    print0(f"data {json.dumps(stats)}")
+    shard_model(model, d, args.checkpointing)
+    return tok, model, build_optimizer(model, args.lr, args.weight_decay, tuple(args.betas)), rows, stats
+
+
+def train(args) -> None:
+    d = init_distributed()
+    tok, model, optimizer, rows, stats = prepare(args, d)
+    rows_per_rank, total, warmup = plan(args, stats["rows"], d.world_size)
+    step_tokens = rows_per_rank * d.world_size * args.max_length
+    print0(f"plan: {rows_per_rank} rows x {d.world_size} ranks x {args.max_length} tokens per step, {total} steps, "
+           f"{warmup} warmup")
+    run = RunDir(args.out, d.rank, args, keep=args.keep)
+    sampler, step, ckpt = data.ShardedSampler(stats["rows"], d.rank, d.world_size, seed=args.seed), 0, run.latest()
+    if args.resume and ckpt is not None:
+        state = run.load(ckpt, model, optimizer)
+        step = state["step"]
+        sampler.load_state_dict(state["sampler"])
+        print0(f"resumed from {ckpt} at step {step}")
+    elif ckpt is not None or args.resume:
+        print0(f"starting at step 0 (resume: {args.resume}; latest complete checkpoint in {run.ckpts}: {ckpt})")
+    last = min(total, args.max_steps) if args.max_steps > 0 else total
+    lr = lambda s: lr_at(s, args.lr, args.min_lr, warmup, total)
+    peak = peak_flops(d.device, args.peak_tflops) * d.world_size
+    t_start, first = time.perf_counter(), step
+    while step < last:
+        t0 = time.perf_counter()
+        idx = torch.tensor(sampler.next_indices(rows_per_rank))
+        m = train_step(model, optimizer, {k: v[idx] for k, v in rows.items()}, args.micro_batch, lr(step),
+                       args.grad_clip)
+        step += 1
+        dt, per_step = time.perf_counter() - t0, (time.perf_counter() - t_start) / (step - first)
+        mfu = {"mfu": flops_per_token(model.config, args.max_length) * step_tokens / dt / peak} if peak else {}
+        run.log(step, {"loss": m.pop("loss"), "lr": lr(step - 1), "grad_norm": m.pop("grad_norm"),
+                       "tokens_per_s": round(step_tokens / dt), **mfu, "eta_min": (last - step) * per_step / 60,
+                       "epoch": step * rows_per_rank / (stats["rows"] // d.world_size), **m})
+        if step == last or (args.save_every > 0 and step % args.save_every == 0):
+            run.save(step, model, optimizer, {"step": step, "sampler": sampler.state_dict()})
+        if args.export_every > 0 and step % args.export_every == 0 and step != last:
+            run.export_hf(model, tok, run.path / f"hf-step{step}", getattr(torch, args.export_dtype))
+    print0(f"exported {run.export_hf(model, tok, run.path / 'hf', getattr(torch, args.export_dtype))}")
+
+
+# ------------------------------------------------------------------------------------------ benchmark
+def bench(args) -> None:
+    """Training tokens/s of our stack vs transformers' Qwen3 + a plain AdamW loop on the same packed demo rows
+    (CPU, one thread, the demo config), and the packing efficiency of the demo SFT set."""
+    from transformers import Qwen3Config as HFConfig
+    from transformers import Qwen3ForCausalLM
+    torch.set_num_threads(1)  # shared 2-core machines: threads spinning against other jobs make timings noise
+    d = init_distributed()
+    with tempfile.TemporaryDirectory() as tmp:
+        data.write_demo(tmp, n_rl=1, n_eval=1)
+        tok, cfg = data.load_tokenizer(tmp), qwen3.Qwen3Config.from_json(Path(tmp) / "config.json")
+        rows, stats = load_rows([str(Path(tmp) / "sft.jsonl")], tok, cfg.max_position_embeddings)
+    T = cfg.max_position_embeddings
+    print(f"packing: {stats['docs']} demo SFT examples into {stats['rows']} rows of {T} tokens: "
+          f"{100 * (1 - stats['pad_fraction']):.2f}% non-padding")
+    ours = shard_model(qwen3.build_model(cfg, seed=0), d)
+    theirs = Qwen3ForCausalLM(HFConfig(**cfg.to_dict(), attn_implementation="sdpa"))
+    theirs.load_state_dict(ours.state_dict(), strict=False)  # lm_head is tied on both sides
+    opt_ours = build_optimizer(ours, 1e-4)
+    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+
+    def step_theirs(b: dict) -> float:  # HF shifts labels itself (labels[t + 1] = our targets[t])
+        labels = torch.cat([torch.full_like(b["targets"][:, :1], IGNORE_INDEX), b["targets"][:, :-1]], 1)
+        same_doc = b["doc_ids"][:, :, None] == b["doc_ids"][:, None, :]  # the same packed-document mask as ours
+        mask = (torch.ones(T, T, dtype=torch.bool).tril() & same_doc)[:, None]  # (B, 1, T, T)
+        loss = theirs(b["input_ids"], position_ids=b["position_ids"], attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
+        opt_theirs.step()
+        opt_theirs.zero_grad(set_to_none=True)
+        return loss.item()
+
+    n = 8  # rows per step, one micro-batch on both sides
+    steps = {"ours": lambda b: train_step(ours, opt_ours, b, n, 1e-4, 1.0)["loss"], "transformers": step_theirs}
+    times, losses = {k: [] for k in steps}, {k: [] for k in steps}
+    for it in range(10):  # interleaved, so load from other processes hits both alike
+        batch = {k: v[it * n:(it + 1) * n] for k, v in rows.items()}
+        for name, fn in steps.items():
+            t0 = time.perf_counter()
+            losses[name].append(fn(batch))
+            times[name].append(time.perf_counter() - t0)
+    tps = {k: n * T / sorted(v[2:])[len(v[2:]) // 2] for k, v in times.items()}  # median after 2 warm-up steps
+    print("loss, steps 1-3: ours " + ", ".join(f"{x:.6f}" for x in losses["ours"][:3]) +
+          " | transformers " + ", ".join(f"{x:.6f}" for x in losses["transformers"][:3]))
+    print(f"training (fwd+bwd+clip+AdamW, {n} x {T} tokens, 1 thread): ours {tps['ours']:.0f} tok/s | "
+          f"transformers {tps['transformers']:.0f} tok/s | ratio {tps['ours'] / tps['transformers']:.2f}x")
+
+
+# ------------------------------------------------------------------------------------------ command line
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", help="HF checkpoint folder to start from (weights, config, tokenizer)")
+    g.add_argument("--config", help="config.json of a model trained from scratch (with --tokenizer)")
+    g.add_argument("--tokenizer", help="tokenizer folder (default: --model)")
+    g.add_argument("--data", nargs="+", help="SFT JSONL file(s): {messages} or {prompt, response} records")
+    g.add_argument("--max-length", type=int, default=32768, help="tokens per packed row (= longest example)")
+    g.add_argument("--overlong", choices=["truncate", "skip"], default="truncate", help="examples over max-length")
+    g.add_argument("--skip-bad", action="store_true", help="skip and count malformed lines instead of failing")
+    g = p.add_argument_group("optimisation (Klear SFT: 8e-5 -> 4e-5 cosine, 4 epochs, 32K)")
+    g.add_argument("--lr", type=float, default=8e-5, help="peak learning rate")
+    g.add_argument("--min-lr", type=float, default=4e-5, help="cosine floor reached at the last step")
+    g.add_argument("--warmup-ratio", type=float, default=0.03, help="share of all steps in linear warmup")
+    g.add_argument("--epochs", type=float, default=4.0, help="passes over the packed rows")
+    g.add_argument("--tokens-per-step", type=int, default=128 * 32768, help="global tokens per optimizer step")
+    g.add_argument("--micro-batch", type=int, default=1, help="rows per forward/backward on each rank")
+    g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (matrices only)")
+    g.add_argument("--betas", type=float, nargs=2, default=[0.9, 0.95], help="AdamW betas")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="max global grad norm (0: no clipping)")
+    g.add_argument("--checkpointing", action="store_true", help="activation checkpointing per decoder layer")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default="runs/sft", help="run folder: args, metrics, checkpoints, HF export")
+    g.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in --out")
+    g.add_argument("--seed", type=int, default=0, help="init and data-order seed")
+    g.add_argument("--max-steps", type=int, default=0, help="stop after this step (schedule still spans --epochs)")
+    g.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (and at the end)")
+    g.add_argument("--keep", type=int, default=2, help="complete checkpoints kept")
+    g.add_argument("--export-every", type=int, default=0, help="also export a HF folder every N steps")
+    g.add_argument("--export-dtype", choices=["float32", "bfloat16"], default="float32", help="HF export dtype")
+    g.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (0: from the GPU name)")
+    g.add_argument("--bench", action="store_true", help="benchmark against transformers on CPU and exit")
+    args = p.parse_args(argv)
+    if not args.bench and not (args.data and (args.model or (args.config and args.tokenizer))):
+        p.error("need --data and either --model DIR or --config config.json --tokenizer DIR")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        bench(args) if args.bench else train(args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

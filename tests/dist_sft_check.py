@@ -1,0 +1,38 @@
+"""torchrun helper for tests/test_sft.py, so that one start-up covers three 2-rank checks:
+1. train steps 1-3 with FSDP2, then --resume from the sharded checkpoint of step 3 and train steps 4-5;
+2. the GPU configuration on CPU (bf16 params, fp32 reduce, activation checkpointing, tied lm_head read after the
+   root forward): the gathered gradient vs an unsharded fp32 model on the same global batch, printed as
+   `bf16 grad rel err X`.
+Usage: torchrun --nproc_per_node 2 tests/dist_sft_check.py OUT [sft.py args...]"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import data  # noqa: E402
+import model as qwen3  # noqa: E402
+import sft  # noqa: E402
+
+
+def bf16_grad_error(args) -> float:
+    d = sft.init_distributed()
+    tok = data.load_tokenizer(args.tokenizer)
+    rows = sft.load_rows(args.data, tok, args.max_length)[0]
+    cfg = qwen3.Qwen3Config.from_json(args.config)
+    ours, ref = qwen3.build_model(cfg, seed=0), qwen3.build_model(cfg, seed=0)
+    sft.shard_model(ours, d, checkpointing=True, bf16=True)
+    n = 2 * d.world_size
+    (sft.token_nll(ours, {k: v[2 * d.rank:2 * d.rank + 2] for k, v in rows.items()}) / n).backward()
+    (sft.token_nll(ref, {k: v[:n] for k, v in rows.items()}) / n).backward()
+    assert ours.lm_head.weight is ours.model.embed_tokens.weight  # tied: one DTensor, both uses in its gradient
+    err = [(p.grad.full_tensor() - q.grad).norm() / q.grad.norm() for p, q in zip(ours.parameters(), ref.parameters())]
+    return float(max(err))
+
+
+if __name__ == "__main__":
+    out, args = sys.argv[1], sys.argv[2:] + ["--out", sys.argv[1]]
+    try:
+        sft.train(sft.parse_args(args + ["--max-steps", "3"]))
+        sft.train(sft.parse_args(args + ["--max-steps", "5", "--resume"]))
+        sft.print0(f"bf16 grad rel err {bf16_grad_error(sft.parse_args(args)):.3e}")
+    finally:
+        sft.dist.destroy_process_group()
