@@ -1,0 +1,501 @@
+"""GPPO reinforcement learning: Klear-Reasoner's RL stage (RECIPE.md sections 2-3), on FSDP2 over any number of ranks.
+
+Map to RECIPE.md:
+- section 2, the loss: `policy_loss` (explicit masks, dual clip, CE-GPPO betas, the ablation kinds) and the alpha *
+  NLL term on correct rollouts in `accumulate`; old log-probs recomputed by the trainer in `old_logprobs`.
+- section 3, batch shaping: `group_advantages` (GRPO normalisation, zero-variance filter, truncated drop),
+  `select` + `cap_groups` (oversampled draw, at most --prompts-per-step groups kept), `build_plan` (mini-batches,
+  one optimizer step each, one epoch), optimizer and lr in `setup` / `rl_step` (AdamW 0.9/0.999, wd 0.1, clip 1.0,
+  constant lr after 10 warmup steps).
+- section 4, rewards: rewards.reward_many (never raises: a crashed or hung job scores `wrong`).
+
+One RL step (`rl_step`): draw prompts, each rank its share -> rollout.generate (n = 8, eval mode, no grad) ->
+reward_many -> advantages, filter, cap -> old log-probs (the mean |sampler - trainer| log-prob gap is logged as
+`logp_diff`) -> per mini-batch: micro-batch forwards/backwards, one AdamW step. One `|` line + a JSON line per step.
+
+Design choices:
+- Kinds: gppo (default; CE-GPPO through --beta-low/--beta-high), only-high (GPPO on the upper side, F = 0 below),
+  grpo (symmetric PPO clip at eps_low), dapo (clip-higher: eps_low / eps_high), cispo (F = sg(clip(r, 1-eps_low,
+  1+eps_high)) on every token, no dual clip: its weight is already bounded by 1 + eps_high). Every PPO-style kind
+  has the dual clip for A < 0 with -A * c (section 6's trap is tested against).
+- Token means are exact over the whole mini-batch on all ranks: the token counts are all-reduced first, each
+  micro-batch's loss is its share, and sft.shard_model sums (not averages) gradients over ranks.
+- A group of size 1 has no baseline and is always filtered. Dropped truncated rollouts are masked out of the loss;
+  their group's mean/std still count them (no re-normalisation). The NLL term covers correct rollouts of kept groups.
+- Micro-batches are right-padded rows sorted by length under --micro-tokens; every rank runs the same number of
+  forwards (a rank with nothing left runs a zero-weight dummy), as FSDP2's collectives require.
+- Randomness of a step comes from (seed, step, rank), so a resumed run replays the uninterrupted one; a checkpoint
+  (sft.RunDir: sharded model + optimizer) holds the step, the prompt sampler position and the bad-step count.
+- A step whose groups are all filtered is skipped and logged with its reason; an optimizer step with a non-finite
+  loss or grad norm is skipped and counted, and --max-bad-steps of them in a row stop the run.
+- No KL term, no reference model, no entropy bonus (entropy is logged).
+
+Run (defaults = the math stage; `--stage code` = lr 5e-7 and 32-prompt mini-batches):
+  python gppo.py --model runs/sft/hf --data math.jsonl --out runs/rl-math
+  torchrun --nproc_per_node 8 gppo.py --model runs/sft/hf --data math.jsonl --out runs/rl-math \\
+      --eval aime2024.jsonl --eval-every 50 --eval-n 8 [--resume]
+  torchrun --nproc_per_node 8 gppo.py --stage code --model runs/rl-math/hf --data code.jsonl --out runs/rl-code
+  python gppo.py --bench        # a few steps of the demo's tiny model: time per stage and the rollout share
+  python -m pytest -q tests/test_gppo.py
+"""
+import argparse
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as tdist
+
+import data
+import kernels
+import model as qwen
+import rewards
+import rollout
+import sft
+
+KINDS = ("gppo", "only-high", "grpo", "dapo", "cispo")
+STAGES = {"math": {"lr": 1e-6, "mini_batch_prompts": 16}, "code": {"lr": 5e-7, "mini_batch_prompts": 32}}
+
+
+# ----------------------------------------------------------------------------------------------- section 2: loss
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                kind: str = "gppo", eps_low: float = 0.2, eps_high: float = 0.28, dual_clip: float = 10.0,
+                beta_low: float = 1.0, beta_high: float = 1.0, denom=None) -> tuple[torch.Tensor, dict]:
+    """Token-level policy loss sum(l * mask) / denom; d l / d theta = -F * A * grad log pi (RECIPE.md table).
+
+    `denom` is the token count of the whole mini-batch over all ranks and micro-batches (default: mask.sum())."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown loss kind {kind!r}; choose one of {KINDS}")
+    assert dual_clip > 1.0, "the dual clip c must exceed 1"
+    m = mask.bool()
+    A = advantages.float()
+    logp = logp.float()
+    r = torch.exp((logp - old_logp.float()).clamp(max=20.0))  # ratio; clamp: exp overflow -> nan through where
+    r_sg = r.detach()
+    unit = torch.exp(logp - logp.detach())  # value 1, gradient grad log pi: the "r / sg(r)" of section 2
+    eps_high = eps_low if kind == "grpo" else eps_high
+    if kind == "cispo":  # F = sg(clip(r, 1-eps_low, 1+eps_high)) on every token
+        hi, lo = r_sg > 1 + eps_high, r_sg < 1 - eps_low
+        s = r_sg.clamp(1 - eps_low, 1 + eps_high) * unit
+        dual = torch.zeros_like(m)
+    else:
+        hi = (A > 0) & (r_sg > 1 + eps_high)
+        lo = (A < 0) & (r_sg < 1 - eps_low)
+        s_hi = beta_high * (1 + eps_high) * unit if kind in ("gppo", "only-high") else torch.full_like(r, 1 + eps_high)
+        s_lo = beta_low * (1 - eps_low) * unit if kind == "gppo" else torch.full_like(r, 1 - eps_low)
+        s = torch.where(hi, s_hi, torch.where(lo, s_lo, r))
+        dual = (A < 0) & (s.detach() > dual_clip)  # min(-A s, -A c) for A < 0 (section 6: -A c, not -A)
+    l = torch.where(dual, -A * dual_clip, -A * s)
+    n = m.sum()
+    loss = torch.where(m, l, 0.0).sum() / (n.clamp(min=1) if denom is None else denom)
+    nf = n.clamp(min=1).float()
+    metrics = {"tokens": n.float(), "clip_low": (lo & m).sum() / nf, "clip_high": (hi & m).sum() / nf,
+               "dual_clip": (dual & m).sum() / nf, "ratio_mean": torch.where(m, r_sg, 0.0).sum() / nf,
+               "ratio_min": torch.where(m, r_sg, math.inf).min(), "ratio_max": torch.where(m, r_sg, -math.inf).max()}
+    return loss, {k: v.detach() for k, v in metrics.items()}
+
+
+# ------------------------------------------------------------------------------------------ section 3: advantages
+def group_advantages(rewards, group_size: int, correct: float = 1.0, truncated=None,
+                     drop_truncated: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO advantages A = (R - mean) / (std_unbiased + 1e-6) per group of `group_size` consecutive rollouts.
+
+    keep is False for groups whose accuracy (R == correct) is all 0 or all 1 (no signal), for every group of size 1
+    (no baseline), and, with drop_truncated, for truncated rollouts (their group statistics still count them)."""
+    R = torch.as_tensor(rewards, dtype=torch.float32).flatten()
+    if group_size < 1 or R.numel() % group_size:
+        raise ValueError(f"{R.numel()} rewards do not split into groups of {group_size}")
+    g = R.view(-1, group_size)  # (G, n)
+    std = g.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(g[:, :1])
+    adv = (g - g.mean(dim=1, keepdim=True)) / (std + 1e-6)
+    acc = g == correct
+    keep = (acc.any(dim=1) & ~acc.all(dim=1))[:, None].expand_as(g).flatten().clone()
+    if drop_truncated and truncated is not None:
+        keep &= ~torch.as_tensor(truncated, dtype=torch.bool).flatten()
+    return torch.where(keep, adv.flatten(), 0.0), keep
+
+
+def cap_groups(kept: list[int], target: int) -> list[int]:
+    """How many kept groups each rank trains on: the first `target` in rank round-robin order."""
+    quota = [0] * len(kept)
+    while sum(quota) < target and any(q < k for q, k in zip(quota, kept)):
+        for r in range(len(kept)):
+            if quota[r] < kept[r] and sum(quota) < target:
+                quota[r] += 1
+    return quota
+
+
+# ------------------------------------------------------------------------------------------------- distributed
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    """Element-wise max over ranks (sft.all_reduce_sum's companion), returned on the CPU."""
+    if tdist.is_initialized() and tdist.get_world_size() > 1:
+        x = x.detach().clone().to("cuda" if tdist.get_backend() == "nccl" else "cpu")
+        tdist.all_reduce(x, op=tdist.ReduceOp.MAX)
+    return x.cpu()
+
+
+# --------------------------------------------------------------------------------------------- micro-batches
+def plan_micro(items: list[dict], micro_tokens: int) -> list[list[dict]]:
+    """Greedy micro-batches of length-sorted rollouts, rows * longest row <= micro_tokens (one row at least)."""
+    out, cur = [], []
+    for it in sorted(items, key=lambda it: -it["len"]):
+        if cur and (len(cur) + 1) * cur[0]["len"] > micro_tokens:
+            out.append(cur)
+            cur = []
+        cur.append(it)
+    return out + [cur] if cur else out
+
+
+def collate(micro: list[dict], pad_id: int, device) -> dict:
+    """Right-padded input_ids (B, T) and targets (B, T): each response token at the position that predicts it,
+    -100 elsewhere; per-token vectors (N,) follow the row-major order of the N valid targets."""
+    T = max(it["len"] for it in micro)
+    ids = torch.full((len(micro), T), pad_id, dtype=torch.long)
+    tgt = torch.full((len(micro), T), kernels.IGNORE_INDEX, dtype=torch.long)
+    for b, it in enumerate(micro):
+        seq = it["prompt"] + it["tokens"][:-1]  # the last response token is only a target
+        ids[b, :len(seq)] = torch.tensor(seq)
+        P = len(it["prompt"])
+        tgt[b, P - 1:P - 1 + len(it["tokens"])] = torch.tensor(it["tokens"])
+    per_tok = lambda key: torch.tensor([float(it[key]) for it in micro for _ in it["tokens"]], device=device)
+    return {"input_ids": ids.to(device), "targets": tgt.to(device), "valid": (tgt != kernels.IGNORE_INDEX).to(device),
+            "adv": per_tok("adv"), "mask": per_tok("weight"), "sft": per_tok("sft"),
+            "sampler_logp": torch.tensor([v for it in micro for v in it["logprobs"]], device=device)}
+
+
+def forward_logp(model, b: dict, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi and entropy (N,) of the response tokens, through kernels.token_logprobs (via sft.batch_logprobs,
+    which reads the gathered FSDP2 lm_head weight right after the forward)."""
+    logp, ent = sft.batch_logprobs(model, b, temperature, return_entropy=True)  # (B, T) each
+    return logp[b["valid"]], ent[b["valid"]]
+
+
+# ---------------------------------------------------------------------------------------------- the RL step
+def rollouts(ctx, step: int, met: dict) -> list[dict]:
+    """Sample n responses per drawn prompt on this rank and score them (section 3 steps 1-2)."""
+    a, model, tok = ctx["args"], ctx["model"], ctx["tok"]
+    idx = ctx["sampler"].next_indices(ctx["draw"])
+    t0 = time.perf_counter()
+    model.eval()
+    with torch.no_grad():
+        samples = rollout.generate(model, [ctx["prompts"][i] for i in idx], n=a.n, max_new_tokens=a.max_response_tokens,
+                                   temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, stop_ids=ctx["stop_ids"],
+                                   seed=a.seed * 1_000_003 + step * 1009 + ctx["dist"].rank)
+    t1 = time.perf_counter()
+    jobs = [(tok.decode(s.tokens[:-1] if s.finish_reason == "stop" else s.tokens),
+             ctx["tasks"][idx[s.prompt_index]]) for s in samples]
+    scores = rewards.reward_many(jobs, workers=a.reward_workers, **ctx["reward_opts"])
+    met["t_generate"], met["t_reward"] = t1 - t0, time.perf_counter() - t1
+    return [{"prompt": ctx["prompts"][idx[s.prompt_index]], "tokens": s.tokens, "logprobs": s.logprobs,
+             "len": len(ctx["prompts"][idx[s.prompt_index]]) + len(s.tokens) - 1,  # model input length
+             "reward": float(r), "truncated": s.finish_reason == "length"} for s, r in zip(samples, scores)]
+
+
+def select(ctx, items: list[dict], met: dict) -> list[list[dict]]:
+    """Advantages, filter, cap to --prompts-per-step groups over ranks; returns this rank's kept groups."""
+    a, W = ctx["args"], ctx["dist"].world_size
+    adv, keep = group_advantages([it["reward"] for it in items], a.n, a.correct,
+                                 [it["truncated"] for it in items], a.drop_truncated)
+    groups = []
+    for g in range(len(items) // a.n):
+        grp = items[g * a.n:(g + 1) * a.n]
+        for j, it in enumerate(grp):
+            k = g * a.n + j
+            # the NLL term (alpha) covers the correct rollouts of the groups that pass the filter
+            it.update(adv=float(adv[k]), weight=float(keep[k]), sft=float(keep[k] and it["reward"] == a.correct))
+        if any(it["weight"] for it in grp):
+            groups.append([it for it in grp if it["weight"]])
+    counts = torch.zeros(W)
+    counts[ctx["dist"].rank] = len(groups)
+    kept = [int(c) for c in sft.all_reduce_sum(counts).round().tolist()]  # kept groups of every rank
+    quota = cap_groups(kept, a.prompts_per_step)
+    met["groups_kept"], met["filtered"] = float(sum(quota)), 1.0 - sum(kept) / max(ctx["draw"] * W, 1)
+    return groups[:quota[ctx["dist"].rank]]
+
+
+def build_plan(ctx, groups: list[list[dict]], dummy: dict) -> list[list[list[dict]]]:
+    """Mini-batches (list of micro-batches) identical in count on every rank; empty slots get a zero-weight dummy."""
+    a = ctx["args"]
+    n_mini = math.ceil(sft.all_reduce_sum(float(len(groups))).item() / a.mini_batch_prompts)
+    cuts = [round(i * len(groups) / n_mini) for i in range(n_mini + 1)]
+    minis = [plan_micro([it for g in groups[cuts[i]:cuts[i + 1]] for it in g], a.micro_tokens) for i in range(n_mini)]
+    n_micro = all_reduce_max(torch.tensor([len(mb) for mb in minis], dtype=torch.float32)).long().tolist()
+    dummy = dict(dummy, weight=0.0, sft=0.0, adv=0.0)
+    return [mb + [[dummy]] * (k - len(mb)) for mb, k in zip(minis, n_micro)]
+
+
+def old_logprobs(ctx, plan: list, met: dict) -> list[list[dict]]:
+    """Collate the plan and add old_logp (section 2): the training model's log-probs right before the update, at
+    the sampling temperature, no grad. Logs the mean |sampler - trainer| log-prob difference."""
+    t0, diff, cnt, out = time.perf_counter(), 0.0, 0.0, []
+    with torch.no_grad():
+        for mb in plan:
+            out.append([collate(micro, ctx["tok"].pad_id, ctx["dist"].device) for micro in mb])
+            for b in out[-1]:
+                b["old_logp"] = forward_logp(ctx["model"], b, ctx["args"].temperature)[0]
+                diff += ((b["old_logp"] - b["sampler_logp"]).abs() * b["mask"]).sum().item()
+                cnt += b["mask"].sum().item()
+    totals = sft.all_reduce_sum(torch.tensor([diff, cnt]))
+    met["logp_diff"] = (totals[0] / totals[1].clamp(min=1)).item()
+    met["t_old_logp"] = time.perf_counter() - t0
+    return out
+
+
+def accumulate(ctx, mini: list[dict], acc: dict) -> float:
+    """Forward/backward of one mini-batch's micro-batches: GPPO + alpha * NLL(correct rollouts), each an exact
+    token mean over the whole mini-batch on all ranks (denominators all-reduced first). Returns the global loss."""
+    a, model = ctx["args"], ctx["model"]
+    den = sft.all_reduce_sum(torch.stack([sum(b["mask"].sum() for b in mini), sum(b["sft"].sum() for b in mini)]))
+    den_pg, den_sft = max(den[0].item(), 1.0), max(den[1].item(), 1.0)
+    local = 0.0
+    for b in mini:  # FSDP2 reduce-scatters after each backward into fp32 sharded grads (no unsharded fp32 copy)
+        logp, ent = forward_logp(model, b, a.temperature)
+        pg, m = policy_loss(logp, b["old_logp"], b["adv"], b["mask"], a.loss, a.eps_low, a.eps_high, a.dual_clip,
+                            a.beta_low, a.beta_high, denom=den_pg)
+        nll = -(logp * b["sft"]).sum() / den_sft
+        loss = pg + a.sft_alpha * nll
+        loss.backward()  # the local share of a global mean: sft.shard_model sums gradients over ranks
+        local += loss.item()
+        for k in ("clip_low", "clip_high", "dual_clip", "ratio_mean"):
+            acc[k] = acc.get(k, 0.0) + (m[k] * m["tokens"]).item()
+        acc["entropy"] = acc.get("entropy", 0.0) + (ent.detach() * b["mask"]).sum().item()
+        acc["tokens"] = acc.get("tokens", 0.0) + m["tokens"].item()
+        acc["nll"] = acc.get("nll", 0.0) + nll.item()
+        acc["ratio_min"] = min(acc.get("ratio_min", math.inf), m["ratio_min"].item())
+        acc["ratio_max"] = max(acc.get("ratio_max", -math.inf), m["ratio_max"].item())
+    return sft.all_reduce_sum(local).item()
+
+
+def update(ctx, mini: list[dict], acc: dict) -> None:
+    """One optimizer step per mini-batch; a non-finite loss or grad norm skips it (--max-bad-steps in a row stop)."""
+    a, model, opt = ctx["args"], ctx["model"], ctx["opt"]
+    model.train()
+    opt.zero_grad(set_to_none=True)
+    loss = accumulate(ctx, mini, acc)
+    grad_norm, finite = sft.clip_and_check(model, a.grad_clip)
+    acc["grad_norm"] = acc.get("grad_norm", 0.0) + (grad_norm if math.isfinite(grad_norm) else 0.0)
+    acc["loss"] = acc.get("loss", 0.0) + loss
+    if finite and math.isfinite(loss):
+        opt.step()
+        ctx["bad_in_row"], acc["opt_steps"] = 0, acc.get("opt_steps", 0) + 1
+        return
+    ctx["bad_in_row"], acc["bad_steps"] = ctx["bad_in_row"] + 1, acc.get("bad_steps", 0) + 1
+    opt.zero_grad(set_to_none=True)
+    sft.print0(f"gppo: skipped an optimizer step: loss {loss}, grad norm {grad_norm}")
+    if ctx["bad_in_row"] >= a.max_bad_steps:
+        raise SystemExit(f"gppo: {ctx['bad_in_row']} optimizer steps in a row had a non-finite loss or grad norm; "
+                         f"stopping (--max-bad-steps {a.max_bad_steps})")
+
+
+def rl_step(ctx, step: int) -> dict:
+    """One RL step (section 3); returns the metrics logged for it."""
+    a, met = ctx["args"], {}
+    lr = sft.lr_at(step, a.lr, a.lr, a.warmup_steps, a.steps, kind="constant")
+    for grp in ctx["opt"].param_groups:
+        grp["lr"] = lr
+    items = rollouts(ctx, step, met)
+    stats = sft.all_reduce_sum(torch.tensor([[it["reward"], it["reward"] == a.correct, len(it["tokens"]),
+                                              it["truncated"], 1.0] for it in items]).sum(0))
+    n = stats[4].item()
+    met.update(lr=lr, reward=stats[0].item() / n, acc=stats[1].item() / n, resp_len=stats[2].item() / n,
+               trunc=stats[3].item() / n)
+    met["resp_len_max"] = all_reduce_max(torch.tensor(float(max(len(it["tokens"]) for it in items)))).item()
+    groups = select(ctx, items, met)
+    if met["groups_kept"] == 0:
+        met["skipped"] = "every group filtered (zero-variance accuracy)"
+        return met
+    plan = old_logprobs(ctx, build_plan(ctx, groups, min(items, key=lambda it: it["len"])), met)
+    t0, acc = time.perf_counter(), {}
+    for mini in plan:
+        update(ctx, mini, acc)
+    met["t_update"] = time.perf_counter() - t0
+    return met | reduce_update_metrics(acc, len(plan))
+
+
+def reduce_update_metrics(acc: dict, n_mini: int) -> dict:
+    """Token-weighted means over all ranks and mini-batches; ratio min/max over all; grad norm and loss averaged."""
+    keys = ("clip_low", "clip_high", "dual_clip", "ratio_mean", "entropy", "tokens")
+    tot = sft.all_reduce_sum(torch.tensor([acc.get(k, 0.0) for k in keys]))
+    out = {k: (tot[i] / tot[-1].clamp(min=1)).item() for i, k in enumerate(keys[:-1])}
+    mm = all_reduce_max(torch.tensor([-acc.get("ratio_min", math.inf), acc.get("ratio_max", -math.inf)]))
+    out.update(ratio_min=-mm[0].item(), ratio_max=mm[1].item(), grad_norm=acc["grad_norm"] / n_mini,
+               loss=acc["loss"] / n_mini, nll=sft.all_reduce_sum(acc["nll"]).item() / n_mini,
+               opt_steps=acc.get("opt_steps", 0), bad_steps=acc.get("bad_steps", 0))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ set-up and run
+def load_prompts(a, tok, context: int) -> tuple[list[dict], list[list[int]]]:
+    """Tasks from --data rendered with the chat template; prompts over --max-prompt-tokens (or too long to leave
+    --max-response-tokens in the model's context) are dropped and counted."""
+    cap = min(a.max_prompt_tokens, context - a.max_response_tokens)
+    tasks, prompts, dropped = [], [], 0
+    for t in rollout.load_tasks(a.data, skip_bad=a.skip_bad):
+        ids = tok.encode(data.render_chat(t["messages"], add_generation_prompt=True, enable_thinking=not a.no_thinking))
+        if len(ids) > cap:
+            dropped += 1
+            continue
+        tasks.append(t)
+        prompts.append(ids)
+    sft.print0(f"gppo: {len(tasks)} prompts from {a.data}, {dropped} dropped as longer than {cap} tokens")
+    if not tasks:
+        raise SystemExit(f"gppo: no prompt of {a.data} fits {cap} tokens (--max-prompt-tokens {a.max_prompt_tokens}, "
+                         f"max_position_embeddings {context} - --max-response-tokens {a.max_response_tokens})")
+    return tasks, prompts
+
+
+def setup(a, dist) -> dict:
+    tok, model = sft.load_model(a)  # fp32 on the CPU; shard_model moves each rank's shards to its device
+    model = sft.shard_model(model, dist, checkpointing=a.checkpointing)  # gradients SUM over ranks
+    tasks, prompts = load_prompts(a, tok, model.config.max_position_embeddings)
+    probe = data.render_chat([{"role": "user", "content": "x"}], add_generation_prompt=True,
+                             enable_thinking=not a.no_thinking)
+    reward_opts = {"correct": a.correct, "timeout_s": a.code_timeout}
+    # a prompt that already holds the think tags (--no-thinking) turns the reward's think checks off
+    if "<think>" in probe:
+        reward_opts["check_think"] = False
+    if "</think>" in probe:
+        reward_opts["no_close_think"] = None
+    return {"args": a, "dist": dist, "tok": tok, "tasks": tasks, "prompts": prompts, "model": model,
+            "opt": sft.build_optimizer(model, a.lr, a.weight_decay, (0.9, 0.999)),
+            "sampler": data.ShardedSampler(len(tasks), dist.rank, dist.world_size, a.seed),
+            "draw": math.ceil(a.prompts_per_step * a.oversample / dist.world_size),
+            "stop_ids": (tok.eos_id, tok.pad_id), "reward_opts": reward_opts, "bad_in_row": 0}
+
+
+def evaluate(ctx, step: int) -> dict:
+    a = ctx["args"]
+    res = rollout.evaluate(ctx["model"], ctx["tok"], ctx["eval_tasks"], n=a.eval_n, temperature=a.eval_temperature,
+                           top_p=a.eval_top_p, max_new_tokens=a.eval_max_tokens or a.max_response_tokens,
+                           workers=a.reward_workers, seed=a.seed + step, **ctx["reward_opts"])
+    return {f"eval/{k}": v for k, v in res.items() if isinstance(v, (int, float))}
+
+
+def train(a) -> None:
+    dist = sft.init_distributed()
+    sft.print0("gppo config: " + json.dumps(vars(a), sort_keys=True))
+    ctx = setup(a, dist)
+    ctx["eval_tasks"] = rollout.load_tasks(a.eval) if a.eval else None
+    run, step = sft.RunDir(a.out, dist.rank, a), 0
+    ckpt = run.latest() if a.resume else None
+    if ckpt is None and ctx["eval_tasks"]:
+        run.log(0, evaluate(ctx, 0))  # the starting point of the held-out curve
+    if ckpt is not None:
+        state = run.load(ckpt, ctx["model"], ctx["opt"])
+        step, ctx["bad_in_row"] = state["step"], state["bad_in_row"]
+        ctx["sampler"].load_state_dict(state["sampler"])
+        sft.print0(f"gppo: resumed from {ckpt} at step {step}")
+    while step < a.steps:
+        t0 = time.perf_counter()
+        met = rl_step(ctx, step)
+        step += 1
+        run.log(step, met | {"t_step": time.perf_counter() - t0})
+        if ctx["eval_tasks"] and (step % a.eval_every == 0 or step == a.steps):
+            run.log(step, evaluate(ctx, step))
+        if step % a.save_every == 0 or step == a.steps:
+            state = {"step": step, "bad_in_row": ctx["bad_in_row"], "sampler": ctx["sampler"].state_dict()}
+            run.save(step, ctx["model"], ctx["opt"], state)
+    if a.export:
+        run.export_hf(ctx["model"], ctx["tok"], Path(a.out) / "hf")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="GPPO RL (Klear-Reasoner)",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", help="SFT checkpoint folder in HF layout (config.json + safetensors + tokenizer)")
+    g.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --model)")
+    g.add_argument("--data", help="RL prompts JSONL (Klear RL layout, {problem, answer} or {problem, tests})")
+    g.add_argument("--skip-bad", action="store_true", help="skip malformed JSONL lines (counted) instead of failing")
+    g.add_argument("--out", default="runs/gppo", help="run folder: metrics.jsonl, checkpoints, hf export")
+    g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    g.add_argument("--stage", choices=tuple(STAGES), default="math", help="sets --lr and --mini-batch-prompts")
+    g.add_argument("--no-thinking", action="store_true", help="render prompts with enable_thinking=False "
+                   "(the prompt then holds <think></think>, so the reward's <think> check is off)")
+    g.add_argument("--max-prompt-tokens", type=int, default=4096, help="longer prompts are dropped")
+    g.add_argument("--max-response-tokens", type=int, default=32768, help="response cap (truncation = 'length')")
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("rollouts and rewards (RECIPE.md section 3)")
+    g.add_argument("--prompts-per-step", type=int, default=128, help="groups kept per RL step over all ranks")
+    g.add_argument("--oversample", type=float, default=2.0, help="prompts drawn = oversample * prompts-per-step")
+    g.add_argument("--n", type=int, default=8, help="samples per prompt (group size)")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling and old/new log-prob temperature")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--correct", type=float, default=1.0, help="the score of a correct response")
+    g.add_argument("--drop-truncated", action="store_true", help="mask truncated rollouts out of the loss")
+    g.add_argument("--reward-workers", type=int, default=8, help="concurrent reward jobs per rank")
+    g.add_argument("--code-timeout", type=float, default=35.0, help="seconds per code test (the paper's limit)")
+    g = p.add_argument_group("loss (RECIPE.md section 2)")
+    g.add_argument("--loss", choices=KINDS, default="gppo")
+    g.add_argument("--eps-low", type=float, default=0.2)
+    g.add_argument("--eps-high", type=float, default=0.28)
+    g.add_argument("--dual-clip", type=float, default=10.0)
+    g.add_argument("--beta-low", type=float, default=1.0, help="CE-GPPO lower-side gradient scale")
+    g.add_argument("--beta-high", type=float, default=1.0, help="CE-GPPO upper-side gradient scale")
+    g.add_argument("--sft-alpha", type=float, default=0.1, help="weight of the NLL of correct rollouts")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--lr", type=float, default=None, help="constant lr after warmup (default: 1e-6 math, 5e-7 code)")
+    g.add_argument("--warmup-steps", type=int, default=10, help="linear warmup, in RL steps")
+    g.add_argument("--weight-decay", type=float, default=0.1)
+    g.add_argument("--grad-clip", type=float, default=1.0)
+    g.add_argument("--mini-batch-prompts", type=int, default=None, help="prompts per optimizer step "
+                   "(default: 16 math, 32 code)")
+    g.add_argument("--micro-tokens", type=int, default=32768, help="padded tokens per micro-batch and rank")
+    g.add_argument("--steps", type=int, default=500, help="RL steps")
+    g.add_argument("--max-bad-steps", type=int, default=5, help="stop after this many non-finite steps in a row")
+    g.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
+    g = p.add_argument_group("evaluation, checkpoints, benchmark")
+    g.add_argument("--eval", default=None, help="held-out JSONL evaluated with rollout.evaluate")
+    g.add_argument("--eval-every", type=int, default=50)
+    g.add_argument("--eval-n", type=int, default=1, help="samples per eval prompt (avg@n, pass@n)")
+    g.add_argument("--eval-temperature", type=float, default=0.6)
+    g.add_argument("--eval-top-p", type=float, default=0.95)
+    g.add_argument("--eval-max-tokens", type=int, default=None, help="default: --max-response-tokens")
+    g.add_argument("--save-every", type=int, default=50)
+    g.add_argument("--no-export", dest="export", action="store_false", help="skip the HF export at the end")
+    g.add_argument("--bench", action="store_true", help="a few steps of a tiny model, then the time split")
+    a = p.parse_args(argv)
+    for k, v in STAGES[a.stage].items():
+        setattr(a, k, v if getattr(a, k) is None else getattr(a, k))
+    if not a.bench and not (a.model and a.data):
+        p.error("--model and --data are required")
+    return a
+
+
+def bench(a) -> None:
+    """A few steps of the demo's tiny Qwen3 on a one-token task ("answer 7": learnable from a random init, so every
+    stage runs): the time per stage and the rollout share (generate + reward). Step 1 (reward helper start-up,
+    first calls) is left out of the totals. Responses are one token, so the rollout share is a lower bound."""
+    torch.set_num_threads(1)  # stable numbers on a shared CPU (two threads fighting for a core are much slower)
+    steps, tmp = 6, tempfile.TemporaryDirectory(prefix="gppo-bench-")
+    d = Path(tmp.name)
+    data.write_demo(d / "demo", n_sft=2, n_rl=2, n_eval=2)
+    cfg = qwen.Qwen3Config.from_json(d / "demo" / "config.json")
+    qwen.save_pretrained(qwen.build_model(cfg, "cpu", torch.float32, seed=0), d / "model")
+    data.load_tokenizer(d / "demo").save(d / "model")
+    (d / "seven.jsonl").write_text("".join(json.dumps({"problem": f"{i}: answer 7", "answer": "7"}) + "\n"
+                                           for i in range(256)))
+    train(parse_args(["--model", str(d / "model"), "--data", str(d / "seven.jsonl"), "--out", str(d / "run"),
+                      "--steps", str(steps), "--prompts-per-step", "32", "--n", "8", "--mini-batch-prompts", "8",
+                      "--lr", "4e-3", "--warmup-steps", "1", "--no-thinking", "--max-response-tokens", "1",
+                      "--reward-workers", "2", "--save-every", "1000", "--no-export"]))
+    rows = [json.loads(line) for line in open(d / "run" / "metrics.jsonl")][1:]
+    tmp.cleanup()
+    tot = {k: sum(r.get(k, 0.0) for r in rows) for k in ("t_generate", "t_reward", "t_old_logp", "t_update")}
+    step_t = sum(r["t_step"] for r in rows)
+    print(f"gppo bench: {cfg.num_hidden_layers} layers x {cfg.hidden_size}, 64 prompts x 8 samples drawn per step, "
+          f"steps 2-{steps}, {torch.get_num_threads()} thread(s)")
+    print(" | ".join(f"{k[2:]} {v / len(rows):.3f}s ({v / step_t:.0%})" for k, v in tot.items())
+          + f" | step {step_t / len(rows):.3f}s | rollout share {(tot['t_generate'] + tot['t_reward']) / step_t:.0%}")
+
+
+def main(argv=None) -> None:
+    a = parse_args(argv)
+    bench(a) if a.bench else train(a)
+
+
+if __name__ == "__main__":
+    main()
