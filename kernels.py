@@ -1,0 +1,469 @@
+"""Fused LM-head log-probs and entropy that never hold the (N, V) logits.
+
+`token_logprobs(hidden (N, H), weight (V, H), targets (N,), temperature=1.0, return_entropy=False, backend="auto")`
+returns log softmax(hidden @ weight.T / temperature)[target] per token (fp32; fp64 for fp64 inputs) and, on
+request, the entropy of that distribution; differentiable w.r.t. hidden and weight through both outputs. Targets
+equal to IGNORE_INDEX (-100) give 0 and no gradient. SFT uses the log-probs, RL the log-probs and the entropy.
+
+Design
+- Token chunks (and vocab blocks inside the Triton kernels) with a log-sum-exp per chunk / an online one per
+  block. The forward saves O(N) statistics (lse, entropy) next to its inputs; the backward recomputes each
+  chunk's logits. Extra memory is O(chunk * V + V * H): flat in N. The price is one more logits GEMM than the
+  naive graph keeps (4 instead of 3), so the CPU time ratio cannot go below about 4/3.
+- Per logit z_v (p = softmax(z), t = target, Hent = entropy): dlogp/dz = onehot_t - p and
+  dHent/dz = -p * (log p + Hent); both are scaled by 1/temperature on the way back to hidden @ weight.T.
+- Rows whose target is IGNORE_INDEX are dropped up front (index_select): no FLOPs, exactly zero output and grad.
+- Backends: "torch" = chunked matmuls with in-place softmax (one (chunk, V) buffer for log-probs, two with the
+  entropy); the CPU default and wherever triton is absent. "triton" = GPU path, bf16 tiles on the tensor cores
+  with fp32 accumulation: a forward kernel over (token block, vocab split) keeping running max / sum-exp /
+  sum exp*z, merged across splits in torch; a backward kernel that recomputes a logits tile and writes its
+  dlogits into a (chunk, V) input-dtype buffer (~1 GiB), then two cuBLAS GEMMs (dh = dz @ W, dW += dz.T @ h).
+  "naive" = full logits + log_softmax + gather (tests and benchmarks only). "auto" = triton on CUDA, else torch.
+- Benchmark memory on CPU: every case runs in a fresh subprocess; peak extra = ru_maxrss after forward+backward
+  minus the RSS just before it (inputs allocated, warmed up on a tiny case). Buffers above 32 MB are mmap'ed by
+  glibc and unmapped on free, so RSS follows the live tensors. A naive case that MemAvailable cannot hold is
+  skipped and extrapolated linearly in N from the two largest measured ones (labelled). Time is reported as
+  wall and as process CPU seconds, the fairer ratio when other jobs share the cores.
+
+Commands
+  python kernels.py --bench       # CPU: fused vs naive, N in {1024, 4096, 8192}, H=1024, V=151936, fp32
+  python kernels.py --bench-gpu   # GPU: Triton at N=8192, H=4096, V=151936, bf16: TFLOP/s and memory vs naive
+  pytest tests/test_kernels.py    # Triton parts re-run in a subprocess under TRITON_INTERPRET=1
+"""
+from __future__ import annotations  # keeps `tl.constexpr` annotations lazy, so this file imports without triton
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the torch backend still works
+    triton = tl = None
+
+IGNORE_INDEX = -100
+BACKENDS = ("auto", "torch", "triton", "naive")
+# (chunk, V) logits per torch chunk: 80M elements = 526 tokens at V = 151936 (320 MB fp32). On a busy 2-core CPU
+# at N = 2048, 512-token chunks beat 256 and 1024 on wall time (noisy); the GEMMs dominate either way.
+TORCH_CHUNK_ELEMS = 80_000_000
+
+
+def _jit(fn):
+    return triton.jit(fn) if triton is not None else fn
+
+
+def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                   return_entropy: bool = False, backend: str = "auto", chunk_size: int | None = None):
+    """logp (N,) fp32 (fp64 for fp64 inputs), or (logp, entropy) when return_entropy; 0 where target == -100."""
+    _check_inputs(hidden, weight, targets, temperature, backend)
+    if backend == "auto":
+        backend = "triton" if hidden.is_cuda and triton is not None else "torch"
+    if backend == "naive":
+        return naive_token_logprobs(hidden, weight, targets, temperature, return_entropy)
+    idx = (targets != IGNORE_INDEX).nonzero().squeeze(1)  # (n_valid,)
+    tgt = targets.index_select(0, idx)
+    if tgt.numel() and (tgt.min() < 0 or tgt.max() >= weight.shape[0]):
+        raise ValueError(f"targets must lie in [0, {weight.shape[0]}) or equal {IGNORE_INDEX}")
+    h = hidden.index_select(0, idx)  # (n_valid, H)
+    logp, ent = _LogProbs.apply(h, weight.contiguous(), tgt, 1.0 / temperature, return_entropy, backend, chunk_size)
+    logp = logp.new_zeros(targets.shape[0]).index_copy(0, idx, logp)
+    return (logp, ent.new_zeros(targets.shape[0]).index_copy(0, idx, ent)) if return_entropy else logp
+
+
+def _check_inputs(hidden, weight, targets, temperature, backend) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if hidden.dim() != 2:
+        raise ValueError(f"hidden must be 2-D (N, H), got shape {tuple(hidden.shape)}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (V, H), got shape {tuple(weight.shape)}")
+    if hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"hidden (N, H) = {tuple(hidden.shape)} and weight (V, H) = {tuple(weight.shape)} differ in H")
+    if targets.shape != hidden.shape[:1]:
+        raise ValueError(f"targets must have shape ({hidden.shape[0]},), got {tuple(targets.shape)}")
+    if targets.dtype != torch.long:
+        raise TypeError(f"targets must be torch.long, got {targets.dtype}")
+    if not hidden.is_floating_point() or hidden.dtype != weight.dtype:
+        raise TypeError(f"hidden and weight must share one floating dtype, got {hidden.dtype} and {weight.dtype}")
+    if not hidden.device == weight.device == targets.device:
+        raise ValueError(f"hidden, weight, targets on different devices: {hidden.device}, {weight.device}, "
+                         f"{targets.device}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def naive_token_logprobs(hidden, weight, targets, temperature=1.0, return_entropy=False):
+    """Reference: full (N, V) logits, log_softmax, gather. Tests and benchmarks only."""
+    logits = (hidden @ weight.T).to(_compute_dtype(hidden.dtype))  # (N, V)
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)  # (N, V)
+    valid = targets != IGNORE_INDEX
+    logp = torch.where(valid, logp_all.gather(1, targets.clamp(min=0)[:, None]).squeeze(1), 0.0)
+    if not return_entropy:
+        return logp
+    return logp, torch.where(valid, -(logp_all.exp() * logp_all).sum(-1), 0.0)
+
+
+class _LogProbs(torch.autograd.Function):
+    """(hidden (n, H), weight (V, H), targets (n,)) -> (logp (n,), entropy (n,)); saves O(n) stats only."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, inv_t, want_entropy, backend, chunk):
+        fwd = _torch_forward if backend == "torch" else _triton_forward
+        lse, z_tgt, ent = fwd(hidden, weight, targets, inv_t, want_entropy, chunk)
+        ctx.save_for_backward(hidden, weight, targets, lse, ent)
+        ctx.cfg = (inv_t, backend, chunk)
+        ctx.set_materialize_grads(False)  # an unused output gives None, and its terms are skipped
+        return z_tgt - lse, ent
+
+    @staticmethod
+    def backward(ctx, g_logp, g_ent):
+        hidden, weight, targets, lse, ent = ctx.saved_tensors
+        inv_t, backend, chunk = ctx.cfg
+        # fold 1/temperature (d z / d (h W^T)) into the per-row output grads; dz is linear in them
+        gl = lse.new_zeros(lse.shape) if g_logp is None else g_logp.to(lse.dtype) * inv_t  # (n,)
+        ge = None if g_ent is None else g_ent.to(lse.dtype) * inv_t  # (n,)
+        bwd = _torch_backward if backend == "torch" else _triton_backward
+        dh, dw = bwd(hidden, weight, targets, lse, ent, gl, ge, inv_t, chunk)
+        return dh, dw, None, None, None, None, None
+
+
+# ---------------------------------------------------------------- torch backend: chunked matmuls
+
+
+def _chunks(n: int, chunk: int):
+    return ((s, min(s + chunk, n)) for s in range(0, n, chunk))
+
+
+def _torch_logits(h, w, inv_t):
+    """(C, H) x (V, H) -> (C, V) logits / temperature in the compute dtype; the scale goes on the small side."""
+    h = h.to(w.dtype)
+    return h @ w.T if inv_t == 1.0 else (h * inv_t) @ w.T
+
+
+def _torch_forward(hidden, weight, targets, inv_t, want_entropy, chunk):
+    cdt = _compute_dtype(hidden.dtype)
+    w = weight.to(cdt)  # (V, H); no copy for fp32 / fp64
+    chunk = chunk or max(1, TORCH_CHUNK_ELEMS // w.shape[0])
+    lse, z_tgt, ent = (hidden.new_zeros(hidden.shape[0], dtype=cdt) for _ in range(3))
+    for s, e in _chunks(hidden.shape[0], chunk):
+        z = _torch_logits(hidden[s:e], w, inv_t)  # (C, V)
+        z_tgt[s:e] = z.gather(1, targets[s:e, None]).squeeze(1)
+        m = z.amax(1, keepdim=True)  # (C, 1)
+        z.sub_(m)
+        p = z.exp() if want_entropy else z.exp_()  # exp(z - m): a second (C, V) buffer only for the entropy
+        total = p.sum(1)  # (C,)
+        lse[s:e] = m.squeeze(1) + total.log()
+        if want_entropy:  # H = lse - sum_v p_v z_v = log total - sum_v exp(z_v - m) (z_v - m) / total
+            ent[s:e] = total.log() - p.mul_(z).sum(1) / total
+    return lse, z_tgt, ent
+
+
+def _torch_dlogits(z, targets, lse, ent, gl, ge):
+    """In place: (C, V) logits -> d(sum gl * logp + ge * entropy) / dz = gl * (onehot - p) - ge * p (log p + H)."""
+    logp = z.sub_(lse[:, None])
+    if ge is None:
+        dz = logp.exp_().mul_(-gl[:, None])  # one (C, V) buffer
+    else:
+        p = logp.exp()
+        dz = logp.add_(ent[:, None]).mul_(ge[:, None]).add_(gl[:, None]).mul_(p).neg_()
+    return dz.scatter_add_(1, targets[:, None], gl[:, None])
+
+
+def _torch_backward(hidden, weight, targets, lse, ent, gl, ge, inv_t, chunk):
+    w = weight.to(lse.dtype)  # (V, H)
+    chunk = chunk or max(1, TORCH_CHUNK_ELEMS // w.shape[0])
+    dh = torch.empty(hidden.shape, dtype=w.dtype, device=w.device)  # (N, H)
+    dw = torch.zeros_like(w)  # (V, H), accumulated over chunks
+    for s, e in _chunks(hidden.shape[0], chunk):
+        h = hidden[s:e].to(w.dtype)
+        dz = _torch_dlogits(_torch_logits(h, w, inv_t), targets[s:e], lse[s:e], ent[s:e], gl[s:e],
+                            None if ge is None else ge[s:e])  # (C, V), already scaled by 1/temperature
+        dh[s:e] = dz @ w
+        dw.addmm_(dz.T, h)
+    return dh.to(hidden.dtype), dw.to(weight.dtype)
+
+
+# ---------------------------------------------------------------- triton backend
+
+
+@_jit
+def _logits_tile(h_ptr, w_ptr, rows, cols, N, V, H, BN: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr,
+                 UPCAST: tl.constexpr, PREC: tl.constexpr):
+    # (BN, BV) fp32 tile of hidden[rows] @ weight[cols].T, reduced over H in BK steps on the tensor cores
+    acc = tl.zeros((BN, BV), dtype=tl.float32)
+    for k0 in range(0, H, BK):
+        k = k0 + tl.arange(0, BK)
+        a = tl.load(h_ptr + rows[:, None] * H + k[None, :], mask=(rows[:, None] < N) & (k[None, :] < H), other=0.0)
+        b = tl.load(w_ptr + cols[:, None] * H + k[None, :], mask=(cols[:, None] < V) & (k[None, :] < H), other=0.0)
+        if UPCAST:  # the CPU interpreter mis-computes bf16 tl.dot; real GPUs keep bf16 tiles
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=PREC)
+    return acc
+
+
+@_jit
+def _fwd_kernel(h_ptr, w_ptr, tgt_ptr, stats_ptr, N, V, H, v_per_split, inv_t, BN: tl.constexpr,
+                BV: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    # program (token block, vocab split) -> stats[:, split, rows] = running max m, sum exp(z - m),
+    # sum exp(z - m) * z, and the target logit if the target lies in this split (else 0)
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)  # (BN,)
+    split = tl.program_id(1)
+    tgt = tl.load(tgt_ptr + rows, mask=rows < N, other=-1)
+    m = tl.full((BN,), float("-inf"), tl.float32)
+    s, e, zt = tl.zeros((BN,), tl.float32), tl.zeros((BN,), tl.float32), tl.zeros((BN,), tl.float32)
+    v_lo = split * v_per_split
+    v_hi = tl.minimum(v_lo + v_per_split, V)
+    for v0 in range(v_lo, v_hi, BV):
+        cols = v0 + tl.arange(0, BV)  # (BV,)
+        z = _logits_tile(h_ptr, w_ptr, rows, cols, N, v_hi, H, BN, BV, BK, UPCAST, PREC) * inv_t  # (BN, BV)
+        valid = cols[None, :] < v_hi  # past the split's end z = 0 (masked loads); keep p = 0 there
+        m_new = tl.maximum(m, tl.max(tl.where(valid, z, float("-inf")), 1))
+        alpha = tl.exp(m - m_new)
+        p = tl.where(valid, tl.exp(z - m_new[:, None]), 0.0)
+        s = s * alpha + tl.sum(p, 1)
+        e = e * alpha + tl.sum(p * z, 1)
+        zt += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), 1)
+        m = m_new
+    out = stats_ptr + split * N + rows
+    n_splits = tl.num_programs(1)
+    tl.store(out, m, mask=rows < N)
+    tl.store(out + n_splits * N, s, mask=rows < N)
+    tl.store(out + 2 * n_splits * N, e, mask=rows < N)
+    tl.store(out + 3 * n_splits * N, zt, mask=rows < N)
+
+
+@_jit
+def _dlogits_kernel(h_ptr, w_ptr, tgt_ptr, lse_ptr, ent_ptr, gl_ptr, ge_ptr, dz_ptr, N, V, H, inv_t,
+                    HAS_GE: tl.constexpr, BN: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr,
+                    UPCAST: tl.constexpr, PREC: tl.constexpr):
+    # program (token block, vocab block): recompute the logits tile, write dz = gl (onehot - p) - ge p (log p + H)
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)  # token blocks vary fastest: neighbours share a weight tile
+    cols = tl.program_id(1) * BV + tl.arange(0, BV)
+    rmask = rows < N
+    z = _logits_tile(h_ptr, w_ptr, rows, cols, N, V, H, BN, BV, BK, UPCAST, PREC) * inv_t  # (BN, BV)
+    logp = z - tl.load(lse_ptr + rows, mask=rmask, other=0.0)[:, None]
+    gl = tl.load(gl_ptr + rows, mask=rmask, other=0.0)[:, None]
+    coef = gl  # (BN, 1), or (BN, BV) with the entropy term
+    if HAS_GE:
+        ge = tl.load(ge_ptr + rows, mask=rmask, other=0.0)[:, None]
+        coef = gl + ge * (logp + tl.load(ent_ptr + rows, mask=rmask, other=0.0)[:, None])
+    tgt = tl.load(tgt_ptr + rows, mask=rmask, other=-1)
+    dz = tl.where(cols[None, :] == tgt[:, None], gl, 0.0) - tl.exp(logp) * coef
+    mask = rmask[:, None] & (cols[None, :] < V)
+    tl.store(dz_ptr + rows[:, None] * V + cols[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask)
+
+
+def _triton_setup(hidden):
+    """Launch config: H200-sized tiles on CUDA; tiny tiles (and fp32 dots) under TRITON_INTERPRET=1 on CPU."""
+    if triton is None:
+        raise RuntimeError("backend='triton' needs the triton package (pip install triton)")
+    if hidden.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"backend='triton' supports float32/bfloat16/float16, got {hidden.dtype}")
+    prec = "ieee" if hidden.dtype == torch.float32 else "tf32"  # fp32 inputs stay exact; bf16 ignores it
+    if hidden.is_cuda:
+        return dict(BN=128, BV=128, BK=64, UPCAST=False, PREC=prec, num_warps=8, num_stages=3)
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before importing triton")
+    return dict(BN=16, BV=64, BK=16, UPCAST=True, PREC=prec)
+
+
+def _triton_forward(hidden, weight, targets, inv_t, want_entropy, chunk):
+    cfg = _triton_setup(hidden)
+    (n, h), v = hidden.shape, weight.shape[0]
+    n_blocks, v_blocks = triton.cdiv(n, cfg["BN"]), triton.cdiv(v, cfg["BV"])
+    # split the vocab so that (token blocks x splits) fills the GPU about twice; 2 in the interpreter
+    sms = torch.cuda.get_device_properties(hidden.device).multi_processor_count if hidden.is_cuda else 0
+    splits = min(v_blocks, max(1, triton.cdiv(2 * sms, max(n_blocks, 1))) if sms else 2)
+    v_per_split = triton.cdiv(v_blocks, splits) * cfg["BV"]
+    splits = triton.cdiv(v, v_per_split)
+    stats = torch.empty(4, splits, n, dtype=torch.float32, device=hidden.device)  # m, sum exp, sum exp*z, z_tgt
+    if n:
+        _fwd_kernel[(n_blocks, splits)](hidden, weight, targets, stats, n, v, h, v_per_split, inv_t, **cfg)
+    m, s, e, z_tgt = stats
+    scale = torch.exp(m - m.max(0).values)  # (splits, n): merge the per-split online softmax states
+    s_all, e_all = (s * scale).sum(0), (e * scale).sum(0)
+    lse = m.max(0).values + s_all.log()
+    return lse, z_tgt.sum(0), lse - e_all / s_all  # entropy = lse - sum p z
+
+
+def _triton_backward(hidden, weight, targets, lse, ent, gl, ge, inv_t, chunk):
+    cfg = _triton_setup(hidden)
+    (n, h), v = hidden.shape, weight.shape[0]
+    # (chunk, V) dlogits buffer in the input dtype: about 1 GiB whatever N is
+    chunk = chunk or max(cfg["BN"], 2**30 // (v * hidden.element_size()) // cfg["BN"] * cfg["BN"])
+    dz = torch.empty(min(chunk, n), v, dtype=hidden.dtype, device=hidden.device)
+    dh, dw = torch.empty_like(hidden), torch.zeros_like(weight, dtype=torch.float32)  # dw: fp32 over chunks
+    for s, e in _chunks(n, chunk):
+        grid = (triton.cdiv(e - s, cfg["BN"]), triton.cdiv(v, cfg["BV"]))
+        _dlogits_kernel[grid](hidden[s:e], weight, targets[s:e], lse[s:e], ent[s:e], gl[s:e],
+                              gl[s:e] if ge is None else ge[s:e], dz, e - s, v, h, inv_t, HAS_GE=ge is not None,
+                              **cfg)
+        dh[s:e] = dz[: e - s] @ weight  # cuBLAS: (C, V) @ (V, H)
+        dw += dz[: e - s].T @ hidden[s:e]  # (V, C) @ (C, H), fp32-accumulated inside, rounded once per chunk
+    return dh, dw.to(weight.dtype)
+
+
+# ---------------------------------------------------------------- benchmarks
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
+
+
+def _fwd_bwd(backend: str, hidden, weight, targets) -> torch.Tensor:
+    logp = token_logprobs(hidden, weight, targets, backend=backend)
+    logp.sum().backward()
+    return logp.detach()
+
+
+def _bench_case(backend: str, n: int, h: int, v: int) -> dict:
+    """One forward+backward in this (fresh) process: peak extra RSS and wall time."""
+    _fwd_bwd(backend, torch.randn(64, h, requires_grad=True), torch.randn(512, h, requires_grad=True),
+             torch.randint(0, 512, (64,)))  # warm up threads and allocator on a tiny case
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(n, h, requires_grad=True), (torch.randn(v, h) * 0.02).requires_grad_()
+    targets = torch.randint(0, v, (n,))
+    base = _rss_bytes()
+    # cap the address space so that a case too big for the machine fails here instead of waking the OOM killer
+    limit = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE") + _mem_available()
+    resource.setrlimit(resource.RLIMIT_AS, (limit - 2**30, resource.RLIM_INFINITY))
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    try:
+        logp = _fwd_bwd(backend, hidden, weight, targets)
+    except (RuntimeError, MemoryError) as err:
+        return {"error": str(err).splitlines()[0][:200]}
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return {"peak": peak, "time": wall, "cpu": cpu, "logp_mean": logp.mean().item()}
+
+
+def _run_case(backend: str, n: int, h: int, v: int) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--bench-case", backend, str(n), str(h), str(v)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    lines = out.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if out.returncode == 0 and lines else {"error": out.stderr.strip()[-300:]}
+
+
+def bench_cpu(sizes=(1024, 4096, 8192), h=1024, v=151936) -> None:
+    print(f"fp32 CPU, H={h}, V={v}, {torch.get_num_threads()} threads; forward + backward of logp.sum(). peak = extra "
+          "RSS over the inputs, fresh process per case; cpu = process CPU seconds (robust on a shared machine)")
+    print("    N | naive peak MB | fused peak MB | mem ratio | naive wall/cpu s | fused wall/cpu s | wall ratio | "
+          "cpu ratio | |dlogp mean|")
+    measured = []  # (n, naive result) for extrapolation
+    for n in sizes:
+        fused = _run_case("torch", n, h, v)
+        need = 3.3 * n * v * 4 + 2 * v * h * 4  # logits, log_softmax output and its gradient live together
+        naive = _run_case("naive", n, h, v) if need < _mem_available() - 2**31 else {"error": "not enough memory"}
+        label = ""
+        if "error" in naive and len(measured) >= 2:  # linear in N: extrapolate, clearly labelled
+            (n0, r0), (n1, r1) = measured[-2:]
+            label = f"  <- naive EXTRAPOLATED from N={n0},{n1} ({naive['error']})"
+            naive = {k: r1[k] + (r1[k] - r0[k]) * (n - n1) / (n1 - n0) for k in ("peak", "time", "cpu")}
+            naive["logp_mean"] = float("nan")
+        elif "error" not in naive:
+            measured.append((n, naive))
+        if "error" in fused or "error" in naive:
+            print(f"{n:5d} | error: fused {fused.get('error')} naive {naive.get('error')}")
+            continue
+        print(f"{n:5d} | {naive['peak'] / 2**20:13.0f} | {fused['peak'] / 2**20:13.0f} | "
+              f"{fused['peak'] / naive['peak']:9.3f} | {naive['time']:7.1f} /{naive['cpu']:7.1f} | "
+              f"{fused['time']:7.1f} /{fused['cpu']:7.1f} | {fused['time'] / naive['time']:10.2f} | "
+              f"{fused['cpu'] / naive['cpu']:9.2f} | {abs(fused['logp_mean'] - naive['logp_mean']):.1e}{label}")
+
+
+def _cuda_time(fn, iters=5) -> float:
+    fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / iters
+
+
+def _gpu_case(backend: str, hidden, weight, targets) -> tuple[float, float, int]:
+    """(forward s, forward+backward s, peak extra bytes) of logp.sum() + 0.1 * entropy.sum()."""
+    def step():
+        hidden.grad = weight.grad = None
+        logp, ent = token_logprobs(hidden, weight, targets, return_entropy=True, backend=backend)
+        (logp.sum() + 0.1 * ent.sum()).backward()
+
+    with torch.no_grad():
+        t_fwd = _cuda_time(lambda: token_logprobs(hidden, weight, targets, return_entropy=True, backend=backend))
+    t_step = _cuda_time(step)
+    hidden.grad = weight.grad = None
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step()
+    return t_fwd, t_step, torch.cuda.max_memory_allocated() - base
+
+
+def _gpu_check(hidden, weight, targets) -> None:
+    """Triton vs naive at the benchmark shape, temperature 0.7: relative L2 errors of both outputs and grads."""
+    outs = []
+    for backend in ("triton", "naive"):
+        h, w = hidden.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+        logp, ent = token_logprobs(h, w, targets, 0.7, return_entropy=True, backend=backend)
+        (logp.sum() + 0.1 * ent.sum()).backward()
+        outs.append([t.detach().float() for t in (logp, ent, h.grad, w.grad)])
+    errs = [((a - b).norm() / b.norm()).item() for a, b in zip(*outs)]
+    print("triton vs naive, relative L2 error: logp {:.1e} entropy {:.1e} dhidden {:.1e} dweight {:.1e}".format(*errs))
+
+
+def bench_gpu(n=8192, h=4096, v=151936, peak_tflops=989.0) -> None:
+    torch.manual_seed(0)
+    hidden = torch.randn(n, h, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    weight = (torch.randn(v, h, device="cuda") * 0.02).to(torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, v, (n,), device="cuda")
+    flops = 2 * n * v * h  # one (N, H) x (H, V) GEMM; fwd+bwd counts 3 (the backward's recompute is not counted)
+    print(f"bf16 {torch.cuda.get_device_name()}, N={n}, H={h}, V={v}; TFLOP/s vs {peak_tflops:.0f} peak")
+    _gpu_check(hidden, weight, targets)
+    for backend in ("triton", "naive"):
+        t_fwd, t_step, peak = _gpu_case(backend, hidden, weight, targets)
+        print(f"{backend:6s} | fwd {t_fwd * 1e3:7.2f} ms {flops / t_fwd / 1e12:6.1f} TFLOP/s "
+              f"({flops / t_fwd / 1e10 / peak_tflops:4.1f}%) | fwd+bwd {t_step * 1e3:7.2f} ms "
+              f"{3 * flops / t_step / 1e12:6.1f} TFLOP/s ({3 * flops / t_step / 1e10 / peak_tflops:4.1f}%) | "
+              f"peak extra {peak / 2**30:6.2f} GiB")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Fused LM-head log-probs: benchmarks (tests live in tests/)")
+    ap.add_argument("--bench", action="store_true", help="CPU fp32: fused vs naive memory and time")
+    ap.add_argument("--bench-gpu", action="store_true", help="CUDA bf16: Triton TFLOP/s and memory vs naive")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 8192], help="token counts for --bench")
+    ap.add_argument("--bench-case", nargs=4, help=argparse.SUPPRESS)  # internal: BACKEND N H V, one subprocess
+    args = ap.parse_args()
+    if args.bench_case:
+        backend, *dims = args.bench_case
+        print(json.dumps(_bench_case(backend, *map(int, dims))))
+    elif args.bench:
+        bench_cpu(args.sizes)
+    elif args.bench_gpu:
+        bench_gpu()
+    else:
+        ap.print_help()
+
+
+if __name__ == "__main__":
+    main()
