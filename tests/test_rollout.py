@@ -1,0 +1,271 @@
+"""rollout.py: greedy vs full-forward argmax and transformers, log-probs vs the trainer's, sampling statistics,
+stop tokens, prefix sharing, compaction, bad input, task layouts, evaluation metrics, FSDP2 on 2 ranks."""
+import gzip
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, need_shared
+
+import data
+import rollout
+from model import Qwen3Config, build_model, save_pretrained
+
+CFG = dict(vocab_size=61, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+           num_key_value_heads=2, head_dim=16, max_position_embeddings=64)
+PROMPTS = [[3, 1, 4, 1, 5], [9], [2, 6, 5, 3, 5, 8, 9, 7]]
+
+
+def tiny_model(**overrides):
+    m = build_model(Qwen3Config(**{**CFG, **overrides}), seed=0)
+    with torch.no_grad():
+        m.lm_head.weight.mul_(25)  # peaked next-token distributions: clear argmaxes, filters that matter
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@torch.no_grad()
+def logits_of(model, ids: list[int]) -> torch.Tensor:
+    """(T, V) logits of the full forward without a cache: the trainer's view."""
+    return model.lm_head(model(torch.tensor([ids]))[0]).float()
+
+
+@torch.no_grad()
+def argmax_loop(model, prompt: list[int], new: int) -> list[int]:
+    ids = list(prompt)
+    for _ in range(new):
+        ids.append(int(logits_of(model, ids)[-1].argmax()))
+    return ids[len(prompt):]
+
+
+def test_greedy_equals_full_forward_argmax(model):
+    out = rollout.generate(model, PROMPTS, n=2, max_new_tokens=12, temperature=0)
+    assert [s.prompt_index for s in out] == [0, 0, 1, 1, 2, 2]
+    for s in out:
+        p = PROMPTS[s.prompt_index]
+        assert s.tokens == argmax_loop(model, p, 12) and s.finish_reason == "length"
+        lp = logits_of(model, p + s.tokens).log_softmax(-1)[len(p) - 1:-1]  # greedy: log-probs at T = 1
+        assert torch.allclose(torch.tensor(s.logprobs), lp.gather(1, torch.tensor(s.tokens)[:, None])[:, 0],
+                              atol=1e-4)
+    assert len({tuple(s.tokens) for s in out}) == 3  # the prompts lead to different answers
+
+
+def test_greedy_equals_transformers(model, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    save_pretrained(model, tmp_path)
+    hf = transformers.Qwen3ForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    out = rollout.generate(model, PROMPTS, max_new_tokens=12, temperature=0)
+    for p, s in zip(PROMPTS, out):
+        ref = hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long), do_sample=False,
+                          max_new_tokens=12, min_new_tokens=12, pad_token_id=0)
+        assert s.tokens == ref[0, len(p):].tolist()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_equal_trainer(model, temperature):
+    out = rollout.generate(model, PROMPTS, n=3, max_new_tokens=10, temperature=temperature, seed=1)
+    for s in out:
+        p = PROMPTS[s.prompt_index]
+        lp = (logits_of(model, p + s.tokens) / temperature).log_softmax(-1)[len(p) - 1:-1]
+        ref = lp.gather(1, torch.tensor(s.tokens)[:, None])[:, 0]
+        assert (torch.tensor(s.logprobs) - ref).abs().max() < 1e-4
+
+
+def test_seeds(model):
+    run = lambda seed: [s.tokens for s in rollout.generate(model, PROMPTS, n=4, max_new_tokens=16, seed=seed)]
+    assert run(5) == run(5)
+    assert run(5) != run(6)
+
+
+def filtered_probs(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
+    """Reference: softmax(logits / T), keep the top_k best, renormalise, keep the smallest best set reaching top_p."""
+    p = np.exp((logits - logits.max()) / temperature)
+    p /= p.sum()
+    order = np.argsort(-p)
+    keep = order[:top_k] if top_k else order
+    q = p[keep] / p[keep].sum()
+    n_keep = int(np.searchsorted(np.cumsum(q), top_p) + 1) if top_p < 1 else len(keep)
+    out = np.zeros_like(p)
+    out[keep[:n_keep]] = q[:n_keep] / q[:n_keep].sum()
+    return out
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 6, 1.0), (1.5, 0, 0.8), (1.0, 12, 0.85)])
+def test_sampling_distribution(model, temperature, top_k, top_p):
+    n, prompt = 10000, [7]
+    out = rollout.generate(model, [prompt], n=n, max_new_tokens=1, temperature=temperature, top_k=top_k,
+                           top_p=top_p, seed=0)
+    freq = np.bincount([s.tokens[0] for s in out], minlength=CFG["vocab_size"]) / n
+    logits = logits_of(model, prompt)[-1].double().numpy()
+    want = filtered_probs(logits, temperature, top_k, top_p)
+    assert 3 <= (want > 0).sum() <= CFG["vocab_size"] - 3 or (top_k, top_p) == (0, 1.0)  # the filter bites
+    assert (freq[want == 0] == 0).all()  # never a filtered-out token
+    assert np.abs(freq - want).max() < 0.02  # > 4 standard errors at n = 10000
+    lp = torch.tensor(logits / temperature).log_softmax(-1)  # log-probs: tempered, unfiltered
+    assert all(abs(s.logprobs[0] - lp[s.tokens[0]].item()) < 1e-4 for s in out[:50])
+
+
+def test_stop_tokens_and_compaction(model, monkeypatch):
+    prompts = [[i, (3 * i) % 61, 5] for i in range(1, 13)]
+    ref = [s.tokens for s in rollout.generate(model, prompts, max_new_tokens=20, temperature=0)]  # no stops
+    stop = int(np.bincount([t for r in ref for t in r[:10]]).argmax())  # a token many answers reach early
+    selected = []
+    select = rollout.KVCache.select
+    monkeypatch.setattr(rollout.KVCache, "select", lambda c, rows: selected.append(len(rows)) or select(c, rows))
+    monkeypatch.setattr(rollout, "CHECK_EVERY", 2)
+    out = rollout.generate(model, prompts, max_new_tokens=20, temperature=0, stop_ids=(stop, 60))
+    assert any(k < len(prompts) for k in selected)  # finished rows left the batch
+    reasons = {s.finish_reason for s in out}
+    assert reasons == {"stop", "length"}
+    for s, r in zip(out, ref):
+        want = r[:r.index(stop) + 1] if stop in r else r
+        assert s.tokens == want and s.finish_reason == ("stop" if stop in r else "length")
+    sampled = rollout.generate(model, prompts, n=4, max_new_tokens=20, stop_ids=(stop,), seed=3)
+    for s in sampled:
+        assert len(s.tokens) == len(s.logprobs) <= 20 and s.tokens.count(stop) == (s.finish_reason == "stop")
+        assert s.tokens[-1] == stop if s.finish_reason == "stop" else len(s.tokens) == 20
+
+
+def test_prefix_is_shared(model):
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, args: calls.append(tuple(args[0].shape)))
+    try:
+        out = rollout.generate(model, PROMPTS, n=4, max_new_tokens=5)
+    finally:
+        handle.remove()
+    assert calls[0] == (3, 8) and all(c == (12, 1) for c in calls[1:])  # one prefill of the 3 prompts
+    assert len(calls) == 5 and all(len(s.tokens) == 5 for s in out)
+
+
+def test_on_token_streams_the_same_tokens(model):
+    seen = []
+    (s,) = rollout.generate(model, [PROMPTS[0]], max_new_tokens=9, seed=2,
+                            on_token=lambda rows, tok: seen.append((rows.tolist(), tok.tolist())))
+    assert seen == [([0], [t]) for t in s.tokens]
+
+
+def test_bad_input(model):
+    with pytest.raises(ValueError, match="empty"):
+        rollout.generate(model, [])
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        rollout.generate(model, [[1], []], max_new_tokens=4)
+    with pytest.raises(ValueError, match="prompt 1 has 40 tokens.*max_new_tokens 30.*64"):
+        rollout.generate(model, [[1], [2] * 40], max_new_tokens=30)
+    with pytest.raises(ValueError, match="prompt 0 has a token id outside"):
+        rollout.generate(model, [[61]], max_new_tokens=4)
+
+
+def write_jsonl(path, records):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+def test_load_tasks_inline(tmp_path):
+    user = [{"role": "user", "content": "1+1?"}]
+    io = json.dumps({"inputs": ["1\n"], "outputs": ["2\n"]})
+    path = write_jsonl(tmp_path / "mix.jsonl", [
+        {"data_source": "math_longcot_math_verify", "prompt": user, "ability": "math",
+         "reward_model": {"ground_truth": "2"}},
+        {"data_source": "coder1_longcot", "prompt": user, "ability": "code", "reward_model": {"ground_truth": io}},
+        {"problem": "2+2?", "answer": 4},
+        {"prompt": user, "reward_model": {"ground_truth": {"inputs": ["1\n"], "outputs": ["2\n"]}}},
+        {"problem": "echo", "tests": [{"input": "1\n", "output": "1\n"}]}])
+    t = rollout.load_tasks(path)
+    assert [x["kind"] for x in t] == ["math", "code", "math", "code", "code"]
+    assert [x["source"] for x in t] == ["math_longcot_math_verify", "coder1_longcot", "mix", "mix", "mix"]
+    assert t[0]["answer"] == "2" and t[2]["answer"] == "4" and t[2]["messages"][0]["content"] == "2+2?"
+    assert t[1]["tests"] == t[3]["tests"] == [{"input": "1\n", "output": "2\n"}]
+    assert t[4]["tests"] == [{"input": "1\n", "output": "1\n"}] and t[0]["tests"] is None and t[1]["answer"] is None
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"problem": "x", "answer": "1"}, {"question": "x"}, "{not json"])
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: record fits no task layout"):
+        rollout.load_tasks(bad)
+    assert len(rollout.load_tasks(bad, skip_bad=True)) == 1
+    with pytest.raises(ValueError, match=r"none.jsonl:1: code record without usable tests"):
+        rollout.load_tasks(write_jsonl(tmp_path / "none.jsonl", [{"problem": "x", "tests": []}]))
+    with pytest.raises(FileNotFoundError):
+        rollout.load_tasks(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize("name,kind,count", [("math/aime2024.jsonl", "math", 30), ("math/math500.jsonl", "math", 500),
+                                             ("code/taco_stdin.jsonl", "code", 45),
+                                             ("code/leetcode_function.jsonl", "code", 40),
+                                             ("code/humaneval.jsonl.gz", "code", 164)])
+def test_load_tasks_shared(name, kind, count):
+    tasks = rollout.load_tasks(need_shared(*name.split("/")))
+    assert len(tasks) == count and {t["kind"] for t in tasks} == {kind}
+    assert all(t["answer"] if kind == "math" else t["tests"] for t in tasks)
+    assert all(t["messages"][0]["role"] == "user" and t["messages"][0]["content"] for t in tasks)
+
+
+def test_evaluate_metrics(monkeypatch):
+    tok = data.demo_tokenizer()
+    m = tiny_model(vocab_size=-(-tok.vocab_size // 16) * 16)
+    answers = ["<think>\nok\n</think>\n\n\\boxed{4}", "<think>\nok\n</think>\n\n\\boxed{5}"]
+    fake = [rollout.Sample(i // 2, tok.encode(answers[i % 2 or i > 1]) + [tok.eos_id], [0.0], "stop")
+            for i in range(4)]  # task 0: right, wrong; task 1: wrong, wrong
+    monkeypatch.setattr(rollout, "generate", lambda *a, **k: fake)
+    tasks = [{"messages": [{"role": "user", "content": "2+2"}], "kind": "math", "answer": "4", "tests": None,
+              "source": src} for src in ("a", "b")]
+    res = rollout.evaluate(m, tok, tasks, n=2, max_new_tokens=8, workers=1)
+    assert (res["avg@n"], res["pass@n"], res["avg@n/a"], res["pass@n/a"], res["pass@n/b"]) == (0.25, 0.5, 0.5, 1, 0)
+    assert res["truncated"] == 0 and len(res["rows"]) == 4 and res["rows"][0]["correct"]
+
+
+def test_evaluate_runs(tmp_path):
+    tok = data.demo_tokenizer()
+    m = tiny_model(vocab_size=-(-tok.vocab_size // 16) * 16, max_position_embeddings=128)
+    tasks = rollout.load_tasks(write_jsonl(tmp_path / "t.jsonl", [{"problem": "1+2", "answer": "3"}] * 3))
+    res = rollout.evaluate(m, tok, tasks, n=2, max_new_tokens=6, workers=1, batch_size=2)
+    assert len(res["rows"]) == 6 and res["mean_length"] <= 6 and 0 <= res["avg@n"] <= res["pass@n"] <= 1
+
+
+FSDP_SCRIPT = """
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, {root!r})
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+import rollout
+from model import Qwen3Config, build_model
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+m = build_model(Qwen3Config(**{cfg!r}), seed=0)
+prompts = {prompts!r}
+new = 8 - 3 * rank  # ranks decode different numbers of steps: no collective may run per step
+ref = [s.tokens for s in rollout.generate(m, prompts, max_new_tokens=new, temperature=0)]
+mesh = init_device_mesh("cpu", (2,))
+for layer in m.model.layers:
+    fully_shard(layer, mesh=mesh)
+fully_shard(m, mesh=mesh, reshard_after_forward=False)
+got = [s.tokens for s in rollout.generate(m, prompts, max_new_tokens=new, temperature=0)]
+assert got == ref, (rank, got, ref)
+assert all(isinstance(p, DTensor) for p in m.parameters()), "not resharded after generate"
+m(torch.tensor([prompts[0]])).sum().backward()  # training still works afterwards
+sys.stdout.write(f"ok-rank{{rank}}\\n")  # one write: the ranks share the pipe
+dist.destroy_process_group()
+"""
+
+
+def test_fsdp2_two_ranks(tmp_path):
+    script = tmp_path / "fsdp_generate.py"
+    script.write_text(FSDP_SCRIPT.format(root=str(ROOT), cfg=CFG, prompts=PROMPTS))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "ok-rank0" in r.stdout and "ok-rank1" in r.stdout
+
+
+def test_gzip_tasks(tmp_path):
+    path = tmp_path / "he.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps({"task_id": "x/0", "prompt": "def f():\n", "entry_point": "f",
+                            "test": "def check(candidate):\n    assert candidate() == 1\n"}) + "\n")
+    (t,) = rollout.load_tasks(path)
+    assert t["kind"] == "code" and t["source"] == "he" and "def f():" in t["messages"][0]["content"]
