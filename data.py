@@ -276,6 +276,7 @@ DEMO_CHARS = "\t\n" + "".join(chr(c) for c in range(32, 127))  # printable ASCII
 DEMO_ADDED = [("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
               ("<think>", False), ("</think>", False), ("\\boxed{", False)]  # (token, special) as in Qwen3
 MATH_SOURCE, CODE_SOURCE = "math_longcot_math_verify", "coder1_longcot"
+MATH_WIDTH = 3  # demo operands have at most this many digits and are shown zero-padded to it
 
 
 def demo_tokenizer() -> Tokenizer:
@@ -306,20 +307,22 @@ def demo_config(tok: Tokenizer) -> dict:
 
 
 def math_trace(ops: list[int], flawed: bool = False) -> tuple[str, int, bool]:
-    """Units-first column trace `carry+digits=sum`, the sum, and whether a column (carry included) sums to exactly
-    10. flawed: the teacher's bug, the carry out of such a column is dropped (trace and answer both wrong)."""
+    """Units-first column trace `carry+digits=sum` over MATH_WIDTH columns, the sum, and whether a column (carry
+    included) sums to exactly 10. Fixed widths (zero-padded operands, two-digit sums) put every digit a tiny
+    model must read at a fixed distance from where it writes. flawed: the teacher's bug, the carry out of such a
+    column is dropped (trace and answer both wrong)."""
     lines, digits, carry, ten = [], [], 0, False
-    for col in range(max(len(str(o)) for o in ops)):
-        ds = [int(str(o)[::-1][col]) for o in ops if col < len(str(o))]
+    for col in range(MATH_WIDTH):
+        ds = [o // 10**col % 10 for o in ops]
         s = carry + sum(ds)
-        lines.append("+".join(map(str, [carry] + ds)) + f"={s}")
+        lines.append("+".join(map(str, [carry] + ds)) + f"={s:02d}")
         digits.append(s % 10)
         ten |= s == 10
         carry = 0 if flawed and s == 10 else s // 10
     return "\n".join(lines), int(str(carry) + "".join(map(str, reversed(digits)))), ten
 
 
-def math_problem(rng: random.Random, p_ten: float = 0.4, max_digits: int = 4) -> list[int]:
+def math_problem(rng: random.Random, p_ten: float = 0.4, max_digits: int = MATH_WIDTH) -> list[int]:
     """2-3 operands of 1..max_digits digits; a share p_ten has a column summing to 10 (where the flaw bites)."""
     want = rng.random() < p_ten
     while True:  # rejection: about a quarter of uniform problems have such a column
@@ -344,7 +347,7 @@ def code_text(a: int, b: int) -> tuple[str, str, str]:
 def demo_record(kind: str, problem, split: str, rng: random.Random, flaw_rate: float) -> tuple[dict, bool]:
     """One record of a split ("sft" | "rl" | "eval") and whether the teacher's flaw was applied (sft only)."""
     if kind == "math":
-        prompt = "+".join(map(str, problem))
+        prompt = "+".join(f"{o:0{MATH_WIDTH}d}" for o in problem)
         flawed = split == "sft" and math_trace(problem)[2] and rng.random() < flaw_rate
         trace, answer, _ = math_trace(problem, flawed)
         content, gold, ability = f"\\boxed{{{answer}}}", str(answer), "math"

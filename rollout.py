@@ -357,6 +357,10 @@ def _eval(model, tok, a) -> None:
                    a.batch_size)
     if a.out:
         Path(a.out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in res["rows"]))
+    if a.summary:  # the numbers without the rows, plus the mean reward (train.sh builds its table from these)
+        summary = {k: v for k, v in res.items() if k != "rows"}
+        summary["reward"] = sum(r["reward"] for r in res["rows"]) / len(res["rows"])
+        Path(a.summary).write_text(json.dumps(summary, indent=1) + "\n")
     print(f"{a.eval}: avg@{a.n} {res['avg@n']:.4f} | pass@{a.n} {res['pass@n']:.4f} | tasks {res['tasks']} | "
           f"mean length {res['mean_length']:.0f} | truncated {res['truncated']:.3f}")
     for key in (k for k in res if k.startswith("avg@n/")):
@@ -382,6 +386,7 @@ def main(argv=None) -> None:
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g = p.add_argument_group("evaluation")
     g.add_argument("--out", help="write one JSON line per sample here")
+    g.add_argument("--summary", help="write avg@n, pass@n (overall, per source) and the mean reward as JSON here")
     g.add_argument("--limit", type=int, default=None, help="only the first K tasks")
     g.add_argument("--workers", type=int, default=4, help="reward worker processes")
     g.add_argument("--batch-size", type=int, default=None, help="tasks per generate call (default: KV budget)")

@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# One OpenMP thread per process: tests are small and run beside subprocesses (torchrun ranks, sandboxes) on
+# few cores, where threads fighting over cores made some tests 30x slower.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 echo "== set-up: $($PY --version) at $(command -v "$PY")"
 $PY -m pip install -q -r requirements.txt -r tests/requirements.txt
 echo "== ruff"
