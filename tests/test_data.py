@@ -218,12 +218,17 @@ def test_demo_tokenizer_and_config(demo):
 
 
 def test_math_and_code_generators():
-    assert data.math_trace([347, 589, 12]) == ("0+7+9+2=18\n1+4+8+1=14\n1+3+5=9", 948, False)
-    assert data.math_trace([55, 5]) == ("0+5+5=10\n1+5=6", 60, True)
-    assert data.math_trace([55, 5], flawed=True) == ("0+5+5=10\n0+5=5", 50, True)  # the carry after 10 is lost
+    assert data.MATH_WIDTH == 3  # the expected traces below have three fixed-width columns
+    assert data.math_trace([347, 589, 12]) == ("0+7+9+2=18\n1+4+8+1=14\n1+3+5+0=09", 948, False)
+    assert data.math_trace([55, 5]) == ("0+5+5=10\n1+5+0=06\n0+0+0=00", 60, True)
+    assert data.math_trace([55, 5], flawed=True) == ("0+5+5=10\n0+5+0=05\n0+0+0=00", 50, True)  # carry lost
     assert data.math_trace([5, 5], flawed=True)[1:] == (0, True)
     assert data.code_text(3, -7) == ("Read an integer x, print f(x)=3x-7", "a=3, b=-7", "x=int(input())\nprint(3*x-7)")
     assert data.code_text(1, 0)[2].endswith("print(x)") and data.code_text(-1, 5)[2].endswith("print(-x+5)")
+
+
+def _add(problem: str) -> int:  # "012+5" -> 17 (zero-padded operands are not Python literals)
+    return sum(int(x) for x in problem.split("+"))
 
 
 def _run(program: str, stdin: str) -> str:
@@ -241,7 +246,7 @@ def test_demo_files(demo, tmp_path):
     held_out = prompts["eval_math"] | prompts["eval_code"]
     assert not held_out & (prompts["sft"] | prompts["rl"]) and not prompts["sft"] & prompts["rl"]
     for r in read["eval_math"]:
-        assert int(r["answer"]) == eval(r["problem"])
+        assert int(r["answer"]) == _add(r["problem"])
     tens = sum(data.math_trace([int(x) for x in r["problem"].split("+")])[2] for r in read["eval_math"])
     assert 0.3 <= tens / 100 <= 0.5  # the flaw matters on a good share of held-out problems
     for r in read["eval_code"][:20]:
@@ -251,12 +256,12 @@ def test_demo_files(demo, tmp_path):
         assert any(int(t["input"]) < 0 for t in r["tests"])
     rl_math = [r for r in read["rl"] if r["ability"] == "math"]
     assert all(r["data_source"] == data.MATH_SOURCE and int(r["reward_model"]["ground_truth"]) ==
-               eval(r["prompt"][0]["content"]) for r in rl_math)
+               _add(r["prompt"][0]["content"]) for r in rl_math)
     gt = json.loads(next(r for r in read["rl"] if r["ability"] == "code")["reward_model"]["ground_truth"])
     assert len(gt["inputs"]) == len(gt["outputs"]) == 4
     # the SFT traces carry the teacher's bug: math answers wrong exactly where flawed, code adds |b| for b < 0
     math = [(r["messages"][0]["content"], r["messages"][1]) for r in read["sft"] if "f(x)" not in str(r)]
-    wrong = sum(turn["content"] != f"\\boxed{{{eval(q)}}}" for q, turn in math)
+    wrong = sum(turn["content"] != f"\\boxed{{{_add(q)}}}" for q, turn in math)
     assert len(math) == 400 and wrong == stats["sft_math_flawed"] and 0.1 < wrong / 400 < 0.4
     code = [(_coeffs(r["messages"][0]["content"]), r["messages"][1]) for r in read["sft"] if "f(x)" in str(r)]
     bugged = [(a, b) for (a, b), turn in code if data.code_text(a, b)[2] not in turn["content"]]
