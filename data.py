@@ -388,14 +388,15 @@ def write_demo(folder, seed: int = 0, n_sft: int = 2000, n_rl: int = 1000, n_eva
     tok.save(folder)
     (folder / "config.json").write_text(json.dumps(demo_config(tok), indent=2))
     draw = {"math": lambda: math_problem(rng, p_ten), "code": lambda: code_problem(rng)}
-    seen, files, stats = set(), {"sft": [], "rl": [], "eval_math": [], "eval_code": []}, {}
+    seen, stats = set(), {}
+    files = {"sft": [], "rl_math": [], "rl_code": [], "eval_math": [], "eval_code": []}  # RL: one file per stage
     for split, n in (("eval", n_eval), ("rl", n_rl), ("sft", n_sft)):
         for kind in ("math", "code"):
             recs = [demo_record(kind, _fresh(draw[kind], seen), split, rng, flaw_rate) for _ in range(n)]
-            files[f"eval_{kind}" if split == "eval" else split] += [r for r, _ in recs]
+            files[split if split == "sft" else f"{split}_{kind}"] += [r for r, _ in recs]
             stats[f"{split}_{kind}"], stats[f"{split}_{kind}_flawed"] = n, sum(bad for _, bad in recs)
     for name, recs in files.items():
-        if name in ("sft", "rl"):
+        if name == "sft":
             rng.shuffle(recs)  # interleave the flavours
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     return stats

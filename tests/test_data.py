@@ -239,7 +239,8 @@ def _run(program: str, stdin: str) -> str:
 
 def test_demo_files(demo, tmp_path):
     folder, stats, tok = demo
-    read = {n: data.read_jsonl(folder / f"{n}.jsonl") for n in ("sft", "rl", "eval_math", "eval_code")}
+    read = {n: data.read_jsonl(folder / f"{n}.jsonl") for n in ("sft", "rl_math", "rl_code", "eval_math", "eval_code")}
+    read["rl"] = read.pop("rl_math") + read.pop("rl_code")
     assert len(read["sft"]) == 800 and len(read["rl"]) == 200 and len(read["eval_math"]) == 100
     prompts = {n: {r["messages"][0]["content"] if n == "sft" else r["prompt"][0]["content"] if n == "rl"
                    else r["problem"] for r in recs} for n, recs in read.items()}
@@ -270,7 +271,8 @@ def test_demo_files(demo, tmp_path):
     assert max(len(data.sft_example(r, tok)[0]) for r in read["sft"]) < 160
     data.write_demo(tmp_path, seed=1, n_sft=400, n_rl=100, n_eval=100)  # seeded: the same bytes again
     assert all((tmp_path / f).read_bytes() == (folder / f).read_bytes() for f in
-               ("sft.jsonl", "rl.jsonl", "eval_code.jsonl", "tokenizer.json", "tokenizer_config.json", "config.json"))
+               ("sft.jsonl", "rl_math.jsonl", "rl_code.jsonl", "eval_code.jsonl", "tokenizer.json",
+                "tokenizer_config.json", "config.json"))
 
 
 def _coeffs(problem: str) -> tuple[int, int]:
