@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The Klear-Reasoner pipeline end to end: set-up, long-CoT SFT, GPPO RL (math, then code), evaluation.
+#
+#   bash train.sh                          # built-in demo: a tiny Qwen3 from scratch on CPU, ~10 minutes
+#   LOSS=grpo bash train.sh                # demo ablation: RL again from the same SFT checkpoint with another loss
+#   MODEL=/path/to/Qwen3-8B-Base SFT_DATA=sft.jsonl MATH_DATA=math.jsonl CODE_DATA=code.jsonl \
+#     EVAL_DATA=aime24.jsonl NPROC=8 bash train.sh          # the real recipe (RECIPE.md) on a GPU node
+#
+# Every knob is an environment variable whose default is the recipe's value (demo values when MODEL is unset).
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+say() { printf '\n== %s  [%s]\n' "$*" "$(date +%H:%M:%S)"; }
+die() { printf 'train.sh: error: %s\n' "$*" >&2; exit 2; }
+need_file() { [ -f "$1" ] || die "$2 not found: $1"; }
+
+say "set-up"
+PIP_DISABLE_PIP_VERSION_CHECK=1 $PY -m pip install -q -r requirements.txt
+
+if [ -z "${MODEL:-}" ]; then
+  # ---------------- demo: tiny Qwen3, char tokenizer, math + code flavours, CPU ----------------
+  OUT=${OUT:-runs/demo}; SEED=${SEED:-0}; LOSS=${LOSS:-gppo}; D=$OUT/data
+  mkdir -p "$OUT"
+  say "demo data and tokenizer -> $D"
+  $PY data.py --demo "$D" --seed "$SEED"
+  if [ ! -f "$OUT/sft/hf/config.json" ]; then
+    say "SFT from scratch: tiny Qwen3 ($D/config.json) learns to think before answering"
+    $PY sft.py --config "$D/config.json" --tokenizer "$D" --data "$D/sft.jsonl" --out "$OUT/sft" \
+      --max-length 512 --tokens-per-step 4096 --micro-batch 8 --epochs "${SFT_EPOCHS:-4}" \
+      --lr "${SFT_LR:-2e-3}" --min-lr "${SFT_MIN_LR:-2e-4}" --warmup-ratio 0.03 --weight-decay 0 \
+      --seed "$SEED" --save-every 100 --resume
+  fi
+  evaluate() {  # evaluate MODEL_DIR NAME: greedy accuracy on both held-out flavours
+    for f in math code; do
+      $PY rollout.py --model "$1" --eval "$D/eval_$f.jsonl" --temperature 0 --max-new-tokens 96 \
+        --out "$OUT/eval_$2_$f.jsonl" --summary "$OUT/eval_$2_$f.json" --workers 2
+    done
+  }
+  [ -f "$OUT/eval_sft_code.json" ] || { say "evaluate the SFT model (greedy, held-out)"; evaluate "$OUT/sft/hf" sft; }
+  RL="--loss $LOSS --seed $SEED --n 8 --lr ${RL_LR:-5e-5} --warmup-steps 2 --max-response-tokens 96 \
+    --reward-workers 2 --save-every 10 --resume"
+  say "RL stage 1, math: $LOSS from the SFT checkpoint"
+  $PY gppo.py --model "$OUT/sft/hf" --data "$D/rl_math.jsonl" --out "$OUT/$LOSS/math" $RL \
+    --steps "${MATH_STEPS:-30}" --prompts-per-step 16 --mini-batch-prompts 8
+  say "RL stage 2, code: $LOSS from the math-RL checkpoint"
+  $PY gppo.py --model "$OUT/$LOSS/math/hf" --data "$D/rl_code.jsonl" --out "$OUT/$LOSS/code" $RL \
+    --steps "${CODE_STEPS:-12}" --prompts-per-step 8 --mini-batch-prompts 4
+  say "evaluate the RL model (greedy, held-out)"
+  evaluate "$OUT/$LOSS/code/hf" "$LOSS"
+  $PY - "$OUT" "$LOSS" <<'EOF'
+import json, os, sys
+out, loss = sys.argv[1], sys.argv[2]
+path = f"{out}/summary.json"
+summary = json.load(open(path)) if os.path.exists(path) else {}
+for f in ("math", "code"):
+    for stage in ("sft", loss):
+        summary.setdefault(f, {})[stage] = json.load(open(f"{out}/eval_{stage}_{f}.json"))["avg@n"]
+json.dump(summary, open(path, "w"), indent=1)
+stages = list(summary["math"])
+print("\nheld-out accuracy, greedy (" + path + ")\n" + f"{'flavour':8s}" + "".join(f"{s:>8s}" for s in stages))
+for f, accs in summary.items():
+    print(f"{f:8s}" + "".join(f"{accs[s]:8.3f}" for s in stages))
+EOF
+  exit 0
+fi
+
+# ---------------- the real recipe: Qwen3-8B-Base on a GPU node (RECIPE.md) ----------------
+OUT=${OUT:-runs/klear}; NPROC=${NPROC:-8}; NNODES=${NNODES:-1}; NODE_RANK=${NODE_RANK:-0}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}; MASTER_PORT=${MASTER_PORT:-29500}
+SFT_DATA=${SFT_DATA:-}; MATH_DATA=${MATH_DATA:-}; CODE_DATA=${CODE_DATA:-}; EVAL_DATA=${EVAL_DATA:-}
+say "checking inputs before any long work"
+[ -d "$MODEL" ] || die "MODEL folder not found: $MODEL"
+$PY model.py --check "$MODEL" || die "MODEL is not a complete Qwen3 checkpoint: $MODEL"
+for f in tokenizer.json tokenizer_config.json; do need_file "$MODEL/$f" "tokenizer file (MODEL)"; done
+for v in SFT_DATA MATH_DATA CODE_DATA; do [ -n "${!v}" ] || die "$v is not set (a JSONL file)"; need_file "${!v}" "$v"; done
+[ -z "$EVAL_DATA" ] || need_file "$EVAL_DATA" EVAL_DATA
+RUN="torchrun --nnodes $NNODES --node-rank $NODE_RANK --nproc-per-node $NPROC --master-addr $MASTER_ADDR \
+  --master-port $MASTER_PORT"
+
+say "SFT: lr 8e-5 -> 4e-5 cosine, ${SFT_EPOCHS:-4} epochs, ${MAX_LEN:-32768}-token rows"
+$RUN sft.py --model "$MODEL" --data "$SFT_DATA" --out "$OUT/sft" --resume --checkpointing \
+  --max-length "${MAX_LEN:-32768}" --epochs "${SFT_EPOCHS:-4}" --lr "${SFT_LR:-8e-5}" --min-lr "${SFT_MIN_LR:-4e-5}" \
+  --tokens-per-step "${SFT_TOKENS:-4194304}"
+say "RL stage 1, math: GPPO lr 1e-6, 128 prompts x 8, mini-batch 16 prompts"
+$RUN gppo.py --stage math --model "$OUT/sft/hf" --data "$MATH_DATA" --out "$OUT/rl_math" --resume --checkpointing \
+  --loss "${LOSS:-gppo}" --steps "${MATH_STEPS:-500}" --max-response-tokens "${MAX_RESPONSE:-32768}" \
+  ${EVAL_DATA:+--eval "$EVAL_DATA"}
+say "RL stage 2, code: GPPO lr 5e-7, mini-batch 32 prompts"
+$RUN gppo.py --stage code --model "$OUT/rl_math/hf" --data "$CODE_DATA" --out "$OUT/rl_code" --resume \
+  --checkpointing --loss "${LOSS:-gppo}" --steps "${CODE_STEPS:-500}" --max-response-tokens "${MAX_RESPONSE:-32768}"
+if [ -n "$EVAL_DATA" ]; then
+  say "evaluation: temperature 0.6, top-p 0.95, avg@${EVAL_N:-64}"
+  $PY rollout.py --model "$OUT/rl_code/hf" --eval "$EVAL_DATA" --n "${EVAL_N:-64}" --temperature 0.6 --top-p 0.95 \
+    --max-new-tokens "${MAX_RESPONSE:-32768}" --out "$OUT/eval.jsonl" --summary "$OUT/eval.json"
+fi
