@@ -41,7 +41,7 @@ if [ -z "${MODEL:-}" ]; then
     --reward-workers 2 --save-every 10 --resume"
   say "RL stage 1, math: $LOSS from the SFT checkpoint"
   $PY gppo.py --model "$OUT/sft/hf" --data "$D/rl_math.jsonl" --out "$OUT/$LOSS/math" $RL \
-    --steps "${MATH_STEPS:-30}" --prompts-per-step 16 --mini-batch-prompts 8
+    --steps "${MATH_STEPS:-40}" --prompts-per-step 16 --mini-batch-prompts 8
   say "RL stage 2, code: $LOSS from the math-RL checkpoint"
   $PY gppo.py --model "$OUT/$LOSS/math/hf" --data "$D/rl_code.jsonl" --out "$OUT/$LOSS/code" $RL \
     --steps "${CODE_STEPS:-12}" --prompts-per-step 8 --mini-batch-prompts 4
