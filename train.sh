@@ -3,6 +3,7 @@
 #
 #   bash train.sh                          # built-in demo: a tiny Qwen3 from scratch on CPU, ~10 minutes
 #   LOSS=grpo bash train.sh                # demo ablation: RL again from the same SFT checkpoint with another loss
+#   RL_SEED=1 bash train.sh                # the RL stages again with another seed (same SFT checkpoint)
 #   MODEL=/path/to/Qwen3-8B-Base SFT_DATA=sft.jsonl MATH_DATA=math.jsonl CODE_DATA=code.jsonl \
 #     EVAL_DATA=aime24.jsonl NPROC=8 bash train.sh          # the real recipe (RECIPE.md) on a GPU node
 #
@@ -14,12 +15,16 @@ say() { printf '\n== %s  [%s]\n' "$*" "$(date +%H:%M:%S)"; }
 die() { printf 'train.sh: error: %s\n' "$*" >&2; exit 2; }
 need_file() { [ -f "$1" ] || die "$2 not found: $1"; }
 
-say "set-up"
-PIP_DISABLE_PIP_VERSION_CHECK=1 $PY -m pip install -q -r requirements.txt
+if [ "${SKIP_SETUP:-0}" != 1 ]; then  # the tests set SKIP_SETUP=1: tests/run.sh has installed everything already
+  say "set-up"
+  PIP_DISABLE_PIP_VERSION_CHECK=1 $PY -m pip install -q -r requirements.txt
+fi
 
 if [ -z "${MODEL:-}" ]; then
   # ---------------- demo: tiny Qwen3, char tokenizer, math + code flavours, CPU ----------------
   OUT=${OUT:-runs/demo}; SEED=${SEED:-0}; LOSS=${LOSS:-gppo}; D=$OUT/data
+  # RL_SEED: repeat only the RL stages from the same SFT checkpoint (seed-to-seed spread of RL)
+  RUN=$LOSS${RL_SEED:+_seed$RL_SEED}
   mkdir -p "$OUT"
   say "demo data and tokenizer -> $D"
   $PY data.py --demo "$D" --seed "$SEED"
@@ -33,21 +38,21 @@ if [ -z "${MODEL:-}" ]; then
   evaluate() {  # evaluate MODEL_DIR NAME: greedy accuracy on both held-out flavours
     for f in math code; do
       $PY rollout.py --model "$1" --eval "$D/eval_$f.jsonl" --temperature 0 --max-new-tokens 96 \
-        --out "$OUT/eval_$2_$f.jsonl" --summary "$OUT/eval_$2_$f.json" --workers 2
+        --out "$OUT/eval_$2_$f.jsonl" --summary "$OUT/eval_$2_$f.json" --workers 2 ${EVAL_LIMIT:+--limit $EVAL_LIMIT}
     done
   }
   [ -f "$OUT/eval_sft_code.json" ] || { say "evaluate the SFT model (greedy, held-out)"; evaluate "$OUT/sft/hf" sft; }
-  RL="--loss $LOSS --seed $SEED --n 8 --lr ${RL_LR:-5e-5} --warmup-steps 2 --max-response-tokens 96 \
+  RL="--loss $LOSS --seed ${RL_SEED:-$SEED} --n 8 --lr ${RL_LR:-5e-5} --warmup-steps 2 --max-response-tokens 96 \
     --reward-workers 2 --save-every 10 --resume"
-  say "RL stage 1, math: $LOSS from the SFT checkpoint"
-  $PY gppo.py --model "$OUT/sft/hf" --data "$D/rl_math.jsonl" --out "$OUT/$LOSS/math" $RL \
+  say "RL stage 1, math: $RUN from the SFT checkpoint"
+  $PY gppo.py --model "$OUT/sft/hf" --data "$D/rl_math.jsonl" --out "$OUT/$RUN/math" $RL \
     --steps "${MATH_STEPS:-40}" --prompts-per-step 16 --mini-batch-prompts 8
-  say "RL stage 2, code: $LOSS from the math-RL checkpoint"
-  $PY gppo.py --model "$OUT/$LOSS/math/hf" --data "$D/rl_code.jsonl" --out "$OUT/$LOSS/code" $RL \
+  say "RL stage 2, code: $RUN from the math-RL checkpoint"
+  $PY gppo.py --model "$OUT/$RUN/math/hf" --data "$D/rl_code.jsonl" --out "$OUT/$RUN/code" $RL \
     --steps "${CODE_STEPS:-12}" --prompts-per-step 8 --mini-batch-prompts 4
   say "evaluate the RL model (greedy, held-out)"
-  evaluate "$OUT/$LOSS/code/hf" "$LOSS"
-  $PY - "$OUT" "$LOSS" <<'EOF'
+  evaluate "$OUT/$RUN/code/hf" "$RUN"
+  $PY - "$OUT" "$RUN" <<'EOF'
 import json, os, sys
 out, loss = sys.argv[1], sys.argv[2]
 path = f"{out}/summary.json"
@@ -74,19 +79,19 @@ $PY model.py --check "$MODEL" || die "MODEL is not a complete Qwen3 checkpoint: 
 for f in tokenizer.json tokenizer_config.json; do need_file "$MODEL/$f" "tokenizer file (MODEL)"; done
 for v in SFT_DATA MATH_DATA CODE_DATA; do [ -n "${!v}" ] || die "$v is not set (a JSONL file)"; need_file "${!v}" "$v"; done
 [ -z "$EVAL_DATA" ] || need_file "$EVAL_DATA" EVAL_DATA
-RUN="torchrun --nnodes $NNODES --node-rank $NODE_RANK --nproc-per-node $NPROC --master-addr $MASTER_ADDR \
+LAUNCH="torchrun --nnodes $NNODES --node-rank $NODE_RANK --nproc-per-node $NPROC --master-addr $MASTER_ADDR \
   --master-port $MASTER_PORT"
 
 say "SFT: lr 8e-5 -> 4e-5 cosine, ${SFT_EPOCHS:-4} epochs, ${MAX_LEN:-32768}-token rows"
-$RUN sft.py --model "$MODEL" --data "$SFT_DATA" --out "$OUT/sft" --resume --checkpointing \
+$LAUNCH sft.py --model "$MODEL" --data "$SFT_DATA" --out "$OUT/sft" --resume --checkpointing \
   --max-length "${MAX_LEN:-32768}" --epochs "${SFT_EPOCHS:-4}" --lr "${SFT_LR:-8e-5}" --min-lr "${SFT_MIN_LR:-4e-5}" \
   --tokens-per-step "${SFT_TOKENS:-4194304}"
 say "RL stage 1, math: GPPO lr 1e-6, 128 prompts x 8, mini-batch 16 prompts"
-$RUN gppo.py --stage math --model "$OUT/sft/hf" --data "$MATH_DATA" --out "$OUT/rl_math" --resume --checkpointing \
+$LAUNCH gppo.py --stage math --model "$OUT/sft/hf" --data "$MATH_DATA" --out "$OUT/rl_math" --resume --checkpointing \
   --loss "${LOSS:-gppo}" --steps "${MATH_STEPS:-500}" --max-response-tokens "${MAX_RESPONSE:-32768}" \
   ${EVAL_DATA:+--eval "$EVAL_DATA"}
 say "RL stage 2, code: GPPO lr 5e-7, mini-batch 32 prompts"
-$RUN gppo.py --stage code --model "$OUT/rl_math/hf" --data "$CODE_DATA" --out "$OUT/rl_code" --resume \
+$LAUNCH gppo.py --stage code --model "$OUT/rl_math/hf" --data "$CODE_DATA" --out "$OUT/rl_code" --resume \
   --checkpointing --loss "${LOSS:-gppo}" --steps "${CODE_STEPS:-500}" --max-response-tokens "${MAX_RESPONSE:-32768}"
 if [ -n "$EVAL_DATA" ]; then
   say "evaluation: temperature 0.6, top-p 0.95, avg@${EVAL_N:-64}"
