@@ -62,9 +62,11 @@ for f in ("math", "code"):
         summary.setdefault(f, {})[stage] = json.load(open(f"{out}/eval_{stage}_{f}.json"))["avg@n"]
 json.dump(summary, open(path, "w"), indent=1)
 stages = list(summary["math"])
-print("\nheld-out accuracy, greedy (" + path + ")\n" + f"{'flavour':8s}" + "".join(f"{s:>8s}" for s in stages))
+w = [max(8, len(s) + 2) for s in stages]
+print(f"\nheld-out accuracy, greedy ({path})")
+print(f"{'flavour':8s}" + "".join(f"{s:>{n}s}" for s, n in zip(stages, w)))
 for f, accs in summary.items():
-    print(f"{f:8s}" + "".join(f"{accs[s]:8.3f}" for s in stages))
+    print(f"{f:8s}" + "".join(f"{accs[s]:{n}.3f}" for s, n in zip(stages, w)))
 EOF
   exit 0
 fi
@@ -77,7 +79,10 @@ say "checking inputs before any long work"
 [ -d "$MODEL" ] || die "MODEL folder not found: $MODEL"
 $PY model.py --check "$MODEL" || die "MODEL is not a complete Qwen3 checkpoint: $MODEL"
 for f in tokenizer.json tokenizer_config.json; do need_file "$MODEL/$f" "tokenizer file (MODEL)"; done
-for v in SFT_DATA MATH_DATA CODE_DATA; do [ -n "${!v}" ] || die "$v is not set (a JSONL file)"; need_file "${!v}" "$v"; done
+for v in SFT_DATA MATH_DATA CODE_DATA; do
+  [ -n "${!v}" ] || die "$v is not set (a JSONL file)"
+  need_file "${!v}" "$v"
+done
 [ -z "$EVAL_DATA" ] || need_file "$EVAL_DATA" EVAL_DATA
 LAUNCH="torchrun --nnodes $NNODES --node-rank $NODE_RANK --nproc-per-node $NPROC --master-addr $MASTER_ADDR \
   --master-port $MASTER_PORT"
