@@ -23,6 +23,7 @@ Commands:
 """
 import argparse
 import bisect
+import gzip
 import json
 import random
 from pathlib import Path
@@ -118,12 +119,12 @@ def render_chat(messages: list[dict], add_generation_prompt: bool = False, enabl
 def read_jsonl(path, skip_bad: bool = False, parse=None) -> list:
     """JSON objects of a JSONL file (blank lines ignored), each passed through parse(record) when given. A bad
     line (malformed JSON, not an object, or parse raising ValueError/KeyError/TypeError) raises an error naming
-    file:line, or with skip_bad is counted, skipped and reported."""
+    file:line, or with skip_bad is counted, skipped and reported. A `.gz` file is read through gzip."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     out, bad = [], []
-    with open(path, encoding="utf-8") as f:
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gzip
 import json
 import sys
 import time
@@ -248,33 +247,17 @@ def _layout(rec: dict, source: str) -> dict | None:
 
 
 def load_tasks(path, skip_bad: bool = False) -> list[dict]:
-    """Tasks of a JSONL (or .jsonl.gz) file; a bad record raises a ValueError naming file:line, or with skip_bad
-    is skipped and counted. `source` is the record's data_source, else the file name without suffixes."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"task file not found: {path}")
-    tasks, bad = [], []
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                task = _task(rec, path.name.split(".")[0]) if isinstance(rec, dict) else None
-                if task is None:
-                    raise ValueError("record fits no task layout (Klear prompt+reward_model, problem+answer, "
-                                     f"problem+tests, ...); keys: {sorted(rec)[:12] if isinstance(rec, dict) else rec}")
-            except (ValueError, KeyError, TypeError) as e:  # json.JSONDecodeError is a ValueError
-                if not skip_bad:
-                    raise ValueError(f"{path}:{lineno}: {e}") from None
-                bad.append(f"{path}:{lineno}: {e}")
-                continue
-            tasks.append(task)
-    if bad:
-        print(f"warning: skipped {len(bad)} bad record(s), first: {bad[0]}", file=sys.stderr)
-    if not tasks:
-        raise ValueError(f"{path}: no tasks")
-    return tasks
+    """Tasks of a JSONL (or .jsonl.gz) file via data.read_jsonl: a bad record raises a ValueError naming file:line,
+    or with skip_bad is skipped and counted. `source` is the record's data_source, else the file name."""
+    source = Path(path).name.split(".")[0]
+
+    def parse(rec: dict) -> dict:
+        task = _task(rec, source)
+        if task is None:
+            raise ValueError("record fits no task layout (Klear prompt+reward_model, problem+answer, "
+                             f"problem+tests, ...); keys: {sorted(rec)[:12]}")
+        return task
+    return data.read_jsonl(path, skip_bad, parse)
 
 
 # -------------------------------------------------------------------------------------------- evaluation
