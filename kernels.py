@@ -147,23 +147,30 @@ def _chunks(n: int, chunk: int):
     return ((s, min(s + chunk, n)) for s in range(0, n, chunk))
 
 
-def _torch_logits(h, w, inv_t):
-    """(C, H) x (V, H) -> (C, V) logits / temperature in the compute dtype; the scale goes on the small side."""
+def _torch_logits(h, w, inv_t, out):
+    """(C, H) x (V, H) -> (C, V) logits / temperature into `out`; the scale goes on the small side."""
     h = h.to(w.dtype)
-    return h @ w.T if inv_t == 1.0 else (h * inv_t) @ w.T
+    return torch.mm(h if inv_t == 1.0 else h * inv_t, w.T, out=out[:h.shape[0]])
+
+
+def _torch_buffers(n: int, w: torch.Tensor, chunk: int | None, count: int) -> tuple[int, list[torch.Tensor]]:
+    """`count` (chunk, V) scratch buffers allocated once per call: fresh 300 MB tensors per chunk would each be
+    mmap'ed, page-faulted and unmapped again by the allocator, which cost ~10% of the CPU time here."""
+    chunk = max(1, min(n, chunk or TORCH_CHUNK_ELEMS // w.shape[0]))
+    return chunk, [w.new_empty(chunk, w.shape[0]) for _ in range(count)]
 
 
 def _torch_forward(hidden, weight, targets, inv_t, want_entropy, chunk):
     cdt = _compute_dtype(hidden.dtype)
     w = weight.to(cdt)  # (V, H); no copy for fp32 / fp64
-    chunk = chunk or max(1, TORCH_CHUNK_ELEMS // w.shape[0])
     lse, z_tgt, ent = (hidden.new_zeros(hidden.shape[0], dtype=cdt) for _ in range(3))
+    chunk, bufs = _torch_buffers(hidden.shape[0], w, chunk, 1 + want_entropy)
     for s, e in _chunks(hidden.shape[0], chunk):
-        z = _torch_logits(hidden[s:e], w, inv_t)  # (C, V)
+        z = _torch_logits(hidden[s:e], w, inv_t, bufs[0])  # (C, V)
         z_tgt[s:e] = z.gather(1, targets[s:e, None]).squeeze(1)
         m = z.amax(1, keepdim=True)  # (C, 1)
         z.sub_(m)
-        p = z.exp() if want_entropy else z.exp_()  # exp(z - m): a second (C, V) buffer only for the entropy
+        p = torch.exp(z, out=bufs[1][:e - s]) if want_entropy else z.exp_()  # exp(z - m)
         total = p.sum(1)  # (C,)
         lse[s:e] = m.squeeze(1) + total.log()
         if want_entropy:  # H = lse - sum_v p_v z_v = log total - sum_v exp(z_v - m) (z_v - m) / total
@@ -171,27 +178,28 @@ def _torch_forward(hidden, weight, targets, inv_t, want_entropy, chunk):
     return lse, z_tgt, ent
 
 
-def _torch_dlogits(z, targets, lse, ent, gl, ge):
-    """In place: (C, V) logits -> d(sum gl * logp + ge * entropy) / dz = gl * (onehot - p) - ge * p (log p + H)."""
+def _torch_dlogits(z, p, targets, lse, ent, gl, ge):
+    """In place: (C, V) logits -> d(sum gl * logp + ge * entropy) / dz = gl * (onehot - p) - ge * p (log p + H).
+    `p` is a second (C, V) buffer, used only with the entropy term."""
     logp = z.sub_(lse[:, None])
     if ge is None:
         dz = logp.exp_().mul_(-gl[:, None])  # one (C, V) buffer
     else:
-        p = logp.exp()
+        p = torch.exp(logp, out=p)
         dz = logp.add_(ent[:, None]).mul_(ge[:, None]).add_(gl[:, None]).mul_(p).neg_()
     return dz.scatter_add_(1, targets[:, None], gl[:, None])
 
 
 def _torch_backward(hidden, weight, targets, lse, ent, gl, ge, inv_t, chunk):
     w = weight.to(lse.dtype)  # (V, H)
-    chunk = chunk or max(1, TORCH_CHUNK_ELEMS // w.shape[0])
     dh = torch.empty(hidden.shape, dtype=w.dtype, device=w.device)  # (N, H)
     dw = torch.zeros_like(w)  # (V, H), accumulated over chunks
+    chunk, bufs = _torch_buffers(hidden.shape[0], w, chunk, 1 + (ge is not None))
     for s, e in _chunks(hidden.shape[0], chunk):
         h = hidden[s:e].to(w.dtype)
-        dz = _torch_dlogits(_torch_logits(h, w, inv_t), targets[s:e], lse[s:e], ent[s:e], gl[s:e],
-                            None if ge is None else ge[s:e])  # (C, V), already scaled by 1/temperature
-        dh[s:e] = dz @ w
+        dz = _torch_dlogits(_torch_logits(h, w, inv_t, bufs[0]), bufs[-1][:e - s], targets[s:e], lse[s:e],
+                            ent[s:e], gl[s:e], None if ge is None else ge[s:e])  # (C, V), scaled by 1/temperature
+        torch.mm(dz, w, out=dh[s:e])
         dw.addmm_(dz.T, h)
     return dh.to(hidden.dtype), dw.to(weight.dtype)
 

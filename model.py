@@ -156,12 +156,15 @@ class RMSNorm(nn.Module):
         self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == self.weight.dtype == torch.float32:  # one call; the same bits as the two-step form below
+            return F.rms_norm(x, x.shape[-1:], self.weight, self.eps)
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)  # fp32 statistics
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)  # (B, heads, T, head_dim/2) each; rotate-half pairing as in HF checkpoints
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    # rotate-half pairing as in HF checkpoints: x * cos + cat(-x2, x1) * sin, with the minus sign folded into the
+    # first half of `sin` (Qwen3.rope), so that cat(-x2, x1) * sin = roll(x) * sin: same bits, two fewer ops
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin  # (B, heads, T, head_dim)
 
 
 class Attention(nn.Module):
@@ -184,12 +187,16 @@ class Attention(nn.Module):
         if kv is not None:  # kv = (cache, layer index, slots (B, T), end): attend over the written prefix
             cache, i, slots, end = kv
             k, v = cache.write(i, k, v, slots, end)  # (B, nkv, end, hd)
-        gqa = self.nh != self.nkv
+        gqa, sdpa = self.nh != self.nkv, F.scaled_dot_product_attention
         if mask is None:  # plain causal: flash kernels take GQA directly
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # (B, nh, T, hd)
-        elif isinstance(mask, Tensor):  # SDPA's masked kernels lack GQA: repeat the kv heads instead
+            o = sdpa(q, k, v, is_causal=True, enable_gqa=gqa)  # (B, nh, T, hd)
+        elif gqa and T == 1:  # decode: the query heads of each kv head become its query rows, no kv copy
+            o = sdpa(q.reshape(B, self.nkv, -1, self.hd), k, v, attn_mask=mask).view(B, self.nh, 1, self.hd)
+        elif isinstance(mask, Tensor) and (q.device.type == "cpu" or not gqa):  # CPU's flash kernel masks GQA
+            o = sdpa(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        elif isinstance(mask, Tensor):  # CUDA's masked fused kernels lack GQA (math would hold T x S scores)
             k, v = k.repeat_interleave(self.nh // self.nkv, 1), v.repeat_interleave(self.nh // self.nkv, 1)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            o = sdpa(q, k, v, attn_mask=mask)
         else:  # a FlexAttention BlockMask (CUDA)
             o = _flex_attention()(q, k, v, block_mask=mask, enable_gqa=gqa)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.nh * self.hd))
@@ -294,12 +301,13 @@ class Qwen3(nn.Module):
                 p.normal_(0.0, std, generator=g)
 
     def rope(self, pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """Positions (B or 1, T) -> cos, sin (B or 1, 1, T, head_dim), angles in fp32."""
+        """Positions (B or 1, T) -> cos, sin (B or 1, 1, T, head_dim), angles in fp32; sin's first half negated."""
         if self.inv_freq.device != pos.device:
-            self.inv_freq = self.inv_freq.to(pos.device)
+            with torch.inference_mode(False):  # a normal tensor even when first reached inside generate
+                self.inv_freq = self.inv_freq.to(pos.device)
         freqs = pos[..., None].float() * self.inv_freq  # (B, T, hd/2)
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, hd)
-        return (emb.cos() * self.rope_scale).to(dtype), (emb.sin() * self.rope_scale).to(dtype)
+        cos, sin = freqs.cos() * self.rope_scale, freqs.sin() * self.rope_scale
+        return torch.cat((cos, cos), -1)[:, None].to(dtype), torch.cat((-sin, sin), -1)[:, None].to(dtype)
 
     def forward(self, input_ids: Tensor, position_ids: Tensor | None = None, doc_ids: Tensor | None = None,
                 cache: KVCache | None = None) -> Tensor:

@@ -119,8 +119,9 @@ def _logits(model, h: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
 def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator,
             noise: torch.Tensor):
     """logits (B, V) fp32 (overwritten) -> tokens (B,), log-probs (B,) under softmax(logits / T) before filtering."""
-    if temperature <= 0:
-        tok = logits.argmax(-1)
+    if temperature <= 0:  # greedy: the best logit is both the token and the log-sum-exp shift
+        top, tok = logits.max(-1, keepdim=True)  # (B, 1) each
+        return tok.squeeze(1), logits.sub_(top).exp_().sum(-1).log_().neg_()
     elif 0 < top_k < logits.shape[-1] or top_p < 1:
         logits.div_(temperature)
         if 0 < top_k < logits.shape[-1]:
@@ -190,7 +191,9 @@ def generate(model, prompts: list[list[int]], n: int = 1, max_new_tokens: int = 
     """
     cfg = model.config
     _check_inputs(cfg, prompts, n, max_new_tokens)
-    with gathered(model):
+    # FSDP2 gathers outside inference mode (its buffers are updated in place later); inference mode drops the
+    # per-op autograd bookkeeping that no_grad keeps: ~10% faster decoding on CPU
+    with gathered(model), torch.inference_mode():
         w = model.lm_head.weight
         gen = torch.Generator(device=w.device).manual_seed(seed)
         cache = KVCache.allocate(cfg, len(prompts), max(map(len, prompts)) + max_new_tokens, w.device, w.dtype)
