@@ -240,10 +240,12 @@ def doc_positions(doc_ids: Tensor) -> Tensor:
 
 
 class KVCache:
-    """Per-layer key/value buffers (B, n_kv, max_len, head_dim) and per-row fill lengths (B,)."""
+    """Per-layer key/value buffers (B, n_kv, max_len, head_dim), per-row fill lengths (B,) and `end`, a host-side
+    upper bound of the lengths, so that a decode step never reads the device (no sync: the host queues the next
+    step while the GPU runs this one). Lowering `lengths` by hand is fine; raising them needs `end` raised too."""
 
-    def __init__(self, k: list[Tensor], v: list[Tensor], lengths: Tensor):
-        self.k, self.v, self.lengths = k, v, lengths
+    def __init__(self, k: list[Tensor], v: list[Tensor], lengths: Tensor, end: int = 0):
+        self.k, self.v, self.lengths, self.end = k, v, lengths, end
 
     @classmethod
     def allocate(cls, config: Qwen3Config, batch_size: int, max_len: int, device, dtype) -> KVCache:
@@ -260,7 +262,7 @@ class KVCache:
         """New cache of these rows (repeats allowed: prefix sharing; a subset: dropping finished rows)."""
         rows = rows.to(self.lengths.device)
         pick = lambda bufs: [b.index_select(0, rows) for b in bufs]
-        return KVCache(pick(self.k), pick(self.v), self.lengths.index_select(0, rows))
+        return KVCache(pick(self.k), pick(self.v), self.lengths.index_select(0, rows), self.end)
 
     def write(self, i: int, k: Tensor, v: Tensor, slots: Tensor, end: int) -> tuple[Tensor, Tensor]:
         """Scatter k, v (B, n_kv, T, hd) of layer i into slots (B, T); return the buffers' first `end` slots."""
@@ -317,7 +319,7 @@ class Qwen3(nn.Module):
         if cache is not None:
             assert doc_ids is None, "doc_ids with a KV cache is not supported"
             slots = cache.lengths[:, None] + torch.arange(T, device=dev)  # (B, T)
-            end = int(cache.lengths.max()) + T
+            end = cache.end + T  # slots past a row's own length are masked: a bound is enough
             if end > cache.max_len:
                 raise ValueError(f"KV cache overflow: writing up to slot {end} but max_len is {cache.max_len}")
             mask = torch.arange(end, device=dev) <= slots[:, None, :, None]  # (B, 1, T, end): key slot <= query slot
@@ -336,7 +338,7 @@ class Qwen3(nn.Module):
             else:
                 h = layer(h, cos, sin, mask, kv)
         if cache is not None:
-            cache.lengths = cache.lengths + T
+            cache.lengths, cache.end = cache.lengths + T, end
         return self.model.norm(h)
 
     def _doc_mask(self, doc_ids: Tensor):
