@@ -9,21 +9,25 @@ Design
 - Token chunks (and vocab blocks inside the Triton kernels) with a log-sum-exp per chunk / an online one per
   block. The forward saves O(N) statistics (lse, entropy) next to its inputs; the backward recomputes each
   chunk's logits. Extra memory is O(chunk * V + V * H): flat in N. The price is one more logits GEMM than the
-  naive graph keeps (4 instead of 3), so the CPU time ratio cannot go below about 4/3.
+  naive graph keeps (4 instead of 3), so in user CPU time the ratio cannot go below about 4/3; the naive graph
+  pays instead for page-faulting its fresh (N, V) tensors (kernel time that grows with N), which the fused path,
+  reusing its chunk buffers, does not.
 - Per logit z_v (p = softmax(z), t = target, Hent = entropy): dlogp/dz = onehot_t - p and
   dHent/dz = -p * (log p + Hent); both are scaled by 1/temperature on the way back to hidden @ weight.T.
 - Rows whose target is IGNORE_INDEX are dropped up front (index_select): no FLOPs, exactly zero output and grad.
 - Backends: "torch" = chunked matmuls with in-place softmax (one (chunk, V) buffer for log-probs, two with the
-  entropy); the CPU default and wherever triton is absent. "triton" = GPU path, bf16 tiles on the tensor cores
-  with fp32 accumulation: a forward kernel over (token block, vocab split) keeping running max / sum-exp /
-  sum exp*z, merged across splits in torch; a backward kernel that recomputes a logits tile and writes its
-  dlogits into a (chunk, V) input-dtype buffer (~1 GiB), then two cuBLAS GEMMs (dh = dz @ W, dW += dz.T @ h).
+  entropy, allocated once per call); the CPU default and wherever triton is absent. "triton" = GPU path, bf16
+  tiles on the tensor cores with fp32 accumulation: a forward kernel over (token block, vocab split) keeping
+  running max / sum-exp / sum exp*z, merged across splits in torch; a backward kernel that recomputes a logits
+  tile and writes its dlogits into a (chunk, V) input-dtype buffer (~1 GiB), then two cuBLAS GEMMs (dh = dz @ W,
+  dW += dz.T @ h).
   "naive" = full logits + log_softmax + gather (tests and benchmarks only). "auto" = triton on CUDA, else torch.
 - Benchmark memory on CPU: every case runs in a fresh subprocess; peak extra = ru_maxrss after forward+backward
   minus the RSS just before it (inputs allocated, warmed up on a tiny case). Buffers above 32 MB are mmap'ed by
   glibc and unmapped on free, so RSS follows the live tensors. A naive case that MemAvailable cannot hold is
   skipped and extrapolated linearly in N from the two largest measured ones (labelled). Time is reported as
-  wall and as process CPU seconds, the fairer ratio when other jobs share the cores.
+  wall, as process CPU seconds (the fairer ratio when other jobs share the cores) and as user CPU seconds
+  (without page faults: what a machine with cheap faults, e.g. transparent huge pages, would see).
 
 Commands
   python kernels.py --bench       # CPU: fused vs naive, N in {1024, 4096, 8192}, H=1024, V=151936, fp32
@@ -355,14 +359,15 @@ def _bench_case(backend: str, n: int, h: int, v: int) -> dict:
     # cap the address space so that a case too big for the machine fails here instead of waking the OOM killer
     limit = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE") + _mem_available()
     resource.setrlimit(resource.RLIMIT_AS, (limit - 2**30, resource.RLIM_INFINITY))
-    t0, cpu0 = time.perf_counter(), time.process_time()
+    t0, ru0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     try:
         logp = _fwd_bwd(backend, hidden, weight, targets)
     except (RuntimeError, MemoryError) as err:
         return {"error": str(err).splitlines()[0][:200]}
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    return {"peak": peak, "time": wall, "cpu": cpu, "logp_mean": logp.mean().item()}
+    wall, ru = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    user, sys_ = ru.ru_utime - ru0.ru_utime, ru.ru_stime - ru0.ru_stime  # sys: mostly page faults of fresh memory
+    return {"peak": ru.ru_maxrss * 1024 - base, "time": wall, "cpu": user + sys_, "user": user,
+            "logp_mean": logp.mean().item()}
 
 
 def _run_case(backend: str, n: int, h: int, v: int) -> dict:
@@ -374,9 +379,10 @@ def _run_case(backend: str, n: int, h: int, v: int) -> dict:
 
 def bench_cpu(sizes=(1024, 4096, 8192), h=1024, v=151936) -> None:
     print(f"fp32 CPU, H={h}, V={v}, {torch.get_num_threads()} threads; forward + backward of logp.sum(). peak = extra "
-          "RSS over the inputs, fresh process per case; cpu = process CPU seconds (robust on a shared machine)")
+          "RSS over the inputs, fresh process per case; cpu = process CPU seconds (robust on a shared machine); user = "
+          "cpu without the kernel's page-fault time (the FLOP-bound ratio: 4 logits GEMMs vs 3, so about 4/3)")
     print("    N | naive peak MB | fused peak MB | mem ratio | naive wall/cpu s | fused wall/cpu s | wall ratio | "
-          "cpu ratio | |dlogp mean|")
+          "cpu ratio | user ratio | |dlogp mean|")
     measured = []  # (n, naive result) for extrapolation
     for n in sizes:
         fused = _run_case("torch", n, h, v)
@@ -386,7 +392,7 @@ def bench_cpu(sizes=(1024, 4096, 8192), h=1024, v=151936) -> None:
         if "error" in naive and len(measured) >= 2:  # linear in N: extrapolate, clearly labelled
             (n0, r0), (n1, r1) = measured[-2:]
             label = f"  <- naive EXTRAPOLATED from N={n0},{n1} ({naive['error']})"
-            naive = {k: r1[k] + (r1[k] - r0[k]) * (n - n1) / (n1 - n0) for k in ("peak", "time", "cpu")}
+            naive = {k: r1[k] + (r1[k] - r0[k]) * (n - n1) / (n1 - n0) for k in ("peak", "time", "cpu", "user")}
             naive["logp_mean"] = float("nan")
         elif "error" not in naive:
             measured.append((n, naive))
@@ -396,7 +402,8 @@ def bench_cpu(sizes=(1024, 4096, 8192), h=1024, v=151936) -> None:
         print(f"{n:5d} | {naive['peak'] / 2**20:13.0f} | {fused['peak'] / 2**20:13.0f} | "
               f"{fused['peak'] / naive['peak']:9.3f} | {naive['time']:7.1f} /{naive['cpu']:7.1f} | "
               f"{fused['time']:7.1f} /{fused['cpu']:7.1f} | {fused['time'] / naive['time']:10.2f} | "
-              f"{fused['cpu'] / naive['cpu']:9.2f} | {abs(fused['logp_mean'] - naive['logp_mean']):.1e}{label}")
+              f"{fused['cpu'] / naive['cpu']:9.2f} | {fused['user'] / naive['user']:10.2f} | "
+              f"{abs(fused['logp_mean'] - naive['logp_mean']):.1e}{label}")
 
 
 def _cuda_time(fn, iters=5) -> float:
