@@ -9,8 +9,11 @@ Design:
 - An SFT example learns the LAST assistant turn only: `<think>\\n...\\n</think>\\n\\n`, the answer and the closing
   `<|im_end|>`. Earlier assistant turns are context, since the template strips their reasoning and learning
   them would teach answering without thinking (Klear's SFT data is single-turn anyway).
-- pack() puts examples into fixed rows best-fit decreasing; doc_ids keep documents apart, positions restart,
-  targets are already shifted (-100 where the next token is not learned).
+- SFT data at Klear scale (1.5M long examples, billions of tokens) does not fit in Python lists on every rank:
+  build_token_store tokenises the files once into flat int32 ids + uint8 masks + offsets on disk, keyed by the
+  files' size/mtime and the tokenizer, and TokenStore memory-maps them. PackedRows plans best-fit-decreasing rows
+  from the lengths alone and builds a row's tensors only when it is asked for: doc_ids keep documents apart,
+  positions restart, targets are already shifted (-100 where the next token is not learned).
 - ShardedSampler: one seeded permutation per epoch, strided over ranks; the n_items % world_size tail of
   each epoch's permutation is dropped (so all ranks take equal steps; a different tail each shuffled epoch).
 - The demo: a character tokenizer with Qwen3's special tokens, a tiny Qwen3 config, and two tasks (multi-operand
@@ -20,14 +23,25 @@ Design:
 Commands:
   python data.py --demo runs/demo/data [--seed 0]                        # write the demo folder
   python data.py --sft FILE.jsonl --tokenizer DIR --seq-len 8192        # packing statistics of an SFT file
+  python data.py --sft FILE.jsonl --tokenizer DIR --cache DIR           # tokenise ahead (sft.py --data-cache DIR)
 """
+from __future__ import annotations
+
 import argparse
 import bisect
+import contextlib
 import gzip
+import hashlib
 import json
+import os
 import random
+import shutil
+import socket
+import tempfile
+import time
 from pathlib import Path
 
+import numpy as np
 import tokenizers
 import torch
 
@@ -116,14 +130,14 @@ def render_chat(messages: list[dict], add_generation_prompt: bool = False, enabl
     return text
 
 
-def read_jsonl(path, skip_bad: bool = False, parse=None) -> list:
-    """JSON objects of a JSONL file (blank lines ignored), each passed through parse(record) when given. A bad
-    line (malformed JSON, not an object, or parse raising ValueError/KeyError/TypeError) raises an error naming
-    file:line, or with skip_bad is counted, skipped and reported. A `.gz` file is read through gzip."""
+def _jsonl(path, skip_bad: bool = False, parse=None):
+    """(line number, record or parse(record)) of each JSON object of a JSONL file (blank lines ignored). A bad line
+    (malformed JSON, not an object, or parse raising ValueError/KeyError/TypeError) raises an error naming
+    file:line, or with skip_bad is counted, skipped and reported at the end. A `.gz` file is read through gzip."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    out, bad = [], []
+    good, bad = 0, []
     with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -132,21 +146,27 @@ def read_jsonl(path, skip_bad: bool = False, parse=None) -> list:
                 rec = json.loads(line)
                 if not isinstance(rec, dict):
                     raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
-                out.append(parse(rec) if parse else rec)
+                out = parse(rec) if parse else rec
             except (ValueError, KeyError, TypeError) as e:  # json.JSONDecodeError is a ValueError
                 if not skip_bad:
                     raise ValueError(f"{path}:{lineno}: {e}") from None
                 bad.append(f"{path}:{lineno}: {e}")
+                continue
+            good += 1
+            yield lineno, out
     if bad:
         print(f"warning: skipped {len(bad)} bad line(s), first: {bad[0]}")
-    if not out:
+    if not good:
         raise ValueError(f"{path}: no records" + (f" ({len(bad)} bad lines skipped)" if bad else ""))
-    return out
 
 
-def sft_example(record: dict, tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
-    """Token ids of the rendered conversation and a loss mask (1 = learn) over the last assistant turn after its
-    `<|im_start|>assistant\\n` header, up to and including `<|im_end|>` (not the newline after it)."""
+def read_jsonl(path, skip_bad: bool = False, parse=None) -> list:
+    """All records of a JSONL file (see _jsonl for what counts as bad and how it is reported)."""
+    return [rec for _, rec in _jsonl(path, skip_bad, parse)]
+
+
+def _sft_texts(record: dict) -> tuple[str, str]:
+    """An SFT record -> (the rendered conversation up to the last assistant turn's generation prompt, the whole)."""
     if "messages" in record:
         messages = record["messages"]
         if not (isinstance(messages, list) and messages and all(isinstance(m, dict) and "role" in m for m in messages)
@@ -158,17 +178,173 @@ def sft_example(record: dict, tokenizer: Tokenizer) -> tuple[list[int], list[int
                 raise ValueError(f"missing field {field!r} (or 'messages')")
         messages = [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["response"]}]
     prompt, full = render_chat(messages[:-1], add_generation_prompt=True), render_chat(messages)
-    # Tokenise both texts and check the prompt's ids are a prefix of the full ids: then the learned span is
-    # exactly what the model must generate after the generation prompt at sampling time.
-    p_ids, ids = tokenizer.encode(prompt), tokenizer.encode(full)
-    if not full.startswith(prompt) or ids[:len(p_ids)] != p_ids:
+    if not full.startswith(prompt):
         raise ValueError("the conversation before the last assistant turn does not render as its prefix")
-    assert ids[-2] == tokenizer.eos_id, "the rendered turn ends with <|im_end|>\\n"
+    return prompt, full
+
+
+def _sft_mask(p_ids: list[int], ids: list[int], eos_id: int) -> tuple[list[int], list[int]]:
+    """Loss mask (1 = learn) over what follows the generation prompt, up to and including `<|im_end|>` (not the
+    newline after it). The prompt's ids must be a prefix of the full ids: then the learned span is exactly what
+    the model must generate after the generation prompt at sampling time."""
+    if ids[:len(p_ids)] != p_ids:
+        raise ValueError("the conversation before the last assistant turn does not tokenise as its prefix")
+    assert ids[-2] == eos_id, "the rendered turn ends with <|im_end|>\\n"
     return ids, [0] * len(p_ids) + [1] * (len(ids) - len(p_ids) - 1) + [0]
+
+
+def sft_example(record: dict, tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
+    """Token ids of the rendered conversation and a loss mask over the last assistant turn after its
+    `<|im_start|>assistant\\n` header, up to and including `<|im_end|>`."""
+    prompt, full = _sft_texts(record)
+    return _sft_mask(tokenizer.encode(prompt), tokenizer.encode(full), tokenizer.eos_id)
 
 
 def load_sft(path, tokenizer: Tokenizer, skip_bad: bool = False) -> list[tuple[list[int], list[int]]]:
     return read_jsonl(path, skip_bad, parse=lambda r: sft_example(r, tokenizer))
+
+
+# ------------------------------------------------------------------------------- SFT data at any scale
+STORE_FORMAT = 1  # bump when render_chat or the mask rule changes: stores written before are rebuilt
+
+
+class TokenStore:
+    """Tokenised SFT examples as flat arrays: ids (int32), mask (uint8, 1 = learned), offsets (n_docs + 1) and
+    n_loss (learned tokens after the first token, per document). `open` memory-maps a folder written by
+    build_token_store, so the ranks of a node share one copy in the page cache and no rank holds the data."""
+
+    def __init__(self, ids: np.ndarray, mask: np.ndarray, offsets: np.ndarray, n_loss: np.ndarray):
+        self.ids, self.mask, self.offsets, self.n_loss = ids, mask, offsets, n_loss
+
+    @classmethod
+    def open(cls, folder) -> TokenStore:
+        folder = Path(folder)
+        offsets, n_loss = np.load(folder / "offsets.npy"), np.load(folder / "n_loss.npy")
+        n = int(offsets[-1])
+        mapped = lambda name, dtype: np.memmap(folder / name, dtype, "r", shape=(n,)) if n else np.zeros(0, dtype)
+        return cls(mapped("ids.bin", np.int32), mapped("mask.bin", np.uint8), offsets, n_loss)
+
+    @classmethod
+    def from_examples(cls, examples) -> TokenStore:
+        """In memory, from (ids, mask) pairs: tests and small data."""
+        lens = [len(ids) for ids, _ in examples]
+        flat = lambda k, dtype: np.array([t for ex in examples for t in ex[k]], dtype=dtype)
+        return cls(flat(0, np.int32), flat(1, np.uint8), np.cumsum([0] + lens, dtype=np.int64),
+                   np.array([sum(mask[1:]) for _, mask in examples], dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def _store_key(paths: list, tokenizer: Tokenizer, skip_bad: bool) -> str:
+    """What a store was made from: the files (path, size, mtime), the tokenizer, the format and skip_bad."""
+    files = []
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such file")
+        files.append([str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns])
+    spec = {"format": STORE_FORMAT, "files": files, "skip_bad": skip_bad, "eos": tokenizer.eos_id,
+            "tokenizer": hashlib.sha256(tokenizer.tok.to_str().encode()).hexdigest()}
+    return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:20]
+
+
+def store_ready(folder, key: str) -> bool:
+    meta = Path(folder) / "meta.json"  # written last, inside the temp folder that is renamed into place
+    return meta.is_file() and json.loads(meta.read_text()).get("key") == key
+
+
+def _tokenised(path, tokenizer: Tokenizer, skip_bad: bool, batch: int = 256):
+    """(ids, mask) of each SFT record of a file, tokenised in batches (the tokenizers library threads them)."""
+    pending = []
+
+    def flush():
+        texts = [t for _, prompt, full in pending for t in (prompt, full)]
+        enc = tokenizer.tok.encode_batch(texts, add_special_tokens=False)
+        for j, (lineno, _, _) in enumerate(pending):
+            try:
+                yield _sft_mask(enc[2 * j].ids, enc[2 * j + 1].ids, tokenizer.eos_id)
+            except ValueError as e:
+                if not skip_bad:
+                    raise ValueError(f"{path}:{lineno}: {e}") from None
+                print(f"warning: skipped {path}:{lineno}: {e}")
+        pending.clear()
+    for lineno, (prompt, full) in _jsonl(path, skip_bad, parse=_sft_texts):
+        pending.append((lineno, prompt, full))
+        if len(pending) == batch:
+            yield from flush()
+    yield from flush()
+
+
+def build_token_store(paths: list, tokenizer: Tokenizer, folder, skip_bad: bool = False) -> TokenStore:
+    """Tokenise SFT JSONL files once into `folder` (ids.bin, mask.bin, offsets.npy, n_loss.npy, meta.json) and
+    open it. A store made from the same files and tokenizer is reused as it is. The files are written into a
+    temp folder renamed into place when complete: a crash leaves no half store, and when two builders race
+    (one per node on a shared file system) the first rename wins and the other's copy is dropped."""
+    folder, key = Path(folder), _store_key(paths, tokenizer, skip_bad)
+    if store_ready(folder, key):
+        return TokenStore.open(folder)
+    tmp = folder.parent / f".{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        meta = _write_store(paths, tokenizer, tmp, skip_bad)
+        (tmp / "meta.json").write_text(json.dumps({"key": key, **meta}, indent=1))
+        _publish(tmp, folder, key)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed build leaves nothing behind (a published tmp is gone)
+    print(f"token store {folder}: {json.dumps(meta)}", flush=True)
+    return TokenStore.open(folder)
+
+
+def _write_store(paths: list, tokenizer: Tokenizer, out: Path, skip_bad: bool) -> dict:
+    offsets, n_loss, t0, shown = [0], [], time.time(), time.time()
+    with open(out / "ids.bin", "wb") as f_ids, open(out / "mask.bin", "wb") as f_mask:
+        for path in paths:
+            for ids, mask in _tokenised(path, tokenizer, skip_bad):
+                f_ids.write(np.asarray(ids, dtype=np.int32).tobytes())
+                f_mask.write(bytes(mask))
+                offsets.append(offsets[-1] + len(ids))
+                n_loss.append(sum(mask[1:]))
+                if time.time() - shown > 30:  # long jobs show progress
+                    shown = time.time()
+                    print(f"tokenising {path}: {len(n_loss)} examples, {offsets[-1]} tokens, {shown - t0:.0f} s",
+                          flush=True)
+        for f in (f_ids, f_mask):
+            f.flush()
+            os.fsync(f.fileno())
+    np.save(out / "offsets.npy", np.array(offsets, dtype=np.int64))
+    np.save(out / "n_loss.npy", np.array(n_loss, dtype=np.int64))
+    return {"docs": len(n_loss), "tokens": offsets[-1], "files": [str(p) for p in paths],
+            "seconds": round(time.time() - t0, 1)}
+
+
+def _publish(tmp: Path, folder: Path, key: str) -> None:
+    """Rename the complete store `tmp` to `folder`; a stale store there is moved aside first."""
+    if folder.exists() and not store_ready(folder, key):
+        old = folder.parent / f".{folder.name}.old-{socket.gethostname()}-{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):  # another builder may have moved it already
+            os.replace(folder, old)
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another builder renamed its store first: keep that one if it is this data
+        if not store_ready(folder, key):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def wait_for_store(folder, key: str, poll: float = 2.0) -> TokenStore:
+    """For ranks that do not build: wait (with a line a minute) until the builder of this node publishes."""
+    t0, shown = time.time(), time.time()
+    while not store_ready(folder, key):
+        if time.time() - shown > 60:
+            shown = time.time()
+            print(f"waiting for the token store {folder} ({shown - t0:.0f} s)", flush=True)
+        time.sleep(poll)
+    return TokenStore.open(folder)
 
 
 def _best_fit(lengths: list[int], cap: int) -> list[list[int]]:
@@ -188,38 +364,58 @@ def _best_fit(lengths: list[int], cap: int) -> list[list[int]]:
     return bins
 
 
+class PackedRows:
+    """Documents of a TokenStore packed best-fit into rows of seq_len tokens. Only the plan (which documents go
+    into which row) is held; `batch(rows)` builds the tensors of the rows asked for: input_ids, targets (the next
+    token of the same document where it is learned, else -100), doc_ids (0, 1, ... per row; padding one more)
+    and position_ids (restarting per document), each (len(rows), seq_len) long. `stats` counts what was packed."""
+
+    def __init__(self, store: TokenStore, seq_len: int, pad_id: int, overlong: str = "truncate"):
+        if overlong not in ("truncate", "skip"):
+            raise ValueError(f"overlong must be 'truncate' or 'skip', got {overlong!r}")
+        lengths = store.lengths()
+        keep = np.nonzero((lengths > 0) & ((lengths <= seq_len) | (overlong == "truncate")))[0]
+        if not len(keep):
+            raise ValueError(f"pack: no examples left to pack ({len(store)} skipped)")
+        cut = np.minimum(lengths[keep], seq_len)  # (kept,)
+        bins = _best_fit(cut.tolist(), seq_len)
+        self.store, self.seq_len, self.pad_id = store, seq_len, pad_id
+        self.docs = keep[np.concatenate(bins)]  # store document ids in row order
+        self.starts = np.cumsum([0] + [len(b) for b in bins])  # row r holds docs[starts[r]:starts[r + 1]]
+        long = keep[lengths[keep] > seq_len]  # truncated: count their learned tokens up to the cut
+        lost = sum(int(store.n_loss[d]) - int(store.mask[store.offsets[d] + 1:store.offsets[d] + seq_len].sum())
+                   for d in long)
+        tokens = int(cut.sum())
+        self.stats = {"rows": len(bins), "docs": len(keep), "truncated": len(long), "skipped": len(store) - len(keep),
+                      "tokens": tokens, "loss_tokens": int(store.n_loss[keep].sum()) - lost,
+                      "pad_fraction": 1 - tokens / (len(bins) * seq_len)}
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def batch(self, rows) -> dict[str, torch.Tensor]:
+        rows = [int(r) for r in rows]
+        shape, s = (len(rows), self.seq_len), self.store
+        t = {"input_ids": np.full(shape, self.pad_id, np.int64), "targets": np.full(shape, IGNORE_INDEX, np.int64),
+             "doc_ids": np.zeros(shape, np.int64), "position_ids": np.zeros(shape, np.int64)}
+        for i, r in enumerate(rows):
+            at, docs = 0, self.docs[self.starts[r]:self.starts[r + 1]]
+            for d, doc in enumerate(docs):
+                lo = int(s.offsets[doc])
+                n = min(int(s.offsets[doc + 1]) - lo, self.seq_len)
+                ids, learn = s.ids[lo:lo + n], s.mask[lo:lo + n]
+                t["input_ids"][i, at:at + n] = ids
+                t["targets"][i, at:at + n - 1] = np.where(learn[1:] > 0, ids[1:], IGNORE_INDEX)
+                t["doc_ids"][i, at:at + n], t["position_ids"][i, at:at + n] = d, np.arange(n)
+                at += n
+            t["doc_ids"][i, at:], t["position_ids"][i, at:] = len(docs), np.arange(self.seq_len - at)  # padding
+        return {k: torch.from_numpy(v) for k, v in t.items()}
+
+
 def pack(examples, seq_len: int, pad_id: int, overlong: str = "truncate") -> tuple[dict, dict]:
-    """(ids, mask) examples -> rows of seq_len tokens: input_ids, targets (next token of the same document if it
-    is a loss token, else -100), doc_ids (0, 1, ... per row; padding one more id) and position_ids (restarting
-    per document), each (R, seq_len) long; and stats."""
-    if overlong not in ("truncate", "skip"):
-        raise ValueError(f"overlong must be 'truncate' or 'skip', got {overlong!r}")
-    docs, truncated, skipped = [], 0, 0
-    for ids, mask in examples:
-        if not ids or (len(ids) > seq_len and overlong == "skip"):
-            skipped += 1
-            continue
-        truncated += len(ids) > seq_len
-        docs.append((ids[:seq_len], mask[:seq_len]))
-    if not docs:
-        raise ValueError(f"pack: no examples left to pack ({skipped} skipped)")
-    bins = _best_fit([len(d[0]) for d in docs], seq_len)
-    shape = (len(bins), seq_len)
-    t = {"input_ids": torch.full(shape, pad_id), "targets": torch.full(shape, IGNORE_INDEX),
-         "doc_ids": torch.zeros(shape, dtype=torch.long), "position_ids": torch.zeros(shape, dtype=torch.long)}
-    for r, row in enumerate(bins):
-        s = 0
-        for d, i in enumerate(row + [None]):  # None: the padding tail, its own document
-            ids, mask = docs[i] if i is not None else ([pad_id] * (seq_len - s), [0] * (seq_len - s))
-            x, n = torch.tensor(ids, dtype=torch.long), len(ids)
-            t["input_ids"][r, s:s + n] = x
-            t["targets"][r, s:s + n - 1] = torch.where(torch.tensor(mask[1:], dtype=torch.bool), x[1:], IGNORE_INDEX)
-            t["doc_ids"][r, s:s + n], t["position_ids"][r, s:s + n] = d, torch.arange(n)
-            s += n
-    tokens, loss_tokens = sum(len(d[0]) for d in docs), int((t["targets"] != IGNORE_INDEX).sum())
-    stats = {"rows": len(bins), "docs": len(docs), "truncated": truncated, "skipped": skipped, "tokens": tokens,
-             "loss_tokens": loss_tokens, "pad_fraction": 1 - tokens / (len(bins) * seq_len)}
-    return t, stats
+    """(ids, mask) examples -> all packed rows as (R, seq_len) tensors, and the stats (see PackedRows)."""
+    rows = PackedRows(TokenStore.from_examples(examples), seq_len, pad_id, overlong)
+    return rows.batch(range(len(rows))), rows.stats
 
 
 class ShardedSampler:
@@ -407,16 +603,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--demo", help="write the demo task into this folder")
     p.add_argument("--seed", type=int, default=0, help="demo seed")
-    p.add_argument("--sft", help="an SFT JSONL file to tokenise and pack (prints packing statistics)")
+    p.add_argument("--sft", nargs="+", help="SFT JSONL file(s) to tokenise and pack (prints packing statistics)")
     p.add_argument("--tokenizer", help="tokenizer folder for --sft")
+    p.add_argument("--cache", help="write the token store here (sft.py --data-cache reuses it); default: temporary")
     p.add_argument("--seq-len", type=int, default=8192, help="packed row length for --sft")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad lines instead of failing")
     args = p.parse_args()
     if args.demo:
         print(json.dumps(write_demo(args.demo, seed=args.seed)))
     if args.sft:
-        tok = load_tokenizer(args.tokenizer or Path(args.sft).parent)
-        print(json.dumps(pack(load_sft(args.sft, tok, args.skip_bad), args.seq_len, tok.pad_id)[1]))
+        tok = load_tokenizer(args.tokenizer or Path(args.sft[0]).parent)
+        with tempfile.TemporaryDirectory() as tmp:
+            store = build_token_store(args.sft, tok, args.cache or Path(tmp) / "tokens", args.skip_bad)
+            print(json.dumps(PackedRows(store, args.seq_len, tok.pad_id).stats))
 
 
 if __name__ == "__main__":

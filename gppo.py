@@ -494,7 +494,8 @@ def bench(a) -> None:
 
 def main(argv=None) -> None:
     a = parse_args(argv)
-    bench(a) if a.bench else train(a)
+    with sft.distributed_run():
+        bench(a) if a.bench else train(a)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,10 @@ Design:
 - Loss = summed token NLL / the global number of loss tokens of the optimizer step (all ranks, all micro-steps,
   counted first with one all_reduce), so any split of the same batch over ranks or micro-steps gives the same
   gradient.
-- Data: every rank tokenises and packs the same files (best-fit rows of --max-length tokens); the sampler gives
-  each rank a strided shard of a per-epoch permutation of rows; a step takes --tokens-per-step tokens globally.
+- Data: local rank 0 of each node tokenises the files once into a memory-mapped token store (OUT/tokens, reused
+  by resumes and reruns); every rank plans the same best-fit rows of --max-length tokens and builds only the
+  rows it trains on, so memory is O(documents), not O(tokens); the sampler gives each rank a strided shard of a
+  per-epoch permutation of rows; a step takes --tokens-per-step tokens globally.
 - Checkpoints: DCP-sharded model + optimizer, per-rank data position + RNG, meta and args JSON, written into
   `step_N.tmp` with a COMPLETE marker last, then renamed; latest() only sees complete folders; --keep kept.
 - Klear SFT defaults (RECIPE.md): lr 8e-5 -> 4e-5 cosine, 4 epochs, 32K tokens. Not published, chosen here:
@@ -38,6 +40,7 @@ Run:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -107,6 +110,18 @@ def all_reduce_sum(x: float | torch.Tensor) -> torch.Tensor:
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+@contextlib.contextmanager
+def distributed_run():
+    """The body of a trainer's main: on success the ranks leave together, then the process group is torn down
+    (under gloo a rank whose peer closes its connections first could abort after all its work was done)."""
+    try:
+        yield
+        _barrier()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def shard_model(model: qwen3.Qwen3, dist_: Dist, checkpointing: bool = False,
@@ -319,13 +334,17 @@ def load_model(args) -> tuple[data.Tokenizer, qwen3.Qwen3]:
     return tok, model
 
 
-def load_rows(paths: list[str], tok: data.Tokenizer, seq_len: int, overlong: str = "truncate",
-              skip_bad: bool = False) -> tuple[dict, dict]:
-    """SFT JSONL files -> packed rows (R, seq_len) (same on every rank) and packing stats."""
-    examples = []
-    for path in paths:
-        examples += data.read_jsonl(path, skip_bad=skip_bad, parse=lambda r: data.sft_example(r, tok))
-    return data.pack(examples, seq_len, tok.pad_id, overlong=overlong)
+def load_rows(paths: list[str], tok: data.Tokenizer, seq_len: int, cache, overlong: str = "truncate",
+              skip_bad: bool = False) -> data.PackedRows:
+    """SFT JSONL files -> packed rows (the same on every rank) over a token store in `cache`. Local rank 0 of
+    each node tokenises (once: later runs and resumes with the same files and tokenizer reuse the store), the
+    other ranks wait for it and memory-map the same files."""
+    key = data._store_key(paths, tok, skip_bad)
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        store = data.build_token_store(paths, tok, cache, skip_bad)
+    else:
+        store = data.wait_for_store(cache, key)
+    return data.PackedRows(store, seq_len, tok.pad_id, overlong)
 
 
 def train_step(model, optimizer, batch: dict, micro_batch: int, lr: float, grad_clip: float) -> dict:
@@ -376,15 +395,16 @@ def plan(args, n_rows: int, world: int) -> tuple[int, int, int]:
     return rows_per_rank, total, math.ceil(args.warmup_ratio * total)
 
 
-def prepare(args, d: Dist) -> tuple[data.Tokenizer, qwen3.Qwen3, torch.optim.AdamW, dict, dict]:
+def prepare(args, d: Dist) -> tuple[data.Tokenizer, qwen3.Qwen3, torch.optim.AdamW, data.PackedRows, dict]:
     """Tokenizer, sharded model, optimizer, packed rows and packing stats, with the resolved args printed."""
     torch.manual_seed(args.seed)
     print0(json.dumps(vars(args), indent=2))
     tok, model = load_model(args)
-    rows, stats = load_rows(args.data, tok, args.max_length, args.overlong, args.skip_bad)
-    print0(f"data {json.dumps(stats)}")
+    rows = load_rows(args.data, tok, args.max_length, args.data_cache or Path(args.out) / "tokens", args.overlong,
+                     args.skip_bad)
+    print0(f"data {json.dumps(rows.stats)}")
     shard_model(model, d, args.checkpointing)
-    return tok, model, build_optimizer(model, args.lr, args.weight_decay, tuple(args.betas)), rows, stats
+    return tok, model, build_optimizer(model, args.lr, args.weight_decay, tuple(args.betas)), rows, rows.stats
 
 
 def train(args) -> None:
@@ -409,9 +429,8 @@ def train(args) -> None:
     t_start, first = time.perf_counter(), step
     while step < last:
         t0 = time.perf_counter()
-        idx = torch.tensor(sampler.next_indices(rows_per_rank))
-        m = train_step(model, optimizer, {k: v[idx] for k, v in rows.items()}, args.micro_batch, lr(step),
-                       args.grad_clip)
+        idx = sampler.next_indices(rows_per_rank)
+        m = train_step(model, optimizer, rows.batch(idx), args.micro_batch, lr(step), args.grad_clip)
         step += 1
         dt, per_step = time.perf_counter() - t0, (time.perf_counter() - t_start) / (step - first)
         mfu = {"mfu": flops_per_token(model.config, args.max_length) * step_tokens / dt / peak} if peak else {}
@@ -436,7 +455,8 @@ def bench(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data.write_demo(tmp, n_rl=1, n_eval=1)
         tok, cfg = data.load_tokenizer(tmp), qwen3.Qwen3Config.from_json(Path(tmp) / "config.json")
-        rows, stats = load_rows([str(Path(tmp) / "sft.jsonl")], tok, cfg.max_position_embeddings)
+        packed = load_rows([str(Path(tmp) / "sft.jsonl")], tok, cfg.max_position_embeddings, Path(tmp) / "tokens")
+        rows, stats = packed.batch(range(len(packed))), packed.stats
     T = cfg.max_position_embeddings
     print(f"packing: {stats['docs']} demo SFT examples into {stats['rows']} rows of {T} tokens: "
           f"{100 * (1 - stats['pad_fraction']):.2f}% non-padding")
@@ -484,6 +504,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--max-length", type=int, default=32768, help="tokens per packed row (= longest example)")
     g.add_argument("--overlong", choices=["truncate", "skip"], default="truncate", help="examples over max-length")
     g.add_argument("--skip-bad", action="store_true", help="skip and count malformed lines instead of failing")
+    g.add_argument("--data-cache", help="token store folder (default: OUT/tokens), reused while files and "
+                   "tokenizer are unchanged")
     g = p.add_argument_group("optimisation (Klear SFT: 8e-5 -> 4e-5 cosine, 4 epochs, 32K)")
     g.add_argument("--lr", type=float, default=8e-5, help="peak learning rate")
     g.add_argument("--min-lr", type=float, default=4e-5, help="cosine floor reached at the last step")
@@ -514,11 +536,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
+    with distributed_run():
         bench(args) if args.bench else train(args)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import sft  # noqa: E402
 def bf16_grad_error(args) -> float:
     d = sft.init_distributed()
     tok = data.load_tokenizer(args.tokenizer)
-    rows = sft.load_rows(args.data, tok, args.max_length)[0]
+    packed = sft.load_rows(args.data, tok, args.max_length, Path(args.out) / "tokens")
+    rows = packed.batch(range(len(packed)))
     cfg = qwen3.Qwen3Config.from_json(args.config)
     ours, ref = qwen3.build_model(cfg, seed=0), qwen3.build_model(cfg, seed=0)
     sft.shard_model(ours, d, checkpointing=True, bf16=True)
@@ -30,9 +31,7 @@ def bf16_grad_error(args) -> float:
 
 if __name__ == "__main__":
     out, args = sys.argv[1], sys.argv[2:] + ["--out", sys.argv[1]]
-    try:
+    with sft.distributed_run():
         sft.train(sft.parse_args(args + ["--max-steps", "3"]))
         sft.train(sft.parse_args(args + ["--max-steps", "5", "--resume"]))
         sft.print0(f"bf16 grad rel err {bf16_grad_error(sft.parse_args(args)):.3e}")
-    finally:
-        sft.dist.destroy_process_group()

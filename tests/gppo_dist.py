@@ -79,7 +79,7 @@ def gradcheck_2ranks(dist) -> None:
 
 
 if __name__ == "__main__":
-    dist = sft.init_distributed()
-    gradcheck_2ranks(dist)
-    argv = sys.argv[1:]
-    gppo.train(gppo.parse_args(argv[1:] if argv[:1] == ["--"] else argv))
+    with sft.distributed_run():
+        gradcheck_2ranks(sft.init_distributed())
+        argv = sys.argv[1:]
+        gppo.train(gppo.parse_args(argv[1:] if argv[:1] == ["--"] else argv))

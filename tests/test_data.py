@@ -1,6 +1,8 @@
 """data.py: tokenizer and chat template against transformers, JSONL errors, loss masks, packing, sharding, demo."""
 import json
 import random
+import shutil
+import threading
 
 import pytest
 import torch
@@ -179,6 +181,63 @@ def test_pack_overlong_and_best_fit():
     assert s["rows"] == 3 and s["pad_fraction"] == 0
     docs = sorted(t["input_ids"][r][t["doc_ids"][r] == d].tolist() for r in range(3) for d in range(4))
     assert [d for d in docs if d] == sorted(e[0] for e in exs)  # every document once, intact
+
+
+def test_token_store_packs_like_memory_and_is_built_once(demo, tmp_path, monkeypatch):
+    folder, _, tok = demo
+    src = tmp_path / "sft.jsonl"
+    src.write_text("".join((folder / "sft.jsonl").read_text().splitlines(keepends=True)[:60]))
+    store = data.build_token_store([src], tok, tmp_path / "tokens")
+    assert isinstance(store.ids, data.np.memmap) and len(store) == 60
+    rows = data.PackedRows(store, 100, tok.pad_id)
+    ref, ref_stats = data.pack(data.load_sft(src, tok), 100, tok.pad_id)
+    got = rows.batch(range(len(rows)))
+    assert rows.stats == ref_stats and ref_stats["truncated"] > 0  # some demo examples exceed 100 tokens
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
+    assert torch.equal(rows.batch([3, 0])["targets"], ref["targets"][[3, 0]])  # any rows, in any order
+    monkeypatch.setattr(data, "_write_store", lambda *a: pytest.fail("rebuilt an up-to-date store"))
+    assert len(data.build_token_store([src], tok, tmp_path / "tokens")) == 60  # reused as it is
+    monkeypatch.undo()
+    with open(src, "a") as f:  # the source changed: the store is rebuilt
+        f.write((folder / "sft.jsonl").read_text().splitlines(keepends=True)[60])
+    assert len(data.build_token_store([src], tok, tmp_path / "tokens")) == 61
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sft.jsonl", "tokens"]  # no temp or old folders left
+
+
+def test_token_store_bad_input_and_crash_keep_the_old_store(demo, tmp_path, monkeypatch):
+    tok = demo[2]
+    src = tmp_path / "sft.jsonl"
+    src.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n{"prompt": "c", "response": "d"}\n')
+    with pytest.raises(ValueError, match=f"{src}:2: missing field 'response'"):
+        data.build_token_store([src], tok, tmp_path / "tokens")
+    assert not (tmp_path / "tokens").exists()
+    assert len(data.build_token_store([src], tok, tmp_path / "tokens", skip_bad=True)) == 2
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        data.build_token_store([tmp_path / "nope.jsonl"], tok, tmp_path / "tokens")
+    src.write_text('{"prompt": "a", "response": "b"}\n' * 3)
+
+    def crash(*args):
+        raise KeyboardInterrupt  # killed mid-build
+    monkeypatch.setattr(data, "_write_store", crash)
+    with pytest.raises(KeyboardInterrupt):
+        data.build_token_store([src], tok, tmp_path / "tokens", skip_bad=True)
+    monkeypatch.undo()
+    assert len(data.TokenStore.open(tmp_path / "tokens")) == 2  # the previous store is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sft.jsonl", "tokens"]
+
+
+def test_token_store_waiters_and_racing_builders(demo, tmp_path):
+    tok = demo[2]
+    src = tmp_path / "sft.jsonl"
+    src.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": "dd"}\n')
+    key = data._store_key([src], tok, False)
+    threading.Timer(0.3, data.build_token_store, ([src], tok, tmp_path / "tokens")).start()
+    assert not data.store_ready(tmp_path / "tokens", key)
+    assert len(data.wait_for_store(tmp_path / "tokens", key, poll=0.05)) == 2  # returns once it is published
+    other = tmp_path / ".other-builder"  # a second node finishing the same store later: its copy is dropped
+    shutil.copytree(tmp_path / "tokens", other)
+    data._publish(other, tmp_path / "tokens", key)
+    assert not other.exists() and data.store_ready(tmp_path / "tokens", key)
 
 
 def test_sampler_shards_and_resume():

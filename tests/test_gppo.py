@@ -274,14 +274,9 @@ def assert_learns(rows: dict[int, dict], steps: int) -> None:
 
 
 def run_in_process(argv: list[str]) -> None:
-    """gppo.main in this process (saves a start-up); drops the private 1-rank process group it creates."""
-    import torch.distributed as tdist
-    had_group = tdist.is_initialized()
-    try:
-        gppo.main(argv)
-    finally:
-        if not had_group and tdist.is_initialized():
-            tdist.destroy_process_group()
+    """gppo.main in this process (saves a start-up); it tears down the private 1-rank process group it creates."""
+    gppo.main(argv)
+    assert not torch.distributed.is_initialized()
 
 
 def kill_after_lines(p: subprocess.Popen, log: Path, lines: int) -> threading.Thread:

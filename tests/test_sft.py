@@ -46,7 +46,7 @@ def _even_rows(demo: Path, seq_len: int) -> None:
     """Drop SFT examples until they pack into an even number of rows: 2 ranks then see exactly the rows (and so
     the lr schedule length) of 1 rank, since the sampler drops the rows that do not divide by the world size."""
     tok, lines = data.load_tokenizer(demo), (demo / "sft.jsonl").read_text().splitlines(keepends=True)
-    while sft.load_rows([str(demo / "sft.jsonl")], tok, seq_len)[1]["rows"] % 2:
+    while data.pack(data.load_sft(demo / "sft.jsonl", tok), seq_len, tok.pad_id)[1]["rows"] % 2:
         lines = lines[:-1]
         (demo / "sft.jsonl").write_text("".join(lines))
 
