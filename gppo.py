@@ -347,7 +347,7 @@ def load_prompts(a, tok, context: int) -> tuple[list[dict], list[list[int]]]:
 
 
 def setup(a, dist) -> dict:
-    tok, model = sft.load_model(a)  # fp32 on the CPU; shard_model moves each rank's shards to its device
+    tok, model = sft.load_model(a, dist.rank)  # fp32 on the CPU (rank 0); shard_model shards it to the devices
     model = sft.shard_model(model, dist, checkpointing=a.checkpointing)  # gradients SUM over ranks
     tasks, prompts = load_prompts(a, tok, model.config.max_position_embeddings)
     probe = data.render_chat([{"role": "user", "content": "x"}], add_generation_prompt=True,

@@ -127,13 +127,17 @@ def distributed_run():
 def shard_model(model: qwen3.Qwen3, dist_: Dist, checkpointing: bool = False,
                 bf16: bool | None = None) -> qwen3.Qwen3:
     """FSDP2 per decoder layer, then the root (embeddings + norm + lm_head, tied or not, in one unit).
-    bf16 (default: on CUDA): bf16 compute params, fp32 gradient reduction, fp32 master weights."""
+    bf16 (default: on CUDA): bf16 compute params, fp32 gradient reduction, fp32 master weights.
+    A model on the meta device (load_model on ranks > 0) receives its shards from rank 0's copy."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     model.gradient_checkpointing = checkpointing
     bf16 = dist_.device.type == "cuda" if bf16 is None else bf16
     if dist_.world_size == 1 and dist_.device.type == "cpu" and not bf16:
         return model  # fp32 on one CPU process: nothing to shard or cast, FSDP's hooks would only cost time
+    meta = torch.tensor(any(p.is_meta for p in model.parameters()))
+    broadcast = bool(all_reduce_sum(meta.long()) > 0)  # some rank holds no weights: rank 0 sends them
+    full = model.state_dict() if broadcast and dist_.rank == 0 else {}  # rank 0's tensors, before sharding
     mesh = init_device_mesh(dist_.device.type, (dist_.world_size,))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
         else MixedPrecisionPolicy()
@@ -144,6 +148,11 @@ def shard_model(model: qwen3.Qwen3, dist_: Dist, checkpointing: bool = False,
     for unit in [*model.model.layers, model]:  # sum, not average, over ranks: the loss is already a global mean
         unit.set_gradient_divide_factor(1.0)
         unit.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL_SUM)
+    if broadcast:  # the documented FSDP2 meta-device flow: allocate the shards, then fill them from rank 0
+        if meta:
+            model.to_empty(device=dist_.device)
+        opts = dcp_sd.StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        dcp_sd.set_model_state_dict(model, full, options=opts)
     return model
 
 
@@ -321,10 +330,18 @@ def _fsync_dir(folder: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ SFT
-def load_model(args) -> tuple[data.Tokenizer, qwen3.Qwen3]:
-    """fp32 model on CPU (shard_model moves each rank's shards to its device) and its tokenizer."""
+def load_model(args, rank: int = 0) -> tuple[data.Tokenizer, qwen3.Qwen3]:
+    """The tokenizer and an fp32 model on CPU (shard_model moves each rank's shards to its device). From a
+    checkpoint only rank 0 reads the weights; other ranks build on the meta device and shard_model fills their
+    shards from rank 0 (one copy of an 8B model in host memory instead of one per rank: 32 GB, not 256)."""
     if args.model:
-        tok, model = data.load_tokenizer(args.tokenizer or args.model), qwen3.load_pretrained(args.model)
+        tok = data.load_tokenizer(args.tokenizer or args.model)
+        if rank == 0:
+            model = qwen3.load_pretrained(args.model)
+        else:
+            cfg = qwen3.Qwen3Config.from_json(Path(args.model) / "config.json")
+            with torch.device("meta"):
+                model = qwen3.Qwen3(cfg)
     else:
         tok = data.load_tokenizer(args.tokenizer)
         model = qwen3.build_model(qwen3.Qwen3Config.from_json(args.config), seed=args.seed)
@@ -399,7 +416,7 @@ def prepare(args, d: Dist) -> tuple[data.Tokenizer, qwen3.Qwen3, torch.optim.Ada
     """Tokenizer, sharded model, optimizer, packed rows and packing stats, with the resolved args printed."""
     torch.manual_seed(args.seed)
     print0(json.dumps(vars(args), indent=2))
-    tok, model = load_model(args)
+    tok, model = load_model(args, d.rank)
     rows = load_rows(args.data, tok, args.max_length, args.data_cache or Path(args.out) / "tokens", args.overlong,
                      args.skip_bad)
     print0(f"data {json.dumps(rows.stats)}")
