@@ -450,6 +450,8 @@ def train(args) -> None:
         m = train_step(model, optimizer, rows.batch(idx), args.micro_batch, lr(step), args.grad_clip)
         step += 1
         dt, per_step = time.perf_counter() - t0, (time.perf_counter() - t_start) / (step - first)
+        if args.max_seconds > 0 and all_reduce_sum(float(time.perf_counter() - t_start > args.max_seconds)) > 0:
+            last = step  # out of time on some rank: every rank stops here, with a checkpoint and the export
         mfu = {"mfu": flops_per_token(model.config, args.max_length) * step_tokens / dt / peak} if peak else {}
         run.log(step, {"loss": m.pop("loss"), "lr": lr(step - 1), "grad_norm": m.pop("grad_norm"),
                        "tokens_per_s": round(step_tokens / dt), **mfu, "eta_min": (last - step) * per_step / 60,
@@ -539,6 +541,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in --out")
     g.add_argument("--seed", type=int, default=0, help="init and data-order seed")
     g.add_argument("--max-steps", type=int, default=0, help="stop after this step (schedule still spans --epochs)")
+    g.add_argument("--max-seconds", type=float, default=0.0, help="stop once this run has trained this long "
+                   "(the demo's continued-SFT control gets RL's wall time)")
     g.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (and at the end)")
     g.add_argument("--keep", type=int, default=2, help="complete checkpoints kept")
     g.add_argument("--export-every", type=int, default=0, help="also export a HF folder every N steps")

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The Klear-Reasoner pipeline end to end: set-up, long-CoT SFT, GPPO RL (math, then code), evaluation.
 #
-#   bash train.sh                          # built-in demo: a tiny Qwen3 from scratch on CPU, ~10 minutes
+#   bash train.sh                          # built-in demo: a tiny Qwen3 from scratch on CPU, ~9 minutes
 #   LOSS=grpo bash train.sh                # demo ablation: RL again from the same SFT checkpoint with another loss
 #   RL_SEED=1 bash train.sh                # the RL stages again with another seed (same SFT checkpoint)
+#   CONTROL=0 bash train.sh                # without the continued-SFT control (DEMO.md)
 #   MODEL=/path/to/Qwen3-8B-Base SFT_DATA=sft.jsonl MATH_DATA=math.jsonl CODE_DATA=code.jsonl \
 #     EVAL_DATA=aime24.jsonl NPROC=8 bash train.sh          # the real recipe (RECIPE.md) on a GPU node
 #
@@ -31,17 +32,22 @@ if [ -z "${MODEL:-}" ]; then
   if [ ! -f "$OUT/sft/hf/config.json" ]; then
     say "SFT from scratch: tiny Qwen3 ($D/config.json) learns to think before answering"
     $PY sft.py --config "$D/config.json" --tokenizer "$D" --data "$D/sft.jsonl" --out "$OUT/sft" \
-      --max-length 512 --tokens-per-step 4096 --micro-batch 8 --epochs "${SFT_EPOCHS:-4}" \
+      --max-length 512 --tokens-per-step 4096 --micro-batch 8 --epochs "${SFT_EPOCHS:-8}" \
       --lr "${SFT_LR:-2e-3}" --min-lr "${SFT_MIN_LR:-2e-4}" --warmup-ratio 0.03 --weight-decay 0 \
       --seed "$SEED" --save-every 100 --resume
   fi
-  evaluate() {  # evaluate MODEL_DIR NAME: greedy accuracy on both held-out flavours
-    for f in math code; do
-      $PY rollout.py --model "$1" --eval "$D/eval_$f.jsonl" --temperature 0 --max-new-tokens 96 \
-        --out "$OUT/eval_$2_$f.jsonl" --summary "$OUT/eval_$2_$f.json" --workers 2 ${EVAL_LIMIT:+--limit $EVAL_LIMIT}
-    done
+  evaluate() {  # evaluate MODEL_DIR NAME: held-out accuracy of both flavours, greedy and at temperature 1
+    $PY - "$1" "$2" "$D" "$OUT" "${EVAL_LIMIT:-}" <<'EOF'
+import sys, rollout
+model, name, d, out, limit = sys.argv[1:]
+for f in ("math", "code"):
+    for t, suffix in (("0", ""), ("1", "_t1")):  # one sample per problem at temperature 1, top-p 1 (RL's sampling)
+        rollout.main(["--model", model, "--eval", f"{d}/eval_{f}.jsonl", "--temperature", t, "--top-p", "1",
+                      "--max-new-tokens", "96", "--out", f"{out}/eval_{name}_{f}{suffix}.jsonl", "--summary",
+                      f"{out}/eval_{name}_{f}{suffix}.json", "--workers", "2"] + (["--limit", limit] if limit else []))
+EOF
   }
-  [ -f "$OUT/eval_sft_code.json" ] || { say "evaluate the SFT model (greedy, held-out)"; evaluate "$OUT/sft/hf" sft; }
+  [ -f "$OUT/eval_sft_code_t1.json" ] || { say "evaluate the SFT model (held-out)"; evaluate "$OUT/sft/hf" sft; }
   RL="--loss $LOSS --seed ${RL_SEED:-$SEED} --n 8 --lr ${RL_LR:-5e-5} --warmup-steps 2 --max-response-tokens 96 \
     --reward-workers 2 --save-every 10 --resume"
   say "RL stage 1, math: $RUN from the SFT checkpoint"
@@ -50,23 +56,40 @@ if [ -z "${MODEL:-}" ]; then
   say "RL stage 2, code: $RUN from the math-RL checkpoint"
   $PY gppo.py --model "$OUT/$RUN/math/hf" --data "$D/rl_code.jsonl" --out "$OUT/$RUN/code" $RL \
     --steps "${CODE_STEPS:-12}" --prompts-per-step 8 --mini-batch-prompts 4
-  say "evaluate the RL model (greedy, held-out)"
+  say "evaluate the RL model (held-out)"
   evaluate "$OUT/$RUN/code/hf" "$RUN"
+  if [ "${CONTROL:-1}" = 1 ] && [ ! -f "$OUT/eval_sft_more_code_t1.json" ]; then
+    # DEMO.md's control: more SFT (at the schedule's final lr) for as long as both RL stages ran, so that the RL
+    # gain is claimed over the better of two baselines, not over a model that merely trained less
+    secs=$($PY -c 'import json, sys; print(round(sum({(f, m["step"]): m["t_step"] for f in sys.argv[1:]
+      for m in map(json.loads, open(f))}.values())))' "$OUT/$RUN/math/metrics.jsonl" "$OUT/$RUN/code/metrics.jsonl")
+    say "control: the SFT model trained further with SFT for the RL stages' wall time (${secs} s)"
+    $PY sft.py --model "$OUT/sft/hf" --data "$D/sft.jsonl" --out "$OUT/sft_more" --max-length 512 \
+      --tokens-per-step 4096 --micro-batch 8 --epochs 1000 --lr "${SFT_MIN_LR:-2e-4}" --min-lr "${SFT_MIN_LR:-2e-4}" \
+      --warmup-ratio 0 --weight-decay 0 --seed "$SEED" --save-every 0 --max-seconds "$secs"
+    evaluate "$OUT/sft_more/hf" sft_more
+  fi
   $PY - "$OUT" "$RUN" <<'EOF'
 import json, os, sys
-out, loss = sys.argv[1], sys.argv[2]
+out, run = sys.argv[1:]
 path = f"{out}/summary.json"
-summary = json.load(open(path)) if os.path.exists(path) else {}
-for f in ("math", "code"):
-    for stage in ("sft", loss):
-        summary.setdefault(f, {})[stage] = json.load(open(f"{out}/eval_{stage}_{f}.json"))["avg@n"]
+old = json.load(open(path)) if os.path.exists(path) else {}
+summary = {}
+for stage in dict.fromkeys(["sft", "sft_more", *old.get("math", {}), run]):  # earlier runs' columns stay
+    for f in ("math", "code"):
+        for key, suffix in ((f, ""), (f + "@t1", "_t1")):  # flavour: greedy; flavour@t1: temperature 1
+            if os.path.exists(p := f"{out}/eval_{stage}_{f}{suffix}.json"):
+                summary.setdefault(key, {})[stage] = json.load(open(p))["avg@n"]
 json.dump(summary, open(path, "w"), indent=1)
 stages = list(summary["math"])
-w = [max(8, len(s) + 2) for s in stages]
-print(f"\nheld-out accuracy, greedy ({path})")
-print(f"{'flavour':8s}" + "".join(f"{s:>{n}s}" for s, n in zip(stages, w)))
+w = [max(9, len(s) + 2) for s in stages]
+print(f"\nheld-out accuracy ({path}; @t1: one sample at temperature 1, otherwise greedy)")
+print(f"{'':8s}" + "".join(f"{s:>{n}s}" for s, n in zip(stages, w)))
 for f, accs in summary.items():
-    print(f"{f:8s}" + "".join(f"{accs[s]:{n}.3f}" for s, n in zip(stages, w)))
+    print(f"{f:8s}" + "".join(f"{accs[s]:{n}.3f}" if s in accs else " " * n for s, n in zip(stages, w)))
+for f in ("math", "code"):
+    base = max(v for s, v in summary[f].items() if s in ("sft", "sft_more"))
+    print(f"{run} over the better of sft and sft_more (greedy), {f}: {100 * (summary[f][run] - base):+.1f} points")
 EOF
   exit 0
 fi

@@ -20,9 +20,13 @@ def test_short_demo_pipeline_writes_the_summary(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = tmp_path / "demo"
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"math", "code"}
-    for accs in summary.values():
-        assert set(accs) == {"sft", "gppo"} and all(0.0 <= a <= 1.0 for a in accs.values())
+    assert set(summary) == {"math", "code", "math@t1", "code@t1"}  # greedy and temperature 1
+    for accs in summary.values():  # sft_more: the control, more SFT for the RL stages' wall time
+        assert set(accs) == {"sft", "sft_more", "gppo"} and all(0.0 <= a <= 1.0 for a in accs.values())
+    rl_seconds = sum(json.loads(line)["t_step"] for stage in ("math", "code")
+                     for line in (out / "gppo" / stage / "metrics.jsonl").read_text().splitlines())
+    control = [json.loads(line) for line in (out / "sft_more" / "metrics.jsonl").read_text().splitlines()]
+    assert control and f"wall time ({round(rl_seconds)} s)" in p.stdout
     for stage in ("math", "code"):  # both RL stages ran, logged a step and exported a HF folder
         assert json.loads((out / "gppo" / stage / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
         assert (out / "gppo" / stage / "hf" / "config.json").is_file()

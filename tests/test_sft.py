@@ -192,6 +192,14 @@ def test_trainer_learns_a_tiny_set(setup, tmp_path):
     assert losses[0] > 3.0 and max(losses[-3:]) < 0.1, losses[::10]
 
 
+def test_max_seconds_stops_every_rank_with_a_checkpoint_and_export(setup, tmp_path):
+    d, args = setup
+    sft.main(args + ["--out", str(tmp_path / "timed"), "--max-seconds", "1e-9", "--save-every", "0"])
+    assert sorted(curve(tmp_path / "timed")) == [1]  # over budget after the first step
+    assert sft.RunDir(tmp_path / "timed", 1).latest().name == "step_00000001"
+    assert (tmp_path / "timed" / "hf" / "model.safetensors").is_file()
+
+
 def test_schedule():
     lrs = [sft.lr_at(s, 8e-5, 4e-5, 10, 100) for s in range(101)]
     assert lrs[0] == pytest.approx(8e-6) and lrs[9] == pytest.approx(8e-5) and lrs[100] == pytest.approx(4e-5)
