@@ -190,15 +190,15 @@ class Attention(nn.Module):
         gqa, sdpa = self.nh != self.nkv, F.scaled_dot_product_attention
         if mask is None:  # plain causal: flash kernels take GQA directly
             o = sdpa(q, k, v, is_causal=True, enable_gqa=gqa)  # (B, nh, T, hd)
+        elif not isinstance(mask, Tensor):  # a FlexAttention BlockMask (CUDA)
+            o = _flex_attention()(q, k, v, block_mask=mask, enable_gqa=gqa)
         elif gqa and T == 1:  # decode: the query heads of each kv head become its query rows, no kv copy
             o = sdpa(q.reshape(B, self.nkv, -1, self.hd), k, v, attn_mask=mask).view(B, self.nh, 1, self.hd)
-        elif isinstance(mask, Tensor) and (q.device.type == "cpu" or not gqa):  # CPU's flash kernel masks GQA
-            o = sdpa(q, k, v, attn_mask=mask, enable_gqa=gqa)
-        elif isinstance(mask, Tensor):  # CUDA's masked fused kernels lack GQA (math would hold T x S scores)
+        elif gqa and q.is_cuda:  # CUDA's masked fused kernels lack GQA (math would hold T x S scores): repeat kv
             k, v = k.repeat_interleave(self.nh // self.nkv, 1), v.repeat_interleave(self.nh // self.nkv, 1)
             o = sdpa(q, k, v, attn_mask=mask)
-        else:  # a FlexAttention BlockMask (CUDA)
-            o = _flex_attention()(q, k, v, block_mask=mask, enable_gqa=gqa)
+        else:  # an explicit mask on CPU, whose flash kernel takes it with GQA
+            o = sdpa(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.nh * self.hd))
 
 

@@ -453,8 +453,11 @@ def train(args) -> None:
         if args.max_seconds > 0 and all_reduce_sum(float(time.perf_counter() - t_start > args.max_seconds)) > 0:
             last = step  # out of time on some rank: every rank stops here, with a checkpoint and the export
         mfu = {"mfu": flops_per_token(model.config, args.max_length) * step_tokens / dt / peak} if peak else {}
+        eta = (last - step) * per_step
+        if args.max_seconds > 0:  # the time budget may end the run first
+            eta = min(eta, max(0.0, t_start + args.max_seconds - time.perf_counter()))
         run.log(step, {"loss": m.pop("loss"), "lr": lr(step - 1), "grad_norm": m.pop("grad_norm"),
-                       "tokens_per_s": round(step_tokens / dt), **mfu, "eta_min": (last - step) * per_step / 60,
+                       "tokens_per_s": round(step_tokens / dt), **mfu, "eta_min": eta / 60,
                        "epoch": step * rows_per_rank / (stats["rows"] // d.world_size), **m})
         if step == last or (args.save_every > 0 and step % args.save_every == 0):
             run.save(step, model, optimizer, {"step": step, "sampler": sampler.state_dict()})
