@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import math
 import os
@@ -114,10 +115,12 @@ def _barrier() -> None:
 
 @contextlib.contextmanager
 def distributed_run():
-    """The body of a trainer's main: on success the ranks leave together, then the process group is torn down
-    (under gloo a rank whose peer closes its connections first could abort after all its work was done)."""
+    """The body of a trainer's main. On success the FSDP state of the finished run is freed while the interpreter
+    is whole (its reference cycles otherwise die at exit, where gloo's pending work objects could abort a rank
+    with 'terminate called' after all its work was saved), and the ranks leave together; then the group goes."""
     try:
         yield
+        gc.collect()
         _barrier()
     finally:
         if dist.is_initialized():

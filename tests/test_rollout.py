@@ -227,7 +227,7 @@ def test_evaluate_runs(tmp_path):
 
 
 FSDP_SCRIPT = """
-import sys, torch, torch.distributed as dist
+import gc, sys, torch, torch.distributed as dist
 sys.path.insert(0, {root!r})
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
@@ -249,6 +249,9 @@ assert got == ref, (rank, got, ref)
 assert all(isinstance(p, DTensor) for p in m.parameters()), "not resharded after generate"
 m(torch.tensor([prompts[0]])).sum().backward()  # training still works afterwards
 sys.stdout.write(f"ok-rank{{rank}}\\n")  # one write: the ranks share the pipe
+del m  # free the FSDP state before exit (see sft.distributed_run), then leave together
+gc.collect()
+dist.barrier()
 dist.destroy_process_group()
 """
 
