@@ -278,12 +278,20 @@ def _tokenised(path, tokenizer: Tokenizer, skip_bad: bool, batch: int = 256):
     yield from flush()
 
 
-def build_token_store(paths: list, tokenizer: Tokenizer, folder, skip_bad: bool = False) -> TokenStore:
+def build_token_store(paths: list, tokenizer: Tokenizer, folder, skip_bad: bool = False, wait: bool = False,
+                      poll: float = 2.0) -> TokenStore:
     """Tokenise SFT JSONL files once into `folder` (ids.bin, mask.bin, offsets.npy, n_loss.npy, meta.json) and
-    open it. A store made from the same files and tokenizer is reused as it is. The files are written into a
-    temp folder renamed into place when complete: a crash leaves no half store, and when two builders race
-    (one per node on a shared file system) the first rename wins and the other's copy is dropped."""
+    open it. A store made from the same files and tokenizer is reused as it is; with `wait` (ranks that do not
+    build) this only waits, with a line a minute, until the builder of the node publishes it. The files are
+    written into a temp folder renamed into place when complete: a crash leaves no half store, and when two
+    builders race (one per node on a shared file system) the first rename wins and the other's copy is dropped."""
     folder, key = Path(folder), _store_key(paths, tokenizer, skip_bad)
+    t0, shown = time.time(), time.time()
+    while wait and not store_ready(folder, key):
+        if time.time() - shown > 60:
+            shown = time.time()
+            print(f"waiting for the token store {folder} ({shown - t0:.0f} s)", flush=True)
+        time.sleep(poll)
     if store_ready(folder, key):
         return TokenStore.open(folder)
     tmp = folder.parent / f".{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}"
@@ -334,17 +342,6 @@ def _publish(tmp: Path, folder: Path, key: str) -> None:
         if not store_ready(folder, key):
             raise
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def wait_for_store(folder, key: str, poll: float = 2.0) -> TokenStore:
-    """For ranks that do not build: wait (with a line a minute) until the builder of this node publishes."""
-    t0, shown = time.time(), time.time()
-    while not store_ready(folder, key):
-        if time.time() - shown > 60:
-            shown = time.time()
-            print(f"waiting for the token store {folder} ({shown - t0:.0f} s)", flush=True)
-        time.sleep(poll)
-    return TokenStore.open(folder)
 
 
 def _best_fit(lengths: list[int], cap: int) -> list[list[int]]:

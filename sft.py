@@ -138,8 +138,8 @@ def shard_model(model: qwen3.Qwen3, dist_: Dist, checkpointing: bool = False,
     bf16 = dist_.device.type == "cuda" if bf16 is None else bf16
     if dist_.world_size == 1 and dist_.device.type == "cpu" and not bf16:
         return model  # fp32 on one CPU process: nothing to shard or cast, FSDP's hooks would only cost time
-    meta = torch.tensor(any(p.is_meta for p in model.parameters()))
-    broadcast = bool(all_reduce_sum(meta.long()) > 0)  # some rank holds no weights: rank 0 sends them
+    meta = any(p.is_meta for p in model.parameters())
+    broadcast = bool(all_reduce_sum(float(meta)) > 0)  # some rank holds no weights: rank 0 sends them
     full = model.state_dict() if broadcast and dist_.rank == 0 else {}  # rank 0's tensors, before sharding
     mesh = init_device_mesh(dist_.device.type, (dist_.world_size,))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
@@ -359,11 +359,7 @@ def load_rows(paths: list[str], tok: data.Tokenizer, seq_len: int, cache, overlo
     """SFT JSONL files -> packed rows (the same on every rank) over a token store in `cache`. Local rank 0 of
     each node tokenises (once: later runs and resumes with the same files and tokenizer reuse the store), the
     other ranks wait for it and memory-map the same files."""
-    key = data._store_key(paths, tok, skip_bad)
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
-        store = data.build_token_store(paths, tok, cache, skip_bad)
-    else:
-        store = data.wait_for_store(cache, key)
+    store = data.build_token_store(paths, tok, cache, skip_bad, wait=int(os.environ.get("LOCAL_RANK", 0)) > 0)
     return data.PackedRows(store, seq_len, tok.pad_id, overlong)
 
 
