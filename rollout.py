@@ -22,7 +22,7 @@ Design:
 Run:
     python rollout.py --model DIR --prompt "What is 17 * 23?"
     python rollout.py --model DIR --eval ../shared/data/math/aime2024.jsonl --n 8 --temperature 0.6 --top-p 0.95 \\
-        --max-new-tokens 32768 --out results.jsonl [--limit 5]
+        --max-new-tokens 32768 --out results.jsonl [--limit 5] [--resume: after a crash, keep what --out holds]
     python rollout.py --bench        # CPU: decode tokens/s vs transformers' generate and a no-cache loop
     python rollout.py --bench-gpu    # CUDA: Qwen3-0.6B shape in bf16, batch 1 and 256, vs the bandwidth bound
     python -m pytest -q tests/test_rollout.py      # includes a 2-rank torchrun (gloo) FSDP2 check
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from collections import defaultdict
@@ -214,13 +215,6 @@ FUNCTION_PROMPT = ("{problem}\n\nComplete the following Python code. Give the co
                    "block at the end of your answer.\n```python\n{code}\n```")
 
 
-def _task(rec: dict, source: str) -> dict | None:
-    task = _layout(rec, source)
-    if task is not None and task["kind"] == "code" and not task["tests"]:
-        raise ValueError("code record without usable tests (rewards.to_tests found none)")
-    return task
-
-
 def _layout(rec: dict, source: str) -> dict | None:
     """One record of any supported layout -> {"messages", "kind", "answer", "tests", "source"}; None if none fits.
 
@@ -255,10 +249,12 @@ def load_tasks(path, skip_bad: bool = False) -> list[dict]:
     source = Path(path).name.split(".")[0]
 
     def parse(rec: dict) -> dict:
-        task = _task(rec, source)
+        task = _layout(rec, source)
         if task is None:
             raise ValueError("record fits no task layout (Klear prompt+reward_model, problem+answer, "
                              f"problem+tests, ...); keys: {sorted(rec)[:12]}")
+        if task["kind"] == "code" and not task["tests"]:
+            raise ValueError("code record without usable tests (rewards.to_tests found none)")
         return task
     return data.read_jsonl(path, skip_bad, parse)
 
@@ -279,43 +275,80 @@ def _auto_batch(model, n: int, max_len: int) -> int:
     return max(1, min(64, KV_BUDGET_BYTES // (per_token * n * max_len)))
 
 
-def evaluate(model, tokenizer, tasks: list[dict], n: int = 1, temperature: float = 0.6, top_p: float = 0.95,
-             top_k: int = 0, max_new_tokens: int | None = None, workers: int = 4, seed: int = 0,
-             batch_size: int | None = None, **reward_opts) -> dict:
-    """Sample n responses per task, score them with rewards.reward_many (correct = the reward is 1.0).
-
-    Returns avg@n, pass@n, tasks, overall and per source ("avg@n/<source>", ...), mean_length, truncated (share of
-    samples that hit max_new_tokens), n, and "rows" (one dict per sample). max_new_tokens None = the rest of the
-    context, at most 32768 (the recipe's budget); batch_size = tasks per generate call (None: as many as fit a KV
-    cache of KV_BUDGET_BYTES).
-    """
-    if not tasks:
-        raise ValueError("evaluate: no tasks")
-    prompts = [tokenizer.encode(data.render_chat(t["messages"], add_generation_prompt=True)) for t in tasks]
-    max_new_tokens = max_new_tokens or min(32768, model.config.max_position_embeddings - max(map(len, prompts)))
-    batch_size = batch_size or _auto_batch(model, n, max(map(len, prompts)) + max_new_tokens)
-    stops = tuple(sorted({tokenizer.eos_id, tokenizer.pad_id}))
-    rows, n_tokens, t0 = [], 0, time.perf_counter()
-    for b in range(0, len(tasks), batch_size):
-        samples = generate(model, prompts[b:b + batch_size], n, max_new_tokens, temperature, top_p, top_k, stops,
-                           seed + b)
-        texts = [tokenizer.decode(s.tokens[:-1] if s.finish_reason == "stop" else s.tokens) for s in samples]
-        scores = rewards.reward_many([(x, tasks[b + s.prompt_index]) for x, s in zip(texts, samples)],
-                                     workers=workers, **reward_opts)
-        for s, x, r in zip(samples, texts, scores):
-            i = b + s.prompt_index
-            rows.append(dict(task=i, source=tasks[i]["source"], kind=tasks[i]["kind"], reward=r, correct=r == 1.0,
-                             length=len(s.tokens), finish_reason=s.finish_reason, response=x))
-        n_tokens += sum(len(s.tokens) for s in samples)
-        dt = time.perf_counter() - t0
-        eta = dt * (len(tasks) * n / len(rows) - 1)
-        print(f"eval {len(rows)}/{len(tasks) * n} samples | {n_tokens / dt:.0f} tokens/s | ETA {eta:.0f}s",
-              file=sys.stderr, flush=True)
-    out = {"n": n, **_scores(rows), "mean_length": n_tokens / len(rows),
+def summarise(rows: list[dict], n: int) -> dict:
+    """evaluate's result from per-sample rows: avg@n, pass@n, tasks (overall and per source), mean_length,
+    truncated (share of samples that hit max_new_tokens), n and the rows themselves."""
+    out = {"n": n, **_scores(rows), "mean_length": sum(r["length"] for r in rows) / len(rows),
            "truncated": sum(r["finish_reason"] == "length" for r in rows) / len(rows)}
     for src in sorted({r["source"] for r in rows}):
         out.update(_scores([r for r in rows if r["source"] == src], f"/{src}"))
     return {**out, "rows": rows}
+
+
+def evaluate(model, tokenizer, tasks: list[dict], n: int = 1, temperature: float = 0.6, top_p: float = 0.95,
+             top_k: int = 0, max_new_tokens: int | None = None, workers: int = 4, seed: int = 0,
+             batch_size: int | None = None, done_rows: list[dict] = (), on_rows=None, **reward_opts) -> dict:
+    """Sample n responses per task, score them with rewards.reward_many (correct = the reward is 1.0): summarise().
+
+    max_new_tokens None = the rest of the context, at most 32768 (the recipe's budget); batch_size = tasks per
+    generate call (None: as many as fit a KV cache of KV_BUDGET_BYTES). Resuming: `done_rows` (rows of an earlier
+    run, "task" = index into `tasks`) are counted and their tasks skipped; `on_rows(rows)` gets each batch's rows
+    as soon as they are scored. When done_rows are whole batches of an earlier run with the same settings (--out
+    after a crash between batches), the result equals the uninterrupted run's.
+    """
+    if not tasks:
+        raise ValueError("evaluate: no tasks")
+    todo = sorted(set(range(len(tasks))) - {r["task"] for r in done_rows})  # task indices still to sample
+    prompts = [tokenizer.encode(data.render_chat(t["messages"], add_generation_prompt=True)) for t in tasks]
+    longest = max(map(len, prompts))  # over all tasks, so that a resumed run picks the same batches
+    max_new_tokens = max_new_tokens or min(32768, model.config.max_position_embeddings - longest)
+    batch_size = batch_size or _auto_batch(model, n, longest + max_new_tokens)
+    stops = tuple(sorted({tokenizer.eos_id, tokenizer.pad_id}))
+    rows, n_tokens, t0 = list(done_rows), 0, time.perf_counter()
+    for b in range(0, len(todo), batch_size):
+        samples = generate(model, [prompts[i] for i in todo[b:b + batch_size]], n, max_new_tokens, temperature,
+                           top_p, top_k, stops, seed + todo[b])  # seeded by the batch's first task: resumable
+        texts = [tokenizer.decode(s.tokens[:-1] if s.finish_reason == "stop" else s.tokens) for s in samples]
+        scores = rewards.reward_many([(x, tasks[todo[b + s.prompt_index]]) for x, s in zip(texts, samples)],
+                                     workers=workers, **reward_opts)
+        new = []
+        for s, x, r in zip(samples, texts, scores):
+            i = todo[b + s.prompt_index]
+            new.append(dict(task=i, source=tasks[i]["source"], kind=tasks[i]["kind"], reward=r, correct=r == 1.0,
+                            length=len(s.tokens), finish_reason=s.finish_reason, response=x))
+        rows += new
+        if on_rows:
+            on_rows(new)
+        n_tokens += sum(len(s.tokens) for s in samples)
+        dt, left = time.perf_counter() - t0, len(todo) - b - len(samples) // n  # left = tasks still to sample
+        print(f"eval {len(rows)}/{len(tasks) * n} samples | {n_tokens / dt:.0f} tokens/s | "
+              f"ETA {dt * left / (b + len(samples) // n):.0f}s", file=sys.stderr, flush=True)
+    return summarise(rows, n)
+
+
+def read_rows(path, n: int, tasks: list[dict]) -> list[dict]:
+    """The rows of an earlier run's --out file, less the last task if a crash cut it short (it is run again).
+    Raises ValueError naming the file (and line) on rows that cannot be this run's."""
+    by_task, lines = defaultdict(list), Path(path).read_text().splitlines()
+    for k, line in enumerate(lines, 1):
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            if k == len(lines):
+                break  # the line a crash cut short
+            raise ValueError(f"{path}:{k}: not a JSON line") from None
+        ok = isinstance(r, dict) and isinstance(r.get("task"), int) and 0 <= r["task"] < len(tasks)
+        if not ok or r.get("source") != tasks[r["task"]]["source"]:
+            raise ValueError(f"{path}:{k}: this row is not one of the {len(tasks)} tasks being evaluated: "
+                             "written for another --eval file or --limit?")
+        by_task[r["task"]].append(r)
+    groups = list(by_task.values())
+    if groups and len(groups[-1]) < n:
+        groups.pop()  # the file's last task, cut short by a crash: it is run again
+    for rs in groups:
+        if len(rs) != n:
+            raise ValueError(f"{path}: task {rs[0]['task']} has {len(rs)} rows, not --n {n}: written with another --n?")
+    return [r for rs in groups for r in rs]
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -339,10 +372,17 @@ def _chat(model, tok, a) -> None:
 
 def _eval(model, tok, a) -> None:
     tasks = load_tasks(a.eval)[:a.limit]
-    res = evaluate(model, tok, tasks, a.n, a.temperature, a.top_p, a.top_k, a.max_new_tokens, a.workers, a.seed,
-                   a.batch_size)
-    if a.out:
-        Path(a.out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in res["rows"]))
+    done = read_rows(a.out, a.n, tasks) if a.resume and a.out and Path(a.out).is_file() else []
+    if a.resume and a.out:  # keep only whole tasks: a crash may have cut the last batch short (atomic rewrite)
+        Path(a.out + ".tmp").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done))
+        os.replace(a.out + ".tmp", a.out)
+        print(f"resuming: {len(done) // a.n} of {len(tasks)} tasks already in {a.out}", file=sys.stderr)
+    with open(a.out, "a" if a.resume else "w") if a.out else contextlib.nullcontext() as f:
+        def save(rows):  # each batch reaches the file as soon as it is scored: a crash loses no finished batch
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            f.flush()
+        res = evaluate(model, tok, tasks, a.n, a.temperature, a.top_p, a.top_k, a.max_new_tokens, a.workers,
+                       a.seed, a.batch_size, done, save if f else None)
     if a.summary:  # the numbers without the rows, plus the mean reward (train.sh builds its table from these)
         summary = {k: v for k, v in res.items() if k != "rows"}
         summary["reward"] = sum(r["reward"] for r in res["rows"]) / len(res["rows"])
@@ -371,7 +411,8 @@ def main(argv=None) -> None:
     g.add_argument("--max-new-tokens", type=int, default=None, help="default: the rest of the context, <= 32768")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g = p.add_argument_group("evaluation")
-    g.add_argument("--out", help="write one JSON line per sample here")
+    g.add_argument("--out", help="write one JSON line per sample here, batch by batch")
+    g.add_argument("--resume", action="store_true", help="keep the finished tasks of an existing --out, run the rest")
     g.add_argument("--summary", help="write avg@n, pass@n (overall, per source) and the mean reward as JSON here")
     g.add_argument("--limit", type=int, default=None, help="only the first K tasks")
     g.add_argument("--workers", type=int, default=4, help="reward worker processes")
@@ -384,6 +425,8 @@ def main(argv=None) -> None:
         return bench() if a.bench else bench_gpu()
     if not a.model or (a.prompt is None) == (a.eval is None):
         p.error("give --model DIR and one of --prompt TEXT / --eval FILE.jsonl (or --bench)")
+    if a.resume and not a.out:
+        p.error("--resume continues an --out file: give --out")
     for what, path, ok in (("model folder", a.model, Path(a.model).is_dir()),
                            ("eval file", a.eval, a.eval is None or Path(a.eval).is_file())):
         if not ok:

@@ -222,8 +222,10 @@ def test_evaluate_runs(tmp_path):
     tok = data.demo_tokenizer()
     m = tiny_model(vocab_size=-(-tok.vocab_size // 16) * 16, max_position_embeddings=128)
     tasks = rollout.load_tasks(write_jsonl(tmp_path / "t.jsonl", [{"problem": "1+2", "answer": "3"}] * 3))
-    res = rollout.evaluate(m, tok, tasks, n=2, max_new_tokens=6, workers=1, batch_size=2)
+    batches = []  # what --out receives, batch by batch, as soon as each is scored
+    res = rollout.evaluate(m, tok, tasks, n=2, max_new_tokens=6, workers=1, batch_size=2, on_rows=batches.append)
     assert len(res["rows"]) == 6 and res["mean_length"] <= 6 and 0 <= res["avg@n"] <= res["pass@n"] <= 1
+    assert [[r["task"] for r in b] for b in batches] == [[0, 0, 1, 1], [2, 2]] and sum(batches, []) == res["rows"]
 
 
 FSDP_SCRIPT = """
@@ -284,3 +286,30 @@ def test_bench_rates_remove_the_prefill():
     assert r == pytest.approx({"fast": 16.0, "slow": 8.0})
     row = rollout._bench_row(4, {"ours": r["fast"], "hf": r["slow"], "gemm": 32.0})  # no no-cache run: "-"
     assert row == "| 4 | 16 | 8 | 2.00x | 32 | 4.00x | - |"
+
+
+def test_eval_out_is_written_per_batch_and_resumes(tmp_path, capsys):
+    tok = data.demo_tokenizer()
+    save_pretrained(tiny_model(vocab_size=-(-tok.vocab_size // 16) * 16, max_position_embeddings=128), tmp_path / "m")
+    tok.save(tmp_path / "m")
+    tasks = write_jsonl(tmp_path / "t.jsonl", [{"problem": f"{i}+1", "answer": str(i + 1)} for i in range(5)])
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    bare = ["--model", str(tmp_path / "m"), "--eval", str(tasks), "--n", "2", "--temperature", "1", "--top-p", "1",
+            "--max-new-tokens", "6", "--batch-size", "2", "--workers", "1"]
+    args = bare + ["--out", str(out), "--summary", str(summary)]
+    rollout.main(args)
+    full, full_summary = out.read_text().splitlines(), json.loads(summary.read_text())
+    assert len(full) == 10 and [json.loads(x)["task"] for x in full] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    # a crash after the first batch and inside the second: its first row whole, its second row cut mid-line
+    out.write_text("\n".join(full[:5] + [full[5][:7]]))
+    rollout.main(args + ["--resume"])
+    assert out.read_text().splitlines() == full and json.loads(summary.read_text()) == full_summary
+    assert "resuming: 2 of 5 tasks" in capsys.readouterr().err
+    rollout.main(args + ["--resume"])  # nothing left to run: the same file, the same numbers
+    assert out.read_text().splitlines() == full and json.loads(summary.read_text()) == full_summary
+    for bad, why in (("--n", "3"), "has 2 rows, not --n 3"), (("--limit", "2"), "not one of the 2 tasks"):
+        with pytest.raises(SystemExit, match=why):
+            rollout.main(args + ["--resume", *bad])
+    assert out.read_text().splitlines() == full  # a refused resume leaves the file as it was
+    with pytest.raises(SystemExit):
+        rollout.main(bare + ["--resume"])  # --resume without --out: an argparse error
