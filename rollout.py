@@ -529,14 +529,19 @@ def _bench_runs(model, hf, ids: torch.Tensor, new: int) -> dict:
     return runs
 
 
+def qwen3_0_6b() -> Qwen3Config:
+    """The Qwen3-0.6B shape: ../shared's config.json when present, else its published numbers (GPU nodes)."""
+    path = Path(__file__).resolve().parent.parent / "shared/data/qwen3-configs/Qwen3-0.6B/config.json"
+    return Qwen3Config.from_json(path) if path.is_file() else Qwen3Config(
+        vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+        num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, tie_word_embeddings=True)
+
+
 def bench_gpu(device: str = "cuda", batches=(1, 256), prompt_len: int = 1024, new: int = 256,
               bandwidth: float = 4.8e12) -> None:
     """Random Qwen3-0.6B shape, bf16: decode tokens/s at batch 1 and 256 vs the memory-bandwidth bound
     (bytes read per step = weights + the KV prefix of every row, at `bandwidth` bytes/s: H200 = 4.8 TB/s)."""
-    path = Path(__file__).resolve().parent.parent / "shared/data/qwen3-configs/Qwen3-0.6B/config.json"
-    cfg = Qwen3Config.from_json(path) if path.is_file() else Qwen3Config(
-        vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-        num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, tie_word_embeddings=True)
+    cfg = qwen3_0_6b()
     model = build_model(cfg, device, torch.bfloat16, seed=0).eval()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     kv_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 2  # K and V bytes, bf16

@@ -15,3 +15,5 @@ echo "== ruff"
 $PY -m ruff check .
 echo "== pytest"
 $PY -m pytest -q tests "$@"
+echo "== the CUDA tests' comparisons, run on the CPU (on a GPU: bash tests/gpu.sh)"
+CUDA_TEST_DEVICE=cpu $PY -m pytest -q tests/test_cuda.py
