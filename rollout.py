@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -291,64 +292,68 @@ def evaluate(model, tokenizer, tasks: list[dict], n: int = 1, temperature: float
     """Sample n responses per task, score them with rewards.reward_many (correct = the reward is 1.0): summarise().
 
     max_new_tokens None = the rest of the context, at most 32768 (the recipe's budget); batch_size = tasks per
-    generate call (None: as many as fit a KV cache of KV_BUDGET_BYTES). Resuming: `done_rows` (rows of an earlier
-    run, "task" = index into `tasks`) are counted and their tasks skipped; `on_rows(rows)` gets each batch's rows
-    as soon as they are scored. When done_rows are whole batches of an earlier run with the same settings (--out
-    after a crash between batches), the result equals the uninterrupted run's.
+    generate call (None: as many as fit a KV cache of KV_BUDGET_BYTES). Batch [b, e) holds tasks b..e-1, is seeded
+    with seed + b, and its rows record it ("batch"). Resuming: `done_rows` are whole batches of an earlier run with
+    the same settings (read_rows); they are counted and their batches skipped, so the result equals the
+    uninterrupted run's. `on_rows(rows)` gets each new batch's rows as soon as they are scored.
     """
     if not tasks:
         raise ValueError("evaluate: no tasks")
-    todo = sorted(set(range(len(tasks))) - {r["task"] for r in done_rows})  # task indices still to sample
     prompts = [tokenizer.encode(data.render_chat(t["messages"], add_generation_prompt=True)) for t in tasks]
-    longest = max(map(len, prompts))  # over all tasks, so that a resumed run picks the same batches
+    longest = max(map(len, prompts))
     max_new_tokens = max_new_tokens or min(32768, model.config.max_position_embeddings - longest)
-    batch_size = batch_size or _auto_batch(model, n, longest + max_new_tokens)
+    bs = batch_size or _auto_batch(model, n, longest + max_new_tokens)
+    batches = [(b, min(b + bs, len(tasks))) for b in range(0, len(tasks), bs)]
+    done = {tuple(r.get("batch", ())) for r in done_rows}
+    if not done <= set(batches):
+        raise ValueError(f"evaluate: the earlier rows come from other batches than this run's {bs} tasks per batch "
+                         "(give the earlier run's --batch-size)")
+    todo = [be for be in batches if be not in done]
     stops = tuple(sorted({tokenizer.eos_id, tokenizer.pad_id}))
     rows, n_tokens, t0 = list(done_rows), 0, time.perf_counter()
-    for b in range(0, len(todo), batch_size):
-        samples = generate(model, [prompts[i] for i in todo[b:b + batch_size]], n, max_new_tokens, temperature,
-                           top_p, top_k, stops, seed + todo[b])  # seeded by the batch's first task: resumable
+    for k, (b, e) in enumerate(todo):
+        samples = generate(model, prompts[b:e], n, max_new_tokens, temperature, top_p, top_k, stops, seed + b)
         texts = [tokenizer.decode(s.tokens[:-1] if s.finish_reason == "stop" else s.tokens) for s in samples]
-        scores = rewards.reward_many([(x, tasks[todo[b + s.prompt_index]]) for x, s in zip(texts, samples)],
+        scores = rewards.reward_many([(x, tasks[b + s.prompt_index]) for x, s in zip(texts, samples)],
                                      workers=workers, **reward_opts)
-        new = []
-        for s, x, r in zip(samples, texts, scores):
-            i = todo[b + s.prompt_index]
-            new.append(dict(task=i, source=tasks[i]["source"], kind=tasks[i]["kind"], reward=r, correct=r == 1.0,
-                            length=len(s.tokens), finish_reason=s.finish_reason, response=x))
+        new = [dict(task=b + s.prompt_index, batch=[b, e], source=tasks[b + s.prompt_index]["source"],
+                    kind=tasks[b + s.prompt_index]["kind"], reward=r, correct=r == 1.0, length=len(s.tokens),
+                    finish_reason=s.finish_reason, response=x) for s, x, r in zip(samples, texts, scores)]
         rows += new
         if on_rows:
             on_rows(new)
         n_tokens += sum(len(s.tokens) for s in samples)
-        dt, left = time.perf_counter() - t0, len(todo) - b - len(samples) // n  # left = tasks still to sample
-        print(f"eval {len(rows)}/{len(tasks) * n} samples | {n_tokens / dt:.0f} tokens/s | "
-              f"ETA {dt * left / (b + len(samples) // n):.0f}s", file=sys.stderr, flush=True)
+        dt, ran = time.perf_counter() - t0, sum(e - b for b, e in todo[:k + 1])  # tasks sampled in this run
+        eta = dt * sum(e - b for b, e in todo[k + 1:]) / ran
+        print(f"eval {len(rows)}/{len(tasks) * n} samples | {n_tokens / dt:.0f} tokens/s | ETA {eta:.0f}s",
+              file=sys.stderr, flush=True)
     return summarise(rows, n)
 
 
 def read_rows(path, n: int, tasks: list[dict]) -> list[dict]:
-    """The rows of an earlier run's --out file, less the last task if a crash cut it short (it is run again).
-    Raises ValueError naming the file (and line) on rows that cannot be this run's."""
-    by_task, lines = defaultdict(list), Path(path).read_text().splitlines()
+    """The rows of an earlier run's --out file, less its last batch if a crash cut that short (it is run again).
+    Raises ValueError naming the file and line on rows that cannot be this run's."""
+    lines, groups = Path(path).read_bytes().split(b"\n"), defaultdict(list)
     for k, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            if k == len(lines):
+            r = json.loads(line.decode())
+        except ValueError:  # bad JSON or UTF-8
+            if k >= len(lines) - 1:
                 break  # the line a crash cut short
             raise ValueError(f"{path}:{k}: not a JSON line") from None
-        ok = isinstance(r, dict) and isinstance(r.get("task"), int) and 0 <= r["task"] < len(tasks)
-        if not ok or r.get("source") != tasks[r["task"]]["source"]:
-            raise ValueError(f"{path}:{k}: this row is not one of the {len(tasks)} tasks being evaluated: "
-                             "written for another --eval file or --limit?")
-        by_task[r["task"]].append(r)
-    groups = list(by_task.values())
-    if groups and len(groups[-1]) < n:
-        groups.pop()  # the file's last task, cut short by a crash: it is run again
-    for rs in groups:
-        if len(rs) != n:
-            raise ValueError(f"{path}: task {rs[0]['task']} has {len(rs)} rows, not --n {n}: written with another --n?")
-    return [r for rs in groups for r in rs]
+        be = r.get("batch") if isinstance(r, dict) else None
+        ok = isinstance(be, list) and len(be) == 2 and all(isinstance(x, int) for x in be + [r.get("task")])
+        if not ok or not be[0] <= r["task"] < be[1] <= len(tasks) or r.get("source") != tasks[r["task"]]["source"]:
+            raise ValueError(f"{path}:{k}: this row is not one of the {len(tasks)} tasks being evaluated")
+        groups[tuple(be)].append(r)
+    size = {be: n * (be[1] - be[0]) for be in groups}  # rows of a whole batch
+    *earlier, last = groups or [None]
+    for be in earlier + [last] * (last is not None and len(groups[last]) > size[last]):  # only the last can be short
+        if len(groups[be]) != size[be]:
+            raise ValueError(f"{path}: batch {list(be)} has {len(groups[be])} rows, not {size[be]}: another --n?")
+    return [r for be, rs in groups.items() if len(rs) == size[be] for r in rs]
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -370,14 +375,50 @@ def _chat(model, tok, a) -> None:
     print(f"\n[{len(s.tokens)} tokens, {s.finish_reason}]", file=sys.stderr)
 
 
+def _fingerprint(folder) -> str:
+    """A cheap identity of a checkpoint's weights (a re-export of the same weights keeps it): each safetensors
+    file's name and size, and 64 KiB read at 8 offsets spread over it."""
+    h = hashlib.sha1()
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            for k in range(8):
+                fh.seek(size * k // 8)
+                h.update(fh.read(1 << 16))
+    return h.hexdigest()
+
+
+def _open_out(a, tasks: list[dict]) -> tuple[list[dict], object]:
+    """--out: (rows kept from an earlier run, the file open for appending). Beside it, OUT.settings.json records
+    what the rows depend on; --resume refuses other settings, and a non-empty --out is never overwritten."""
+    out, meta = Path(a.out), Path(a.out + ".settings.json")
+    settings = {k: getattr(a, k) for k in ("n", "temperature", "top_p", "top_k", "max_new_tokens", "seed", "limit",
+                                           "batch_size", "dtype")}
+    settings |= {"eval": str(Path(a.eval).resolve()), "tasks": len(tasks), "weights": _fingerprint(a.model)}
+    done = []
+    if out.is_file() and out.stat().st_size:
+        if not a.resume:
+            raise ValueError(f"{out} already holds results: pass --resume to continue that run, or remove it")
+        if not meta.is_file():
+            raise ValueError(f"{meta} is missing, so {out} cannot be checked against these settings")
+        old = json.loads(meta.read_text())
+        if old != settings:
+            diff = sorted(k for k in settings.keys() | old.keys() if old.get(k) != settings.get(k))
+            raise ValueError(f"{out} was written with other settings ({meta}: {', '.join(diff)} differ)")
+        done = read_rows(out, a.n, tasks)
+        print(f"resuming: {len({r['task'] for r in done})} of {len(tasks)} tasks already in {out}", file=sys.stderr)
+    for path, text in ((meta, json.dumps(settings, indent=1) + "\n"),  # atomic rewrites; out less a cut batch
+                       (out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done))):
+        Path(f"{path}.tmp").write_text(text, encoding="utf-8")
+        os.replace(f"{path}.tmp", path)
+    return done, open(out, "a", encoding="utf-8")
+
+
 def _eval(model, tok, a) -> None:
     tasks = load_tasks(a.eval)[:a.limit]
-    done = read_rows(a.out, a.n, tasks) if a.resume and a.out and Path(a.out).is_file() else []
-    if a.resume and a.out:  # keep only whole tasks: a crash may have cut the last batch short (atomic rewrite)
-        Path(a.out + ".tmp").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done))
-        os.replace(a.out + ".tmp", a.out)
-        print(f"resuming: {len(done) // a.n} of {len(tasks)} tasks already in {a.out}", file=sys.stderr)
-    with open(a.out, "a" if a.resume else "w") if a.out else contextlib.nullcontext() as f:
+    done, f = _open_out(a, tasks) if a.out else ([], None)
+    with f or contextlib.nullcontext():
         def save(rows):  # each batch reaches the file as soon as it is scored: a crash loses no finished batch
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             f.flush()
@@ -411,8 +452,9 @@ def main(argv=None) -> None:
     g.add_argument("--max-new-tokens", type=int, default=None, help="default: the rest of the context, <= 32768")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g = p.add_argument_group("evaluation")
-    g.add_argument("--out", help="write one JSON line per sample here, batch by batch")
-    g.add_argument("--resume", action="store_true", help="keep the finished tasks of an existing --out, run the rest")
+    g.add_argument("--out", help="write one JSON line per sample here, batch by batch (never overwritten)")
+    g.add_argument("--resume", action="store_true", help="keep the finished batches of an existing --out, run the "
+                   "rest (same settings: the same result as one uninterrupted run)")
     g.add_argument("--summary", help="write avg@n, pass@n (overall, per source) and the mean reward as JSON here")
     g.add_argument("--limit", type=int, default=None, help="only the first K tasks")
     g.add_argument("--workers", type=int, default=4, help="reward worker processes")

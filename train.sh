@@ -38,13 +38,17 @@ if [ -z "${MODEL:-}" ]; then
   fi
   evaluate() {  # evaluate MODEL_DIR NAME: held-out accuracy of both flavours, greedy and at temperature 1
     $PY - "$1" "$2" "$D" "$OUT" "${EVAL_LIMIT:-}" <<'EOF'
-import sys, rollout
+import os, sys, rollout
 model, name, d, out, limit = sys.argv[1:]
 for f in ("math", "code"):
     for t, suffix in (("0", ""), ("1", "_t1")):  # one sample per problem at temperature 1, top-p 1 (RL's sampling)
+        rows = f"{out}/eval_{name}_{f}{suffix}.jsonl"  # a few seconds each: redone from scratch, never resumed
+        for old in (rows, rows + ".settings.json"):
+            if os.path.exists(old):
+                os.remove(old)
         rollout.main(["--model", model, "--eval", f"{d}/eval_{f}.jsonl", "--temperature", t, "--top-p", "1",
-                      "--max-new-tokens", "96", "--out", f"{out}/eval_{name}_{f}{suffix}.jsonl", "--summary",
-                      f"{out}/eval_{name}_{f}{suffix}.json", "--workers", "2"] + (["--limit", limit] if limit else []))
+                      "--max-new-tokens", "96", "--out", rows, "--summary", f"{out}/eval_{name}_{f}{suffix}.json",
+                      "--workers", "2"] + (["--limit", limit] if limit else []))
 EOF
   }
   [ -f "$OUT/eval_sft_code_t1.json" ] || { say "evaluate the SFT model (held-out)"; evaluate "$OUT/sft/hf" sft; }
@@ -124,5 +128,5 @@ $LAUNCH gppo.py --stage code --model "$OUT/rl_math/hf" --data "$CODE_DATA" --out
 if [ -n "$EVAL_DATA" ]; then
   say "evaluation: temperature 0.6, top-p 0.95, avg@${EVAL_N:-64}"
   $PY rollout.py --model "$OUT/rl_code/hf" --eval "$EVAL_DATA" --n "${EVAL_N:-64}" --temperature 0.6 --top-p 0.95 \
-    --max-new-tokens "${MAX_RESPONSE:-32768}" --out "$OUT/eval.jsonl" --summary "$OUT/eval.json"
+    --max-new-tokens "${MAX_RESPONSE:-32768}" --out "$OUT/eval.jsonl" --summary "$OUT/eval.json" --resume
 fi

@@ -18,7 +18,7 @@ failed=0
 step() {  # step NAME SECONDS COMMAND...: run it under a time limit, log to $LOG/NAME.log
   local name=$1 limit=$2; shift 2
   echo "== $name (limit ${limit}s): $*"
-  timeout "$limit" "$@" 2>&1 | tee "$LOG/$name.log"
+  timeout -k 10 "$limit" "$@" 2>&1 | tee "$LOG/$name.log"
   local rc=${PIPESTATUS[0]}
   echo "== $name: exit $rc"
   [ "$rc" = 0 ] || failed=1

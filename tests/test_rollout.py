@@ -292,24 +292,44 @@ def test_eval_out_is_written_per_batch_and_resumes(tmp_path, capsys):
     tok = data.demo_tokenizer()
     save_pretrained(tiny_model(vocab_size=-(-tok.vocab_size // 16) * 16, max_position_embeddings=128), tmp_path / "m")
     tok.save(tmp_path / "m")
-    tasks = write_jsonl(tmp_path / "t.jsonl", [{"problem": f"{i}+1", "answer": str(i + 1)} for i in range(5)])
+    tasks = write_jsonl(tmp_path / "tπ.jsonl", [{"problem": f"{i}+1", "answer": str(i + 1)} for i in range(5)])
     out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
     bare = ["--model", str(tmp_path / "m"), "--eval", str(tasks), "--n", "2", "--temperature", "1", "--top-p", "1",
             "--max-new-tokens", "6", "--batch-size", "2", "--workers", "1"]
     args = bare + ["--out", str(out), "--summary", str(summary)]
     rollout.main(args)
-    full, full_summary = out.read_text().splitlines(), json.loads(summary.read_text())
-    assert len(full) == 10 and [json.loads(x)["task"] for x in full] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
-    # a crash after the first batch and inside the second: its first row whole, its second row cut mid-line
-    out.write_text("\n".join(full[:5] + [full[5][:7]]))
-    rollout.main(args + ["--resume"])
-    assert out.read_text().splitlines() == full and json.loads(summary.read_text()) == full_summary
-    assert "resuming: 2 of 5 tasks" in capsys.readouterr().err
+    full, full_summary = out.read_bytes().split(b"\n"), json.loads(summary.read_text())
+    rows = [json.loads(x) for x in full if x]
+    assert [r["task"] for r in rows] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert [r["batch"] for r in rows] == [[0, 2]] * 4 + [[2, 4]] * 4 + [[4, 5]] * 2
+    # crashes inside the second batch: after its first row, after its first task, inside a multi-byte character
+    mid_pi = full[4][:full[4].index("π".encode()) + 1]  # the source "tπ" is in every row
+    for cut in (full[:5] + [full[5][:7]], full[:7] + [full[7][:-2]], full[:4] + [mid_pi]):
+        out.write_bytes(b"\n".join(cut))
+        rollout.main(args + ["--resume"])
+        assert out.read_bytes().split(b"\n") == full and json.loads(summary.read_text()) == full_summary
+        assert "resuming: 2 of 5 tasks" in capsys.readouterr().err
     rollout.main(args + ["--resume"])  # nothing left to run: the same file, the same numbers
-    assert out.read_text().splitlines() == full and json.loads(summary.read_text()) == full_summary
-    for bad, why in (("--n", "3"), "has 2 rows, not --n 3"), (("--limit", "2"), "not one of the 2 tasks"):
+    assert out.read_bytes().split(b"\n") == full and json.loads(summary.read_text()) == full_summary
+    for bad, why in (([], "already holds results: pass --resume"), (["--resume", "--n", "3"], "n differ"),
+                     (["--resume", "--limit", "2"], "limit, tasks differ"), (["--resume", "--seed", "1"], "seed")):
         with pytest.raises(SystemExit, match=why):
-            rollout.main(args + ["--resume", *bad])
-    assert out.read_text().splitlines() == full  # a refused resume leaves the file as it was
+            rollout.main(args + bad)
+    assert out.read_bytes().split(b"\n") == full  # a refused run leaves the file as it was
     with pytest.raises(SystemExit):
         rollout.main(bare + ["--resume"])  # --resume without --out: an argparse error
+
+
+def test_read_rows_refuses_foreign_rows(tmp_path):
+    tasks = [{"source": "a"}] * 4
+    row = lambda task, batch, source="a": json.dumps({"task": task, "batch": batch, "source": source})
+    f = tmp_path / "out.jsonl"
+    for lines, why in (([row(0, [0, 2]), row(5, [4, 6])], ":2: this row is not one"),
+                       ([row(0, [0, 2]), row(1, [0, 2], "b")], ":2: this row is not one"),
+                       ([row(0, [0, 2]), "{", row(1, [0, 2])], ":2: not a JSON line"),
+                       ([row(0, [0, 2]), row(2, [2, 4]), row(3, [2, 4])], r"batch \[0, 2\] has 1 rows, not 2")):
+        f.write_text("\n".join(lines) + "\n")
+        with pytest.raises(ValueError, match=why):
+            rollout.read_rows(f, 1, tasks)
+    f.write_text("\n".join([row(0, [0, 2]), row(1, [0, 2]), row(2, [2, 4])]) + "\n")
+    assert [r["task"] for r in rollout.read_rows(f, 1, tasks)] == [0, 1]  # the short last batch is run again
