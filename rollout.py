@@ -402,7 +402,10 @@ def _open_out(a, tasks: list[dict]) -> tuple[list[dict], object]:
             raise ValueError(f"{out} already holds results: pass --resume to continue that run, or remove it")
         if not meta.is_file():
             raise ValueError(f"{meta} is missing, so {out} cannot be checked against these settings")
-        old = json.loads(meta.read_text())
+        try:
+            old = json.loads(meta.read_text())
+        except ValueError:
+            raise ValueError(f"{meta}: not a JSON settings file") from None
         if old != settings:
             diff = sorted(k for k in settings.keys() | old.keys() if old.get(k) != settings.get(k))
             raise ValueError(f"{out} was written with other settings ({meta}: {', '.join(diff)} differ)")
