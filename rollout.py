@@ -305,9 +305,10 @@ def evaluate(model, tokenizer, tasks: list[dict], n: int = 1, temperature: float
     bs = batch_size or _auto_batch(model, n, longest + max_new_tokens)
     batches = [(b, min(b + bs, len(tasks))) for b in range(0, len(tasks), bs)]
     done = {tuple(r.get("batch", ())) for r in done_rows}
-    if not done <= set(batches):
-        raise ValueError(f"evaluate: the earlier rows come from other batches than this run's {bs} tasks per batch "
-                         "(give the earlier run's --batch-size)")
+    if not done <= set(batches):  # the automatic batch size follows the model, dtype and lengths
+        b, e = min(done)
+        raise ValueError(f"evaluate: the earlier rows were sampled {e - b} tasks per batch, this run would take {bs}: "
+                         f"pass --batch-size {e - b}")
     todo = [be for be in batches if be not in done]
     stops = tuple(sorted({tokenizer.eos_id, tokenizer.pad_id}))
     rows, n_tokens, t0 = list(done_rows), 0, time.perf_counter()
@@ -340,8 +341,8 @@ def read_rows(path, n: int, tasks: list[dict]) -> list[dict]:
         try:
             r = json.loads(line.decode())
         except ValueError:  # bad JSON or UTF-8
-            if k >= len(lines) - 1:
-                break  # the line a crash cut short
+            if k == len(lines):
+                break  # the line a crash cut short (no newline after it)
             raise ValueError(f"{path}:{k}: not a JSON line") from None
         be = r.get("batch") if isinstance(r, dict) else None
         ok = isinstance(be, list) and len(be) == 2 and all(isinstance(x, int) for x in be + [r.get("task")])
@@ -352,7 +353,8 @@ def read_rows(path, n: int, tasks: list[dict]) -> list[dict]:
     *earlier, last = groups or [None]
     for be in earlier + [last] * (last is not None and len(groups[last]) > size[last]):  # only the last can be short
         if len(groups[be]) != size[be]:
-            raise ValueError(f"{path}: batch {list(be)} has {len(groups[be])} rows, not {size[be]}: another --n?")
+            raise ValueError(f"{path}: batch {list(be)} has {len(groups[be])} rows, not {size[be]}: edited, or written "
+                             "by two runs at once?")
     return [r for be, rs in groups.items() if len(rs) == size[be] for r in rs]
 
 
@@ -389,13 +391,14 @@ def _fingerprint(folder) -> str:
     return h.hexdigest()
 
 
-def _open_out(a, tasks: list[dict]) -> tuple[list[dict], object]:
+def _open_out(a, model, tasks: list[dict]) -> tuple[list[dict], object]:
     """--out: (rows kept from an earlier run, the file open for appending). Beside it, OUT.settings.json records
     what the rows depend on; --resume refuses other settings, and a non-empty --out is never overwritten."""
     out, meta = Path(a.out), Path(a.out + ".settings.json")
-    settings = {k: getattr(a, k) for k in ("n", "temperature", "top_p", "top_k", "max_new_tokens", "seed", "limit",
-                                           "batch_size", "dtype")}
-    settings |= {"eval": str(Path(a.eval).resolve()), "tasks": len(tasks), "weights": _fingerprint(a.model)}
+    w = model.lm_head.weight
+    settings = {k: getattr(a, k) for k in ("n", "temperature", "top_p", "top_k", "max_new_tokens", "seed")}
+    settings |= {"dtype": str(w.dtype), "device": w.device.type, "weights": _fingerprint(a.model), "tasks": len(tasks),
+                 "task_sha1": hashlib.sha1(json.dumps(tasks, sort_keys=True, default=str).encode()).hexdigest()}
     done = []
     if out.is_file() and out.stat().st_size:
         if not a.resume:
@@ -405,7 +408,9 @@ def _open_out(a, tasks: list[dict]) -> tuple[list[dict], object]:
         try:
             old = json.loads(meta.read_text())
         except ValueError:
-            raise ValueError(f"{meta}: not a JSON settings file") from None
+            old = None
+        if not isinstance(old, dict):
+            raise ValueError(f"{meta}: not a settings file of rollout.py")
         if old != settings:
             diff = sorted(k for k in settings.keys() | old.keys() if old.get(k) != settings.get(k))
             raise ValueError(f"{out} was written with other settings ({meta}: {', '.join(diff)} differ)")
@@ -413,18 +418,24 @@ def _open_out(a, tasks: list[dict]) -> tuple[list[dict], object]:
         print(f"resuming: {len({r['task'] for r in done})} of {len(tasks)} tasks already in {out}", file=sys.stderr)
     for path, text in ((meta, json.dumps(settings, indent=1) + "\n"),  # atomic rewrites; out less a cut batch
                        (out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done))):
-        Path(f"{path}.tmp").write_text(text, encoding="utf-8")
+        with open(f"{path}.tmp", "w", encoding="utf-8") as tmp:
+            tmp.write(text)
+            tmp.flush()
+            os.fsync(tmp.fileno())
         os.replace(f"{path}.tmp", path)
     return done, open(out, "a", encoding="utf-8")
 
 
 def _eval(model, tok, a) -> None:
     tasks = load_tasks(a.eval)[:a.limit]
-    done, f = _open_out(a, tasks) if a.out else ([], None)
+    if not tasks:
+        raise ValueError(f"{a.eval}: no tasks" + (f" (--limit {a.limit})" if a.limit is not None else ""))
+    done, f = _open_out(a, model, tasks) if a.out else ([], None)
     with f or contextlib.nullcontext():
         def save(rows):  # each batch reaches the file as soon as it is scored: a crash loses no finished batch
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             f.flush()
+            os.fsync(f.fileno())
         res = evaluate(model, tok, tasks, a.n, a.temperature, a.top_p, a.top_k, a.max_new_tokens, a.workers,
                        a.seed, a.batch_size, done, save if f else None)
     if a.summary:  # the numbers without the rows, plus the mean reward (train.sh builds its table from these)
@@ -472,6 +483,10 @@ def main(argv=None) -> None:
         p.error("give --model DIR and one of --prompt TEXT / --eval FILE.jsonl (or --bench)")
     if a.resume and not a.out:
         p.error("--resume continues an --out file: give --out")
+    if a.out and Path(a.out).is_dir():
+        p.error(f"--out {a.out} is a folder: give a file name")
+    if a.limit is not None and a.limit < 1:
+        p.error("--limit must be >= 1")
     for what, path, ok in (("model folder", a.model, Path(a.model).is_dir()),
                            ("eval file", a.eval, a.eval is None or Path(a.eval).is_file())):
         if not ok:

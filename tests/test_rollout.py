@@ -312,10 +312,14 @@ def test_eval_out_is_written_per_batch_and_resumes(tmp_path, capsys):
     rollout.main(args + ["--resume"])  # nothing left to run: the same file, the same numbers
     assert out.read_bytes().split(b"\n") == full and json.loads(summary.read_text()) == full_summary
     for bad, why in (([], "already holds results: pass --resume"), (["--resume", "--n", "3"], "n differ"),
-                     (["--resume", "--limit", "2"], "limit, tasks differ"), (["--resume", "--seed", "1"], "seed")):
+                     (["--resume", "--limit", "2"], "task_sha1, tasks differ"), (["--resume", "--seed", "1"], "seed"),
+                     (["--resume", "--batch-size", "3"], "sampled 2 tasks per batch, this run would take 3")):
         with pytest.raises(SystemExit, match=why):
             rollout.main(args + bad)
-    assert out.read_bytes().split(b"\n") == full  # a refused run leaves the file as it was
+        assert out.read_bytes().split(b"\n") == full  # a refused run leaves the rows as they were
+    tasks.write_text(tasks.read_text().replace("3+1", "3+2"))  # same file, same count, one task changed
+    with pytest.raises(SystemExit, match="task_sha1 differ"):
+        rollout.main(args + ["--resume"])
     with pytest.raises(SystemExit):
         rollout.main(bare + ["--resume"])  # --resume without --out: an argparse error
 
@@ -327,6 +331,7 @@ def test_read_rows_refuses_foreign_rows(tmp_path):
     for lines, why in (([row(0, [0, 2]), row(5, [4, 6])], ":2: this row is not one"),
                        ([row(0, [0, 2]), row(1, [0, 2], "b")], ":2: this row is not one"),
                        ([row(0, [0, 2]), "{", row(1, [0, 2])], ":2: not a JSON line"),
+                       ([row(0, [0, 2]), row(1, [0, 2]), "{", "{"], ":3: not a JSON line"),
                        ([row(0, [0, 2]), row(2, [2, 4]), row(3, [2, 4])], r"batch \[0, 2\] has 1 rows, not 2")):
         f.write_text("\n".join(lines) + "\n")
         with pytest.raises(ValueError, match=why):
