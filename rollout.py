@@ -44,7 +44,7 @@ import torch
 
 import data
 import rewards
-from model import KVCache, Qwen3Config, build_model, load_pretrained
+from model import KVCache, Qwen3Config, _checkpoint_files, build_model, load_pretrained
 
 CHECK_EVERY = 8  # decode steps between host reads of the finished flags (a device sync each)
 PREFILL_TOKENS = 32768  # prompt tokens per prefill forward: bounds activation memory for long prompts
@@ -312,7 +312,8 @@ def evaluate(model, tokenizer, tasks: list[dict], n: int = 1, temperature: float
     todo = [be for be in batches if be not in done]
     stops = tuple(sorted({tokenizer.eos_id, tokenizer.pad_id}))
     rows, n_tokens, t0 = list(done_rows), 0, time.perf_counter()
-    for k, (b, e) in enumerate(todo):
+    ran, left = 0, sum(e - b for b, e in todo)  # tasks sampled in this run, tasks still to sample
+    for b, e in todo:
         samples = generate(model, prompts[b:e], n, max_new_tokens, temperature, top_p, top_k, stops, seed + b)
         texts = [tokenizer.decode(s.tokens[:-1] if s.finish_reason == "stop" else s.tokens) for s in samples]
         scores = rewards.reward_many([(x, tasks[b + s.prompt_index]) for x, s in zip(texts, samples)],
@@ -324,8 +325,8 @@ def evaluate(model, tokenizer, tasks: list[dict], n: int = 1, temperature: float
         if on_rows:
             on_rows(new)
         n_tokens += sum(len(s.tokens) for s in samples)
-        dt, ran = time.perf_counter() - t0, sum(e - b for b, e in todo[:k + 1])  # tasks sampled in this run
-        eta = dt * sum(e - b for b, e in todo[k + 1:]) / ran
+        ran, left, dt = ran + e - b, left - (e - b), time.perf_counter() - t0
+        eta = dt * left / ran
         print(f"eval {len(rows)}/{len(tasks) * n} samples | {n_tokens / dt:.0f} tokens/s | ETA {eta:.0f}s",
               file=sys.stderr, flush=True)
     return summarise(rows, n)
@@ -349,13 +350,14 @@ def read_rows(path, n: int, tasks: list[dict]) -> list[dict]:
         if not ok or not be[0] <= r["task"] < be[1] <= len(tasks) or r.get("source") != tasks[r["task"]]["source"]:
             raise ValueError(f"{path}:{k}: this row is not one of the {len(tasks)} tasks being evaluated")
         groups[tuple(be)].append(r)
-    size = {be: n * (be[1] - be[0]) for be in groups}  # rows of a whole batch
-    *earlier, last = groups or [None]
-    for be in earlier + [last] * (last is not None and len(groups[last]) > size[last]):  # only the last can be short
-        if len(groups[be]) != size[be]:
-            raise ValueError(f"{path}: batch {list(be)} has {len(groups[be])} rows, not {size[be]}: edited, or written "
-                             "by two runs at once?")
-    return [r for be, rs in groups.items() if len(rs) == size[be] for r in rs]
+    keep = []
+    for i, ((b, e), rs) in enumerate(groups.items()):
+        if len(rs) == n * (e - b):
+            keep += rs
+        elif i < len(groups) - 1 or len(rs) > n * (e - b):  # only the last batch can be short: a crash cut it
+            raise ValueError(f"{path}: batch {[b, e]} has {len(rs)} rows, not {n * (e - b)}: edited, or written by "
+                             "two runs at once?")
+    return keep
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -381,7 +383,7 @@ def _fingerprint(folder) -> str:
     """A cheap identity of a checkpoint's weights (a re-export of the same weights keeps it): each safetensors
     file's name and size, and 64 KiB read at 8 offsets spread over it."""
     h = hashlib.sha1()
-    for f in sorted(Path(folder).glob("*.safetensors")):
+    for f in _checkpoint_files(Path(folder)):  # the files load_pretrained reads
         size = f.stat().st_size
         h.update(f"{f.name}:{size}".encode())
         with open(f, "rb") as fh:
@@ -389,6 +391,10 @@ def _fingerprint(folder) -> str:
                 fh.seek(size * k // 8)
                 h.update(fh.read(1 << 16))
     return h.hexdigest()
+
+
+def _json_lines(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
 def _open_out(a, model, tasks: list[dict]) -> tuple[list[dict], object]:
@@ -417,7 +423,7 @@ def _open_out(a, model, tasks: list[dict]) -> tuple[list[dict], object]:
         done = read_rows(out, a.n, tasks)
         print(f"resuming: {len({r['task'] for r in done})} of {len(tasks)} tasks already in {out}", file=sys.stderr)
     for path, text in ((meta, json.dumps(settings, indent=1) + "\n"),  # atomic rewrites; out less a cut batch
-                       (out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done))):
+                       (out, _json_lines(done))):
         with open(f"{path}.tmp", "w", encoding="utf-8") as tmp:
             tmp.write(text)
             tmp.flush()
@@ -433,7 +439,7 @@ def _eval(model, tok, a) -> None:
     done, f = _open_out(a, model, tasks) if a.out else ([], None)
     with f or contextlib.nullcontext():
         def save(rows):  # each batch reaches the file as soon as it is scored: a crash loses no finished batch
-            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            f.write(_json_lines(rows))
             f.flush()
             os.fsync(f.fileno())
         res = evaluate(model, tok, tasks, a.n, a.temperature, a.top_p, a.top_k, a.max_new_tokens, a.workers,
