@@ -374,7 +374,7 @@ def evaluate(ctx, step: int) -> dict:
 
 
 def train(a) -> None:
-    dist = sft.init_distributed()
+    dist = sft.init_distributed(a.dist_timeout_min)
     sft.print0("gppo config: " + json.dumps(vars(a), sort_keys=True))
     ctx = setup(a, dist)
     ctx["eval_tasks"] = rollout.load_tasks(a.eval) if a.eval else None
@@ -457,6 +457,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--save-every", type=int, default=50)
     g.add_argument("--no-export", dest="export", action="store_false", help="skip the HF export at the end")
     g.add_argument("--bench", action="store_true", help="a few steps of a tiny model, then the time split")
+    sft.add_run_args(p)  # the flags shared with sft.py: collective timeout, experiment trackers
     a = p.parse_args(argv)
     for k, v in STAGES[a.stage].items():
         setattr(a, k, v if getattr(a, k) is None else getattr(a, k))

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import gc
 import json
 import math
@@ -81,19 +82,30 @@ class Dist:
     device: torch.device
 
 
-def init_distributed() -> Dist:
-    """Process group from torchrun's env (gloo on CPU, nccl on CUDA), or a private 1-rank group without it."""
+# Minutes a collective may wait for the slowest rank before the watchdog ends the job (NCCL's default: 10). RL's
+# worst wait: ranks meet in the first all-reduce after their rollouts, so the others wait while one rank is still
+# generating its whole draw at the cap. The recipe on 8 GPUs: 256 prompts drawn / 8 ranks x 8 samples = 256 rollouts
+# x 32,768 tokens = 8.4M tokens on that rank. 8B bf16 decode: ~80 GB of KV cache at 144 KiB per token holds ~540K
+# tokens (~33 rows at their mean length of 16K), and each step reads all of it (17 ms) plus the weights (3.4 ms) at
+# 4.8 TB/s: ~1,600 tokens/s at best, 87 minutes; then code rewards (256 jobs x 35 s / 8 workers): 19 minutes.
+# ~110 minutes in all; 180 leaves headroom for a slower engine.
+DIST_TIMEOUT_MIN = 180.0
+
+
+def init_distributed(timeout_min: float = DIST_TIMEOUT_MIN) -> Dist:
+    """Process group from torchrun's env (gloo on CPU, nccl on CUDA), or a private 1-rank group without it.
+    timeout_min: how long a collective waits for the other ranks (--dist-timeout-min)."""
     local = int(os.environ.get("LOCAL_RANK", 0))
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        backend = "nccl" if cuda else "gloo"
+        backend, timeout = "nccl" if cuda else "gloo", datetime.timedelta(minutes=timeout_min)
         if "MASTER_ADDR" in os.environ:
-            dist.init_process_group(backend, device_id=device if cuda else None)
+            dist.init_process_group(backend, device_id=device if cuda else None, timeout=timeout)
         else:  # `python sft.py`: an in-memory store, nothing to rendezvous with
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     return Dist(dist.get_rank(), dist.get_world_size(), local, device)
 
 
@@ -424,7 +436,7 @@ def prepare(args, d: Dist) -> tuple[data.Tokenizer, qwen3.Qwen3, torch.optim.Ada
 
 
 def train(args) -> None:
-    d = init_distributed()
+    d = init_distributed(args.dist_timeout_min)
     tok, model, optimizer, rows, stats = prepare(args, d)
     rows_per_rank, total, warmup = plan(args, stats["rows"], d.world_size)
     step_tokens = rows_per_rank * d.world_size * args.max_length
@@ -515,6 +527,15 @@ def bench(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------ command line
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The flags both trainers share: the collective timeout."""
+    g = p.add_argument_group("cluster")
+    g.add_argument("--dist-timeout-min", type=float, default=DIST_TIMEOUT_MIN, help="minutes a collective waits "
+                   "for the slowest rank before the job is ended (NCCL's own: 10). Default %(default)s: RL ranks wait "
+                   "for the slowest one's rollouts: 256 rollouts x 32K tokens of an 8B model at ~1,600 tokens/s "
+                   "(KV-bound on an H200) = 87 min, + 19 min of code rewards, with headroom (sft.DIST_TIMEOUT_MIN)")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model and data")
@@ -551,6 +572,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--export-dtype", choices=["float32", "bfloat16"], default="float32", help="HF export dtype")
     g.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (0: from the GPU name)")
     g.add_argument("--bench", action="store_true", help="benchmark against transformers on CPU and exit")
+    add_run_args(p)
     args = p.parse_args(argv)
     if not args.bench and not (args.data and (args.model or (args.config and args.tokenizer))):
         p.error("need --data and either --model DIR or --config config.json --tokenizer DIR")

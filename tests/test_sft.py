@@ -4,10 +4,12 @@ a crash mid-checkpoint, the HF export in transformers, and learning a tiny set.
 Runs share one tiny setup (demo tokenizer, a 2-layer hidden-64 Qwen3, 80 demo SFT examples packed into 256-token
 rows) and one thread per process (2 shared cores). In-process runs call sft.main; the 2-rank checks share a single
 torchrun launch (tests/dist_sft_check.py); the run that gets killed is a forked child (no interpreter start-up)."""
+import datetime
 import json
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ import pytest
 import torch
 
 import data
+import gppo
 import model as qwen3
 import sft
 
@@ -205,3 +208,33 @@ def test_schedule():
     assert lrs[0] == pytest.approx(8e-6) and lrs[9] == pytest.approx(8e-5) and lrs[100] == pytest.approx(4e-5)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
     assert sft.lr_at(50, 1e-6, 0.0, 10, 100, kind="constant") == 1e-6
+
+
+def test_dist_timeout_flag_reaches_the_process_group(monkeypatch):
+    """NCCL's default 10 minutes would end an RL job whose ranks wait for one rank's 32K-token rollouts."""
+    assert sft.DIST_TIMEOUT_MIN >= 120  # the arithmetic in sft.py: ~110 minutes of the worst RL wait
+    assert sft.parse_args(["--bench"]).dist_timeout_min == sft.DIST_TIMEOUT_MIN
+    assert gppo.parse_args(["--model", "-", "--data", "-"]).dist_timeout_min == sft.DIST_TIMEOUT_MIN
+    seen = []
+
+    def stop(timeout_min):
+        seen.append(timeout_min)
+        raise RuntimeError("stop here")
+    with monkeypatch.context() as m:  # both trainers hand the flag to init_distributed
+        m.setattr(sft, "init_distributed", stop)
+        for main in (sft.main, gppo.main):
+            with pytest.raises(RuntimeError, match="stop here"):
+                main(["--model", "-", "--data", "-", "--dist-timeout-min", "7"])
+    assert seen == [7.0, 7.0]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    torchrun = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    for env in ({}, torchrun):  # the private 1-rank group, then torchrun's env:// rendezvous
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            d = sft.init_distributed(7)
+            timeout = torch.distributed.group.WORLD._get_backend(d.device).options._timeout
+            torch.distributed.destroy_process_group()
+        assert timeout == datetime.timedelta(minutes=7), (env, timeout)
