@@ -179,11 +179,15 @@ def rollouts(ctx, step: int, met: dict) -> list[dict]:
     idx = ctx["sampler"].next_indices(ctx["draw"])
     t0 = time.perf_counter()
     model.eval()
-    with torch.no_grad():
-        samples = rollout.generate(model, [ctx["prompts"][i] for i in idx], n=a.n, max_new_tokens=a.max_response_tokens,
-                                   temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, stop_ids=ctx["stop_ids"],
-                                   seed=a.seed * 1_000_003 + step * 1009 + ctx["dist"].rank)
+    stats = rollout.EngineStats()  # the whole draw in one call: the engine schedules it within the KV budget
+    samples = rollout.generate(model, [ctx["prompts"][i] for i in idx], n=a.n, max_new_tokens=a.max_response_tokens,
+                               temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, stop_ids=ctx["stop_ids"],
+                               seed=a.seed * 1_000_003 + step * 1009 + ctx["dist"].rank,
+                               max_kv_tokens=a.max_kv_tokens, stats=stats)
     t1 = time.perf_counter()
+    totals = sft.all_reduce_sum(torch.tensor(list(stats.as_dict().values()), dtype=torch.float64))
+    met.update({k: v.item() for k, v in zip(stats.as_dict(), totals)})  # summed over ranks
+    met["gen/peak_kv"] = all_reduce_max(torch.tensor(float(stats.peak_kv))).item()
     jobs = [(tok.decode(s.tokens[:-1] if s.finish_reason == "stop" else s.tokens),
              ctx["tasks"][idx[s.prompt_index]]) for s in samples]
     scores = rewards.reward_many(jobs, workers=a.reward_workers, **ctx["reward_opts"])
@@ -424,6 +428,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--temperature", type=float, default=1.0, help="sampling and old/new log-prob temperature")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--max-kv-tokens", type=int, default=None, help="KV cache budget of the rollout engine, token slots "
+                   "per rank (default: 85%% of the free GPU memory; 1M slots on CPU)")
     g.add_argument("--correct", type=float, default=1.0, help="the score of a correct response")
     g.add_argument("--drop-truncated", action="store_true", help="mask truncated rollouts out of the loss")
     g.add_argument("--reward-workers", type=int, default=8, help="concurrent reward jobs per rank")

@@ -6,8 +6,9 @@ assign=True)` and no mapping table. `model(ids)` returns the final normed hidden
 `model.lm_head(h)`, so the fused log-prob kernel can consume `h` and `lm_head.weight` without materialising them.
 
 Design:
-- One forward path. The KV cache is an explicit argument: row b writes at slots lengths[b].. (position = slot),
-  each query sees slots <= its own, lengths += T afterwards. Ragged rows are handled by scatter, not loops.
+- One forward path. The KV cache is an explicit argument, paged: row b writes positions lengths[b].. into the
+  slots its block table names, each query sees positions <= its own, lengths += T afterwards. Ragged rows are
+  handled by scatter/gather, not loops; rows may share a prompt's pages.
 - Packed documents via `doc_ids`: a token sees earlier tokens of its own document; positions restart per
   document. FlexAttention (block mask) on CUDA, an explicit boolean mask with torch SDPA elsewhere.
 - RoPE angles are computed on the fly from position ids in fp32 (YaRN per arXiv:2309.00071, with the defaults
@@ -184,9 +185,9 @@ class Attention(nn.Module):
         k = self.k_norm(self.k_proj(x).view(B, T, self.nkv, self.hd)).transpose(1, 2)  # (B, nkv, T, hd)
         v = self.v_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if kv is not None:  # kv = (cache, layer index, slots (B, T), end): attend over the written prefix
-            cache, i, slots, end = kv
-            k, v = cache.write(i, k, v, slots, end)  # (B, nkv, end, hd)
+        if kv is not None:  # kv = (cache, layer index, slots written (B, T), slots read (B, S)): attend over those
+            cache, i, written, read = kv
+            k, v = cache.write(i, k, v, written, read)  # (B, nkv, S, hd)
         gqa, sdpa = self.nh != self.nkv, F.scaled_dot_product_attention
         if mask is None:  # plain causal: flash kernels take GQA directly
             o = sdpa(q, k, v, is_causal=True, enable_gqa=gqa)  # (B, nh, T, hd)
@@ -240,36 +241,57 @@ def doc_positions(doc_ids: Tensor) -> Tensor:
 
 
 class KVCache:
-    """Per-layer key/value buffers (B, n_kv, max_len, head_dim), per-row fill lengths (B,) and `end`, a host-side
-    upper bound of the lengths, so that a decode step never reads the device (no sync: the host queues the next
-    step while the GPU runs this one). Lowering `lengths` by hand is fine; raising them needs `end` raised too."""
+    """Paged KV memory. Per layer one pool of token slots, k[i] and v[i] of shape (n_kv, pages * page_size, hd);
+    a sequence owns pages, listed in order in its row of `block_table` (B, max_pages), so its position p lives in
+    slot block_table[p // page_size] * page_size + p % page_size. Memory follows the tokens actually written, and
+    sequences may share pages (a prompt's prefix). Page 0 is the null page: table entries past a row's own pages
+    point there, it takes the writes of padding and is only ever read under the mask.
 
-    def __init__(self, k: list[Tensor], v: list[Tensor], lengths: Tensor, end: int = 0):
-        self.k, self.v, self.lengths, self.end = k, v, lengths, end
+    The batch view (`block_table`, `lengths` (B,), `end`: a host-side bound of the lengths, so a forward never
+    reads the device) is set by whoever schedules the rows (rollout.py's engine); the forward writes the new
+    tokens at positions lengths[b].., attends over positions < end, and adds T to lengths and end."""
+
+    def __init__(self, config: Qwen3Config, pages: int, page_size: int, device, dtype):
+        shape = (config.num_key_value_heads, (pages + 1) * page_size, config.head_dim)  # + the null page
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.page_size, self.pages = page_size, pages
+        self.view(torch.zeros(0, 1, dtype=torch.long, device=device), torch.zeros(0, dtype=torch.long, device=device))
 
     @classmethod
-    def allocate(cls, config: Qwen3Config, batch_size: int, max_len: int, device, dtype) -> KVCache:
-        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
-        n = config.num_hidden_layers
-        new = lambda: [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)]
-        return cls(new(), new(), torch.zeros(batch_size, dtype=torch.long, device=device))
+    def contiguous(cls, config: Qwen3Config, batch_size: int, max_len: int, device, dtype, page_size: int = 16
+                   ) -> KVCache:
+        """A cache whose rows own pages 1.. in order, room for max_len tokens each (tests, one-off decoding)."""
+        per_row = -(-max_len // page_size)
+        cache = cls(config, batch_size * per_row, page_size, device, dtype)
+        table = torch.arange(1, batch_size * per_row + 1, device=device).view(batch_size, per_row)
+        cache.view(table, torch.zeros(batch_size, dtype=torch.long, device=device))
+        return cache
+
+    def view(self, block_table: Tensor, lengths: Tensor, end: int = 0) -> None:
+        self.block_table, self.lengths, self.end = block_table, lengths, end
 
     @property
     def max_len(self) -> int:
-        return self.k[0].shape[2]
+        return self.block_table.shape[1] * self.page_size
 
-    def select(self, rows: Tensor) -> KVCache:
-        """New cache of these rows (repeats allowed: prefix sharing; a subset: dropping finished rows)."""
-        rows = rows.to(self.lengths.device)
-        pick = lambda bufs: [b.index_select(0, rows) for b in bufs]
-        return KVCache(pick(self.k), pick(self.v), self.lengths.index_select(0, rows), self.end)
+    def slots(self, pos: Tensor) -> Tensor:
+        """Positions (B, T) -> flat slot indices (B, T) through each row's block table."""
+        return self.block_table.gather(1, pos // self.page_size) * self.page_size + pos % self.page_size
 
-    def write(self, i: int, k: Tensor, v: Tensor, slots: Tensor, end: int) -> tuple[Tensor, Tensor]:
-        """Scatter k, v (B, n_kv, T, hd) of layer i into slots (B, T); return the buffers' first `end` slots."""
-        idx = slots[:, None, :, None].expand_as(k)
-        self.k[i].scatter_(2, idx, k.to(self.k[i].dtype))
-        self.v[i].scatter_(2, idx, v.to(self.v[i].dtype))
-        return self.k[i][:, :, :end], self.v[i][:, :, :end]
+    def copy_page(self, src: int, dst: int) -> None:
+        """Copy one page's slots in every layer (a shared partial page, before a sequence writes its own tokens)."""
+        a, b, ps = src * self.page_size, dst * self.page_size, self.page_size
+        for buf in self.k + self.v:
+            buf[:, b:b + ps] = buf[:, a:a + ps]
+
+    def write(self, i: int, k: Tensor, v: Tensor, where: Tensor, read: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v (B, n_kv, T, hd) of layer i into slots `where` (B, T); return the slots `read` (B, S) as
+        (B, n_kv, S, hd) tensors."""
+        flat = where.flatten()
+        self.k[i].index_copy_(1, flat, k.transpose(0, 1).flatten(1, 2).to(self.k[i].dtype))
+        self.v[i].index_copy_(1, flat, v.transpose(0, 1).flatten(1, 2).to(self.v[i].dtype))
+        return self.k[i][:, read].transpose(0, 1), self.v[i][:, read].transpose(0, 1)
 
 
 class Qwen3(nn.Module):
@@ -318,12 +340,15 @@ class Qwen3(nn.Module):
         dev, mask, kv = input_ids.device, None, None
         if cache is not None:
             assert doc_ids is None, "doc_ids with a KV cache is not supported"
-            slots = cache.lengths[:, None] + torch.arange(T, device=dev)  # (B, T)
-            end = cache.end + T  # slots past a row's own length are masked: a bound is enough
+            pos = cache.lengths[:, None] + torch.arange(T, device=dev)  # (B, T)
+            end = cache.end + T  # positions past a row's own length are masked: a bound is enough
             if end > cache.max_len:
-                raise ValueError(f"KV cache overflow: writing up to slot {end} but max_len is {cache.max_len}")
-            mask = torch.arange(end, device=dev) <= slots[:, None, :, None]  # (B, 1, T, end): key slot <= query slot
-            position_ids = slots if position_ids is None else position_ids
+                raise ValueError(f"KV cache overflow: writing up to position {end} but the block table holds "
+                                 f"{cache.max_len}")
+            keys = torch.arange(end, device=dev)
+            mask = keys <= pos[:, None, :, None]  # (B, 1, T, end): key position <= query position
+            kv_slots = (cache.slots(pos), cache.slots(keys.expand(B, end)))  # written (B, T), read (B, end)
+            position_ids = pos if position_ids is None else position_ids
         elif doc_ids is not None:
             mask = self._doc_mask(doc_ids)
             position_ids = doc_positions(doc_ids) if position_ids is None else position_ids
@@ -332,7 +357,7 @@ class Qwen3(nn.Module):
         h = self.model.embed_tokens(input_ids)  # (B, T, H)
         cos, sin = self.rope(position_ids, h.dtype)
         for i, layer in enumerate(self.model.layers):
-            kv = None if cache is None else (cache, i, slots, end)
+            kv = None if cache is None else (cache, i, *kv_slots)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 h = checkpoint(layer, h, cos, sin, mask, kv, use_reentrant=False)
             else:

@@ -1,21 +1,25 @@
-"""KV-cached batched sampling for Qwen3, plus chat and evaluation (avg@n, pass@n) from the command line.
+"""The generation engine for Qwen3 (paged KV memory, continuous batching), plus chat and evaluation (avg@n,
+pass@n) from the command line.
 
 What: `generate` samples n completions per prompt from model.py's Qwen3. The log-prob it returns for each token is
-log_softmax(logits / T) from the same model.py forward the trainer uses, so sampler and trainer agree to float
-precision: there is no separate inference engine and no sampler/trainer mismatch to correct.
+log_softmax(logits / T) from the same model.py forward the trainer uses, with logits kept in fp32, so sampler and
+trainer agree to float precision: there is no separate inference engine and no sampler/trainer mismatch to correct.
 
-Design:
-- One preallocated KV cache per call. Prompts are prefilled once, right-padded and ragged (the cache lengths are
-  then set to the true lengths), in time chunks that bound activation memory; `cache.select` then repeats each
-  prompt's rows n times, so the n samples of a prompt share its prefix.
-- Batched decoding. The host reads the "finished" flags only every CHECK_EVERY steps; it then drops finished rows
-  from the batch (`cache.select` of the live rows) once at least 1/8 of them are done, so cost follows live rows.
-- Sampling: temperature, then top-k, then top-p (the smallest set of best tokens whose mass reaches top_p), drawn
-  with an explicit torch.Generator seeded by `seed` (same inputs + seed = same samples; a sample also depends on
-  the rest of its batch). Log-probs are under the tempered *unfiltered* distribution, which is what the trainer
-  recomputes; greedy (temperature 0) returns log-probs at temperature 1.
-- Per decode step: one model call, the LM head into a reused fp32 (B, V) buffer, the draw (exponential race), an
-  in-place log-sum-exp for the log-probs; no device-to-host read between the flag reads (see KVCache.end).
+Design (the vLLM / nano-vllm scheduling ideas, written for this model):
+- One call takes the whole draw (every prompt x n) and schedules it itself (`Engine`). KV memory is paged
+  (model.KVCache, pages of PAGE_SIZE tokens) inside an explicit budget (`max_kv_tokens`, see kv_budget): memory
+  follows the tokens actually written, never max_new_tokens up front.
+- Continuous batching: a finished sequence's pages and row go to the next waiting one at the next step. A prompt
+  is prefilled once for its n samples, which share its full pages and copy its last partial page. Newcomers'
+  prefills are batched. When the pages run out, the newest rows are evicted and later recomputed from
+  prompt + tokens so far (tokens and log-probs already drawn are kept): nothing is lost or cut.
+- Batch-independent sampling: temperature, then top-k, then top-p (the smallest set of best tokens whose mass
+  reaches top_p), drawn by an exponential race whose noise is a hash of (seed, sequence key, token index, vocab
+  id). A sample never depends on its batch, the budget or evictions (up to float-level differences of the matrix
+  products at other batch sizes, which can flip a near-tie). Log-probs are under the tempered *unfiltered*
+  distribution, which is what the trainer recomputes; greedy (temperature 0) returns log-probs at temperature 1.
+- The host reads each step's tokens (one device read per step) and schedules on them; `EngineStats` counts the
+  work (decode forwards, live rows, KV slots read, peak KV held, prefill tokens, evictions).
 - FSDP2: parameters are all-gathered once per `generate` call (`unshard`) and resharded afterwards, not per step,
   so gppo.py (under torchrun) samples from the policy it trains; ranks may decode different numbers of steps.
 
@@ -23,6 +27,7 @@ Run:
     python rollout.py --model DIR --prompt "What is 17 * 23?"
     python rollout.py --model DIR --eval ../shared/data/math/aime2024.jsonl --n 8 --temperature 0.6 --top-p 0.95 \\
         --max-new-tokens 32768 --out results.jsonl [--limit 5] [--resume: after a crash, keep what --out holds]
+    python bench.py engine           # the engine's schedule at 1/64 of the recipe's RL draw, projected to an H200
     python rollout.py --bench        # CPU: decode tokens/s vs transformers' generate and a no-cache loop
     python rollout.py --bench-gpu    # CUDA: Qwen3-0.6B shape in bf16, batch 1 and 256, vs the bandwidth bound
     python -m pytest -q tests/test_rollout.py      # includes a 2-rank torchrun (gloo) FSDP2 check
@@ -36,8 +41,9 @@ import json
 import os
 import sys
 import time
-from collections import defaultdict
-from dataclasses import dataclass
+from collections import defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,9 +52,12 @@ import data
 import rewards
 from model import KVCache, Qwen3Config, _checkpoint_files, build_model, load_pretrained
 
-CHECK_EVERY = 8  # decode steps between host reads of the finished flags (a device sync each)
+PAGE_SIZE = 16  # tokens per KV page: small pages waste little at a sequence's end
 PREFILL_TOKENS = 32768  # prompt tokens per prefill forward: bounds activation memory for long prompts
-KV_BUDGET_BYTES = 16 * 2**30  # evaluate's default batch: as many tasks as fit a KV cache of this size
+MAX_ROWS = 256  # default bound on the sequences decoded together (the (rows, V) fp32 logits live at once)
+CPU_KV_TOKENS = 1 << 20  # default KV budget on CPU, in token slots (capped by what the call can ever need)
+CUDA_KV_SHARE = 0.85  # default KV budget on CUDA: this share of the free memory after the model, less the buffers
+M32 = 0xFFFFFFFF
 
 
 @dataclass
@@ -59,11 +68,28 @@ class Sample:
     finish_reason: str  # "stop" | "length"
 
 
-def _check_inputs(cfg: Qwen3Config, prompts: list[list[int]], n: int, max_new_tokens: int) -> None:
+@dataclass
+class EngineStats:
+    """Work counters of `generate` calls (they add up over calls). kv_read counts the slots decode attention reads
+    when each row reads only its own length (what the device path reads)."""
+    forwards: int = 0  # decode forwards
+    rows: int = 0  # live rows summed over decode forwards
+    kv_read: int = 0  # KV slots read by decode attention
+    peak_kv: int = 0  # most KV slots held at once (whole pages)
+    generated: int = 0  # tokens sampled
+    prefill: int = 0  # tokens prefilled, recomputed ones included
+    preemptions: int = 0  # sequences evicted to free KV memory (recomputed later)
+
+    def as_dict(self, prefix: str = "gen/") -> dict:
+        return {prefix + k: float(v) for k, v in asdict(self).items()}
+
+
+def _check_inputs(cfg: Qwen3Config, prompts: list[list[int]], n: int, max_new_tokens: int, max_rows: int
+                  ) -> None:
     if not prompts:
         raise ValueError("generate: the prompt list is empty")
-    if n < 1 or max_new_tokens < 1:
-        raise ValueError(f"generate: n ({n}) and max_new_tokens ({max_new_tokens}) must be >= 1")
+    if min(n, max_new_tokens, max_rows) < 1:
+        raise ValueError(f"generate: n ({n}), max_new_tokens ({max_new_tokens}) and max_rows ({max_rows}) must be >= 1")
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"generate: prompt {i} is empty")
@@ -72,6 +98,27 @@ def _check_inputs(cfg: Qwen3Config, prompts: list[list[int]], n: int, max_new_to
                              f"exceeds the model's context (max_position_embeddings {cfg.max_position_embeddings})")
         if min(p) < 0 or max(p) >= cfg.vocab_size:
             raise ValueError(f"generate: prompt {i} has a token id outside [0, {cfg.vocab_size})")
+
+
+def kv_budget(model, prompts: list[list[int]], n: int, max_new_tokens: int, max_kv_tokens: int | None,
+              max_rows: int) -> int:
+    """KV token slots for one call: `max_kv_tokens`, or by default CPU_KV_TOKENS on CPU and on CUDA
+    CUDA_KV_SHARE of the free memory less the (max_rows, V) logits buffers; never more than the call can use.
+    Raises if the budget cannot hold the longest single sequence (prompt + max_new_tokens)."""
+    cfg, w = model.config, model.lm_head.weight
+    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * w.element_size()
+    if max_kv_tokens is None and w.is_cuda:
+        free = torch.cuda.mem_get_info(w.device)[0] - 3 * max_rows * cfg.vocab_size * 4
+        max_kv_tokens = int(CUDA_KV_SHARE * free) // per_token
+    budget = max_kv_tokens if max_kv_tokens is not None else CPU_KV_TOKENS
+    pages = lambda k: -(-k // PAGE_SIZE)
+    longest = max(map(len, prompts)) + max_new_tokens
+    if pages(longest) * PAGE_SIZE > budget:
+        raise ValueError(f"generate: a KV budget of {budget} token slots ({budget * per_token / 2**30:.2f} GiB) cannot "
+                         f"hold the longest sequence ({longest} tokens = prompt + max_new_tokens {max_new_tokens}, "
+                         f"{pages(longest) * PAGE_SIZE} slots in pages of {PAGE_SIZE}): raise max_kv_tokens or "
+                         "lower max_new_tokens")
+    return min(budget, n * sum(pages(len(p) + max_new_tokens) for p in prompts) * PAGE_SIZE)
 
 
 @contextlib.contextmanager
@@ -93,39 +140,46 @@ def gathered(model: torch.nn.Module):
             m.reshard()
 
 
-def _prefill(model, prompts: list[list[int]], cache: KVCache) -> torch.Tensor:
-    """Write all prompts into `cache` (ragged, right-padded); return each prompt's last hidden state (P, H)."""
-    P, T, dev = len(prompts), max(map(len, prompts)), cache.lengths.device
-    ids = torch.zeros(P, T, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, :len(p)] = torch.tensor(p)
-    ids, lens, rows = ids.to(dev), torch.tensor([len(p) for p in prompts], device=dev), torch.arange(P, device=dev)
-    chunk, last = max(1, PREFILL_TOKENS // P), None
-    for t0 in range(0, T, chunk):
-        h = model(ids[:, t0:t0 + chunk], cache=cache)  # (P, c, H); pad slots lie ahead of every later query
-        j = lens - 1 - t0  # (P,) index of each row's last prompt token inside this chunk
-        here = h[rows, j.clamp(0, h.shape[1] - 1)]  # (P, H)
-        last = here if last is None else torch.where(((j >= 0) & (j < h.shape[1]))[:, None], here, last)
-    cache.lengths = lens  # stale pad slots get overwritten by the first decode writes
-    return last
+# ----------------------------------------------------------------------------------------------- sampling
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xor-shift-multiply, 2 rounds) on int64 tensors holding values in [0, 2^32)."""
+    x = ((x >> 16) ^ x) * 0x45D9F3B & M32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & M32
+    return (x >> 16) ^ x
 
 
-def _logits(model, h: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
-    """(B, H) -> fp32 logits (B, V) in a reused buffer: a fresh (B, V) tensor per step costs page faults on CPU."""
-    w, out = model.lm_head.weight, buf[:h.shape[0]]
-    if h.dtype == w.dtype == out.dtype:
-        return torch.mm(h, w.t(), out=out)
-    return out.copy_(model.lm_head(h))  # bf16 compute, fp32 log-probs
+def _noise(row_seed: torch.Tensor, vocab_ids: torch.Tensor) -> torch.Tensor:
+    """Exponential(1) noise (B, K) for rows (B,) at vocab ids (B or 1, K): a pure function of (row seed, id), so
+    a sequence's draws never depend on which other sequences share its batch."""
+    x = _mix((row_seed[:, None] + vocab_ids * 0x9E3779B1) & M32)  # (B, K) 32 random bits
+    u = ((x >> 8).float() + 0.5) * 2.0 ** -24  # uniform in (0, 1), 24 bits
+    return -torch.log(u)
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator,
-            noise: torch.Tensor):
-    """logits (B, V) fp32 (overwritten) -> tokens (B,), log-probs (B,) under softmax(logits / T) before filtering."""
+def _row_seeds(seed: int, keys: list[int], steps: list[int], device) -> torch.Tensor:
+    """One 32-bit seed per row from (seed, the sequence's key, its token index)."""
+    base = int(_mix(_mix(torch.tensor(seed & M32)) ^ (seed >> 32 & M32)))  # both halves of a 64-bit seed
+    k = torch.tensor([[key & M32, t] for key, t in zip(keys, steps)], dtype=torch.long).to(device)  # (B, 2)
+    return _mix(_mix(base ^ k[:, 0]) ^ k[:, 1])
+
+
+def _logits(h: torch.Tensor, head: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    """(B, H) -> logits (B, V) accumulated AND kept in fp32 (bf16-rounded logits would put ~1e-3 between the
+    sampler's log-probs and the trainer's). CUDA: bf16 products into fp32 output; elsewhere `head` is fp32."""
+    if h.is_cuda and h.dtype != torch.float32:
+        return torch.mm(h, head.t(), out_dtype=torch.float32)
+    return torch.mm(h.float(), head.t(), out=buf[:h.shape[0]])  # a reused buffer: no page faults per step
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, row_seed: torch.Tensor):
+    """logits (B, V) fp32 (overwritten) -> tokens (B,), log-probs (B,) under softmax(logits / T) before filtering.
+
+    The draw is an exponential race, argmax p_i / E_i with E_i ~ Exp(1) from `_noise` (= Gumbel-max)."""
     if temperature <= 0:  # greedy: the best logit is both the token and the log-sum-exp shift
         top, tok = logits.max(-1, keepdim=True)  # (B, 1) each
         return tok.squeeze(1), logits.sub_(top).exp_().sum(-1).log_().neg_()
-    elif 0 < top_k < logits.shape[-1] or top_p < 1:
-        logits.div_(temperature)
+    logits.div_(temperature)
+    if 0 < top_k < logits.shape[-1] or top_p < 1:
         if 0 < top_k < logits.shape[-1]:
             vals, idx = logits.topk(top_k, -1)  # (B, k), sorted best first
         else:
@@ -133,82 +187,207 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, 
         probs = vals.softmax(-1)
         if top_p < 1:  # drop a token when the better ones already hold top_p of the mass
             probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
-        j = (probs / torch.empty_like(probs).exponential_(generator=gen)).argmax(-1)  # exponential race: p_i / E_i
-        tok = idx.gather(1, j[:, None]).squeeze(1)
-    else:  # plain sampling, the same race in log space without a new (B, V) tensor: argmax(logits / T - log E)
-        e = noise[:logits.shape[0]].exponential_(generator=gen).log_()
-        tok = torch.sub(logits.div_(temperature), e, out=e).argmax(-1)
+        tok = idx.gather(1, (probs / _noise(row_seed, idx)).argmax(-1, keepdim=True)).squeeze(1)
+    else:  # the same race in log space: argmax(logits / T - log E)
+        ids = torch.arange(logits.shape[-1], device=logits.device)[None]
+        tok = (logits - _noise(row_seed, ids).log_()).argmax(-1)
     picked = logits.gather(1, tok[:, None]).squeeze(1)
     top = logits.amax(-1, keepdim=True)  # log-sum-exp in place: logits is scratch from here on
     return tok, picked - logits.sub_(top).exp_().sum(-1).log_() - top.squeeze(1)
 
 
-def _decode(model, cache: KVCache, h: torch.Tensor, max_new: int, sample, stops, on_token):
-    """Batched decoding from last hidden states h (N, H) -> tokens (N, max_new) (-1 = never written), log-probs."""
-    N, dev = h.shape[0], h.device
-    out_tok = torch.full((N, max_new), -1, dtype=torch.long, device=dev)
-    out_lp = torch.zeros(N, max_new, device=dev)
-    live = torch.arange(N, device=dev)  # (B,) sample index of each row still in the batch
-    done = torch.zeros(N, dtype=torch.bool, device=dev)
-    buf = torch.empty(N, model.config.vocab_size, device=dev)  # (N, V) fp32 logits, reused every step
-    every = 1 if on_token else CHECK_EVERY
-    for t in range(max_new):
-        tok, lp = sample(_logits(model, h, buf))  # (B,), (B,)
-        out_tok[live, t], out_lp[live, t] = tok, lp
-        if on_token:
-            on_token(live, tok)
-        if t == max_new - 1:
-            break
-        if stops is not None:
-            done |= torch.isin(tok, stops)
-            if (t + 1) % every == 0:
-                fin = done.cpu()
-                if fin.all():
-                    break
-                if 8 * int(fin.sum()) >= len(fin):  # compact: finished rows leave the batch
-                    keep = (~fin).nonzero().squeeze(1).to(dev)
-                    cache, live, done, tok = cache.select(keep), live[keep], done[keep], tok[keep]
-        h = model(tok[:, None], cache=cache)[:, -1]  # (B, H)
-    return out_tok, out_lp
+# ------------------------------------------------------------------------------------------------- engine
+@dataclass
+class _Seq:
+    key: int  # place in the output: prompt index * n + sample index
+    prompt: list[int]
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    pages: list[int] = field(default_factory=list)  # KV pages in position order (the first ones may be shared)
+    cached: int = 0  # positions already in the KV cache
 
 
-def _to_samples(out_tok: torch.Tensor, out_lp: torch.Tensor, n: int, stops) -> list[Sample]:
-    is_stop = torch.isin(out_tok, stops) if stops is not None else torch.zeros_like(out_tok, dtype=torch.bool)
-    has, first = is_stop.any(1).tolist(), is_stop.byte().argmax(1).tolist()  # first stop of each row
-    toks, lps, out = out_tok.tolist(), out_lp.tolist(), []
-    for i, (t, lp) in enumerate(zip(toks, lps)):
-        end = first[i] + 1 if has[i] else len(t)  # later tokens of a stopped row are discarded
-        out.append(Sample(i // n, t[:end], lp[:end], "stop" if has[i] else "length"))
-        assert min(t[:end]) >= 0, "a row left the batch before it stopped"
-    return out
+class Engine:
+    """One `generate` call's scheduler: a waiting queue of groups (a prompt's samples, prefilled once and sharing
+    its full pages), the running rows, and the KV pages (free list + reference counts; page 0 is the null page).
+
+    Each step: (1) give every running row room for its next token, evicting the newest rows when the pages run
+    out (they wait at the head of the queue and are recomputed from prompt + tokens so far); (2) admit waiting
+    groups while pages (less a 1% watermark) and rows last, prefilling them in one batch; (3) one decode forward
+    of the running rows; (4) sample every row at once; finished rows free their pages for the next step."""
+
+    def __init__(self, model, prompts, n, max_new, pages, max_rows, stops, on_finish, stats, stop_after):
+        cfg, w = model.config, model.lm_head.weight
+        self.model, self.max_new, self.max_rows, self.stops, self.on_finish = model, max_new, max_rows, stops, on_finish
+        self.stats, self.stop_after, self.dev = stats, stop_after, w.device
+        self.cache = KVCache(cfg, pages, PAGE_SIZE, w.device, w.dtype)
+        self.refs = [0] * (pages + 1)
+        self.free = list(range(pages, 0, -1))  # pop() hands out low pages first
+        self.watermark = max(1, pages // 100)
+        self.waiting = deque((p, [_Seq(i * n + j, p) for j in range(n)]) for i, p in enumerate(prompts))
+        self.running: list[_Seq] = []
+        self.out: list[Sample | None] = [None] * (len(prompts) * n)
+        self.n = n
+
+    # ---- pages
+    def _take(self) -> int:
+        p = self.free.pop()
+        self.refs[p] = 1
+        self.stats.peak_kv = max(self.stats.peak_kv, (len(self.refs) - 1 - len(self.free)) * PAGE_SIZE)
+        return p
+
+    def _release(self, s: _Seq) -> None:
+        for p in s.pages:
+            self.refs[p] -= 1
+            if self.refs[p] == 0:
+                self.free.append(p)
+        s.pages, s.cached = [], 0
+
+    def reserve(self) -> int:
+        """Room for one more token in every running row; evict the newest rows (LIFO) when pages run out.
+        Returns the number of rows evicted."""
+        i, evicted = 0, 0
+        while i < len(self.running):
+            s = self.running[i]
+            if s.cached < len(s.pages) * PAGE_SIZE:
+                i += 1
+            elif self.free:
+                s.pages.append(self._take())
+                i += 1
+            else:  # the victim may be s itself; the oldest row always keeps going, so every sequence finishes
+                victim = self.running.pop()
+                self._release(victim)
+                self.waiting.appendleft((victim.prompt, [victim]))
+                self.stats.preemptions, evicted = self.stats.preemptions + 1, evicted + 1
+        return evicted
+
+    def admit(self) -> list[tuple[list[int], list[_Seq]]]:
+        """Waiting groups (or leading parts of them) that fit the free pages and rows, oldest first."""
+        rows, free = self.max_rows - len(self.running), len(self.free) - (self.watermark if self.running else 0)
+        batch = []
+        while self.waiting and rows > 0:
+            prompt, seqs = self.waiting[0]
+            L = len(prompt) + len(seqs[0].tokens)  # a recomputed sequence re-reads its own tokens
+            base, extra = -(-L // PAGE_SIZE), int(L % PAGE_SIZE > 0)  # each further sample copies the last page
+            k = min(len(seqs), rows, (free - base) // extra + 1 if extra else len(seqs)) if free >= base else 0
+            if k < 1:
+                break
+            batch.append((prompt + seqs[0].tokens, seqs[:k]))
+            if k == len(seqs):
+                self.waiting.popleft()
+            else:
+                self.waiting[0] = (prompt, seqs[k:])
+            rows, free = rows - k, free - base - (k - 1) * extra
+        return batch
+
+    def _table(self, seqs: list[_Seq]) -> torch.Tensor:
+        width = max(len(s.pages) for s in seqs)
+        return torch.tensor([s.pages + [0] * (width - len(s.pages)) for s in seqs], device=self.dev)
+
+    def prefill(self, batch) -> torch.Tensor:
+        """Write each group's input into its pages (one ragged forward, chunked in time); fork the samples.
+        Returns the last hidden state of every admitted sequence (N, H), in batch order."""
+        ids = [x for x, _ in batch]
+        for x, seqs in batch:
+            seqs[0].pages = [self._take() for _ in range(-(-len(x) // PAGE_SIZE))]
+        P, T = len(ids), max(map(len, ids))
+        pad = torch.zeros(P, T, dtype=torch.long)
+        for i, x in enumerate(ids):
+            pad[i, :len(x)] = torch.tensor(x)
+        pad, lens = pad.to(self.dev), torch.tensor([len(x) for x in ids], device=self.dev)
+        self.cache.view(self._table([seqs[0] for _, seqs in batch]), torch.zeros_like(lens))
+        chunk, rows, last = max(1, PREFILL_TOKENS // P), torch.arange(P, device=self.dev), None
+        for t0 in range(0, T, chunk):
+            h = self.model(pad[:, t0:t0 + chunk], cache=self.cache)  # (P, c, H); padding only lies ahead
+            j = lens - 1 - t0  # (P,) each row's last input token inside this chunk
+            here = h[rows, j.clamp(0, h.shape[1] - 1)]  # (P, H)
+            last = here if last is None else torch.where(((j >= 0) & (j < h.shape[1]))[:, None], here, last)
+        self.stats.prefill += sum(map(len, ids))
+        for x, seqs in batch:
+            full = len(x) // PAGE_SIZE
+            for s in seqs:
+                if s is not seqs[0]:  # share the full pages, copy the partial one (the sample writes into it)
+                    s.pages = seqs[0].pages[:full]
+                    for p in s.pages:
+                        self.refs[p] += 1
+                    if len(x) % PAGE_SIZE:
+                        s.pages.append(self._take())
+                        self.cache.copy_page(seqs[0].pages[full], s.pages[-1])
+                s.cached = len(x)
+        self.running += [s for _, seqs in batch for s in seqs]
+        return last.repeat_interleave(torch.tensor([len(seqs) for _, seqs in batch], device=self.dev), 0)
+
+    def decode(self, seqs: list[_Seq]) -> torch.Tensor:
+        """One forward of the rows' last sampled tokens (B, 1) -> hidden states (B, H)."""
+        lens = [s.cached for s in seqs]
+        self.cache.view(self._table(seqs), torch.tensor(lens, device=self.dev), max(lens))
+        h = self.model(torch.tensor([[s.tokens[-1]] for s in seqs], device=self.dev), cache=self.cache)[:, -1]
+        for s in seqs:
+            s.cached += 1
+        self.stats.forwards, self.stats.rows = self.stats.forwards + 1, self.stats.rows + len(seqs)
+        self.stats.kv_read += sum(lens) + len(seqs)
+        return h
+
+    def finish(self, seqs: list[_Seq], tokens: list[int], logprobs: list[float]) -> None:
+        """Append each row's new token; rows that stopped or reached their length leave and free their pages."""
+        done = set()
+        for s, t, lp in zip(seqs, tokens, logprobs):
+            s.tokens.append(t)
+            s.logprobs.append(lp)
+            limit = self.max_new if self.stop_after is None else min(self.max_new, self.stop_after(s.key))
+            if t in self.stops or len(s.tokens) >= limit:
+                done.add(s.key)
+                self._release(s)
+                self.out[s.key] = Sample(s.key // self.n, s.tokens, s.logprobs,
+                                         "stop" if t in self.stops else "length")
+                if self.on_finish:
+                    self.on_finish(s.key, self.out[s.key])
+        self.stats.generated += len(seqs)
+        if done:
+            self.running = [s for s in self.running if s.key not in done]
 
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], n: int = 1, max_new_tokens: int = 256, temperature: float = 1.0,
-             top_p: float = 1.0, top_k: int = 0, stop_ids=(), seed: int = 0, on_token=None) -> list[Sample]:
+             top_p: float = 1.0, top_k: int = 0, stop_ids=(), seed: int = 0, on_token=None, on_finish=None,
+             max_kv_tokens: int | None = None, max_rows: int = MAX_ROWS, keys: list[int] | None = None,
+             stats: EngineStats | None = None, stop_after=None) -> list[Sample]:
     """Sample n completions per prompt; prompt-major (sample i*n + j = j-th sample of prompt i).
 
-    A stop token ends its sample and is its last token. `on_token(rows, tokens)` (optional, syncs every step) is
-    called after each step with the sample indices (B,) of the batch rows and their new tokens (B,).
+    The whole draw goes in one call: the engine schedules it within `max_kv_tokens` KV slots (see kv_budget) and
+    `max_rows` rows. A stop token ends its sample and is its last token. A sample's randomness depends only on
+    (seed, keys[i] (default i), j, token index): any budget gives the same draws. `on_token(keys, tokens)` gets
+    each step's sample indices and new tokens, `on_finish(key, sample)` each sample as it finishes, `stats` the
+    work counters. `stop_after(key)` (tests, benchmarks) forces sample `key` to end after that many tokens.
     """
     cfg = model.config
-    _check_inputs(cfg, prompts, n, max_new_tokens)
+    _check_inputs(cfg, prompts, n, max_new_tokens, max_rows)
+    keys = list(range(len(prompts))) if keys is None else keys
+    stats = EngineStats() if stats is None else stats
     # FSDP2 gathers outside inference mode (its buffers are updated in place later); inference mode drops the
     # per-op autograd bookkeeping that no_grad keeps: ~10% faster decoding on CPU
     with gathered(model), torch.inference_mode():
         w = model.lm_head.weight
-        gen = torch.Generator(device=w.device).manual_seed(seed)
-        cache = KVCache.allocate(cfg, len(prompts), max(map(len, prompts)) + max_new_tokens, w.device, w.dtype)
-        h = _prefill(model, prompts, cache)  # (P, H)
-        if n > 1:  # prefix sharing: sample rows copy their prompt's cache rows
-            rows = torch.arange(len(prompts), device=w.device).repeat_interleave(n)
-            cache, h = cache.select(rows), h[rows]
-        stops = torch.tensor(sorted(set(stop_ids)), device=w.device) if stop_ids else None
-        plain = temperature > 0 and not 0 < top_k < cfg.vocab_size and top_p >= 1  # unfiltered sampling
-        noise = torch.empty(len(h) if plain else 0, cfg.vocab_size, device=w.device)  # (N, V) scratch
-        sample = lambda logits: _sample(logits, temperature, top_k, top_p, gen, noise)
-        out = _decode(model, cache, h, max_new_tokens, sample, stops, on_token)
-    return _to_samples(*out, n, stops)
+        budget = kv_budget(model, prompts, n, max_new_tokens, max_kv_tokens, max_rows)
+        eng = Engine(model, prompts, n, max_new_tokens, budget // PAGE_SIZE, max_rows, set(stop_ids), on_finish,
+                     stats, stop_after)
+        head = w if w.is_cuda or w.dtype == torch.float32 else w.float()  # fp32 logits (see _logits)
+        buf = torch.empty(min(max_rows, len(prompts) * n), cfg.vocab_size, device=w.device)  # reused fp32 logits
+        while eng.waiting or eng.running:
+            evicted = eng.reserve()
+            old = list(eng.running)
+            batch = [] if evicted else eng.admit()  # after an eviction, pages are too short to take newcomers
+            parts = ([eng.decode(old)] if old else []) + ([eng.prefill(batch)] if batch else [])
+            rows = old + [s for _, seqs in batch for s in seqs]
+            assert rows, "the engine made no progress"
+            seeds = _row_seeds(seed, [keys[s.key // n] * n + s.key % n for s in rows],
+                               [len(s.tokens) for s in rows], w.device)
+            tok, lp = _sample(_logits(torch.cat(parts), head, buf), temperature, top_k, top_p, seeds)
+            tok, lp = tok.tolist(), lp.tolist()  # one device read per step: the host schedules on it
+            if on_token:
+                on_token([s.key for s in rows], tok)
+            eng.finish(rows, tok, lp)
+    return eng.out
 
 
 # ------------------------------------------------------------------------------------------------- tasks
@@ -270,12 +449,6 @@ def _scores(rows: list[dict], suffix: str = "") -> dict:
             f"pass@n{suffix}": sum(map(any, by_task.values())) / len(by_task), f"tasks{suffix}": len(by_task)}
 
 
-def _auto_batch(model, n: int, max_len: int) -> int:
-    cfg, w = model.config, model.lm_head.weight
-    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * w.element_size()  # K and V
-    return max(1, min(64, KV_BUDGET_BYTES // (per_token * n * max_len)))
-
-
 def summarise(rows: list[dict], n: int) -> dict:
     """evaluate's result from per-sample rows: avg@n, pass@n, tasks (overall and per source), mean_length,
     truncated (share of samples that hit max_new_tokens), n and the rows themselves."""
@@ -288,53 +461,63 @@ def summarise(rows: list[dict], n: int) -> dict:
 
 def evaluate(model, tokenizer, tasks: list[dict], n: int = 1, temperature: float = 0.6, top_p: float = 0.95,
              top_k: int = 0, max_new_tokens: int | None = None, workers: int = 4, seed: int = 0,
-             batch_size: int | None = None, done_rows: list[dict] = (), on_rows=None, **reward_opts) -> dict:
+             done_rows: list[dict] = (), on_rows=None, max_kv_tokens: int | None = None,
+             stats: EngineStats | None = None, **reward_opts) -> dict:
     """Sample n responses per task, score them with rewards.reward_many (correct = the reward is 1.0): summarise().
 
-    max_new_tokens None = the rest of the context, at most 32768 (the recipe's budget); batch_size = tasks per
-    generate call (None: as many as fit a KV cache of KV_BUDGET_BYTES). Batch [b, e) holds tasks b..e-1, is seeded
-    with seed + b, and its rows record it ("batch"). Resuming: `done_rows` are whole batches of an earlier run with
-    the same settings (read_rows); they are counted and their batches skipped, so the result equals the
-    uninterrupted run's. `on_rows(rows)` gets each new batch's rows as soon as they are scored.
+    Every task x n goes to one `generate` call; a task is scored (in a background thread, while decoding goes
+    on) as soon as its n samples are done, and `on_rows(rows)` gets its rows. Sample j of task i draws from
+    (seed, i, j) alone, so a task's samples do not depend on which other tasks run. Resuming: `done_rows` are the
+    whole tasks of an earlier run with the same settings (read_rows); they are counted and not run again, and
+    the result equals the uninterrupted run's. max_new_tokens None = the rest of the context, at most 32768.
     """
     if not tasks:
         raise ValueError("evaluate: no tasks")
     prompts = [tokenizer.encode(data.render_chat(t["messages"], add_generation_prompt=True)) for t in tasks]
-    longest = max(map(len, prompts))
-    max_new_tokens = max_new_tokens or min(32768, model.config.max_position_embeddings - longest)
-    bs = batch_size or _auto_batch(model, n, longest + max_new_tokens)
-    batches = [(b, min(b + bs, len(tasks))) for b in range(0, len(tasks), bs)]
-    done = {tuple(r.get("batch", ())) for r in done_rows}
-    if not done <= set(batches):  # the automatic batch size follows the model, dtype and lengths
-        b, e = min(done)
-        raise ValueError(f"evaluate: the earlier rows were sampled {e - b} tasks per batch, this run would take {bs}: "
-                         f"pass --batch-size {e - b}")
-    todo = [be for be in batches if be not in done]
+    max_new_tokens = max_new_tokens or min(32768, model.config.max_position_embeddings - max(map(len, prompts)))
+    todo = sorted(set(range(len(tasks))) - {r["task"] for r in done_rows})
     stops = tuple(sorted({tokenizer.eos_id, tokenizer.pad_id}))
-    rows, n_tokens, t0 = list(done_rows), 0, time.perf_counter()
-    ran, left = 0, sum(e - b for b, e in todo)  # tasks sampled in this run, tasks still to sample
-    for b, e in todo:
-        samples = generate(model, prompts[b:e], n, max_new_tokens, temperature, top_p, top_k, stops, seed + b)
+    rows, pending, futures, t0 = list(done_rows), defaultdict(dict), [], time.perf_counter()
+    progress = {"tasks": 0, "tokens": 0, "shown": t0}
+
+    def score(task: int, samples: list[Sample]) -> None:  # runs in the scoring thread
         texts = [tokenizer.decode(s.tokens[:-1] if s.finish_reason == "stop" else s.tokens) for s in samples]
-        scores = rewards.reward_many([(x, tasks[b + s.prompt_index]) for x, s in zip(texts, samples)],
-                                     workers=workers, **reward_opts)
-        new = [dict(task=b + s.prompt_index, batch=[b, e], source=tasks[b + s.prompt_index]["source"],
-                    kind=tasks[b + s.prompt_index]["kind"], reward=r, correct=r == 1.0, length=len(s.tokens),
-                    finish_reason=s.finish_reason, response=x) for s, x, r in zip(samples, texts, scores)]
-        rows += new
+        scores = rewards.reward_many([(x, tasks[task]) for x in texts], workers=workers, **reward_opts)
+        new = [dict(task=task, sample=j, source=tasks[task]["source"], kind=tasks[task]["kind"], reward=r,
+                    correct=r == 1.0, length=len(s.tokens), finish_reason=s.finish_reason, response=x)
+               for j, (s, x, r) in enumerate(zip(samples, texts, scores))]
+        rows.extend(new)
         if on_rows:
             on_rows(new)
-        n_tokens += sum(len(s.tokens) for s in samples)
-        ran, left, dt = ran + e - b, left - (e - b), time.perf_counter() - t0
-        eta = dt * left / ran
-        print(f"eval {len(rows)}/{len(tasks) * n} samples | {n_tokens / dt:.0f} tokens/s | ETA {eta:.0f}s",
-              file=sys.stderr, flush=True)
-    return summarise(rows, n)
+
+    def finished(key: int, sample: Sample) -> None:  # called by generate as each sample ends
+        task = todo[key // n]
+        pending[task][key % n] = sample
+        progress["tokens"] += len(sample.tokens)
+        if len(pending[task]) == n:
+            got = pending.pop(task)
+            futures.append(pool.submit(score, task, [got[j] for j in range(n)]))
+            progress["tasks"] += 1
+            now = time.perf_counter()
+            if now - progress["shown"] > 10 or progress["tasks"] == len(todo):
+                progress["shown"], dt = now, now - t0
+                eta = dt * (len(todo) - progress["tasks"]) / progress["tasks"]
+                print(f"eval {progress['tasks']}/{len(todo)} tasks | {progress['tokens'] / dt:.0f} tokens/s | "
+                      f"ETA {eta:.0f}s", file=sys.stderr, flush=True)
+
+    with ThreadPoolExecutor(1) as pool:
+        if todo:
+            generate(model, [prompts[i] for i in todo], n, max_new_tokens, temperature, top_p, top_k, stops, seed,
+                     on_finish=finished, max_kv_tokens=max_kv_tokens, keys=todo, stats=stats)
+        for f in futures:
+            f.result()  # a scoring error surfaces here
+    return summarise(sorted(rows, key=lambda r: (r["task"], r["sample"])), n)
 
 
 def read_rows(path, n: int, tasks: list[dict]) -> list[dict]:
-    """The rows of an earlier run's --out file, less its last batch if a crash cut that short (it is run again).
-    Raises ValueError naming the file and line on rows that cannot be this run's."""
+    """The rows of an earlier run's --out file: its whole tasks (a task's n rows are written at once; a crash
+    can only cut the last one, which is run again). Raises ValueError naming the file and line on rows that cannot
+    be this run's."""
     lines, groups = Path(path).read_bytes().split(b"\n"), defaultdict(list)
     for k, line in enumerate(lines, 1):
         if not line.strip():
@@ -345,18 +528,18 @@ def read_rows(path, n: int, tasks: list[dict]) -> list[dict]:
             if k == len(lines):
                 break  # the line a crash cut short (no newline after it)
             raise ValueError(f"{path}:{k}: not a JSON line") from None
-        be = r.get("batch") if isinstance(r, dict) else None
-        ok = isinstance(be, list) and len(be) == 2 and all(isinstance(x, int) for x in be + [r.get("task")])
-        if not ok or not be[0] <= r["task"] < be[1] <= len(tasks) or r.get("source") != tasks[r["task"]]["source"]:
-            raise ValueError(f"{path}:{k}: this row is not one of the {len(tasks)} tasks being evaluated")
-        groups[tuple(be)].append(r)
+        ok = isinstance(r, dict) and isinstance(r.get("task"), int) and 0 <= r["task"] < len(tasks)
+        if not ok or r.get("source") != tasks[r["task"]]["source"] or r.get("sample") not in range(n):
+            raise ValueError(f"{path}:{k}: this row is not one of the {len(tasks)} tasks x {n} samples being "
+                             "evaluated")
+        groups[r["task"]].append(r)
     keep = []
-    for i, ((b, e), rs) in enumerate(groups.items()):
-        if len(rs) == n * (e - b):
+    for i, (task, rs) in enumerate(groups.items()):
+        if len(rs) == n and {r["sample"] for r in rs} == set(range(n)):
             keep += rs
-        elif i < len(groups) - 1 or len(rs) > n * (e - b):  # only the last batch can be short: a crash cut it
-            raise ValueError(f"{path}: batch {[b, e]} has {len(rs)} rows, not {n * (e - b)}: edited, or written by "
-                             "two runs at once?")
+        elif i < len(groups) - 1 or len(rs) > n:  # only the last task can be short: a crash cut it
+            raise ValueError(f"{path}: task {task} has {len(rs)} rows, not {n}: edited, or written by two runs at "
+                             "once?")
     return keep
 
 
@@ -422,7 +605,7 @@ def _open_out(a, model, tasks: list[dict]) -> tuple[list[dict], object]:
             raise ValueError(f"{out} was written with other settings ({meta}: {', '.join(diff)} differ)")
         done = read_rows(out, a.n, tasks)
         print(f"resuming: {len({r['task'] for r in done})} of {len(tasks)} tasks already in {out}", file=sys.stderr)
-    for path, text in ((meta, json.dumps(settings, indent=1) + "\n"),  # atomic rewrites; out less a cut batch
+    for path, text in ((meta, json.dumps(settings, indent=1) + "\n"),  # atomic rewrites; out less a cut task
                        (out, _json_lines(done))):
         with open(f"{path}.tmp", "w", encoding="utf-8") as tmp:
             tmp.write(text)
@@ -438,18 +621,20 @@ def _eval(model, tok, a) -> None:
         raise ValueError(f"{a.eval}: no tasks" + (f" (--limit {a.limit})" if a.limit is not None else ""))
     done, f = _open_out(a, model, tasks) if a.out else ([], None)
     with f or contextlib.nullcontext():
-        def save(rows):  # each batch reaches the file as soon as it is scored: a crash loses no finished batch
+        def save(rows):  # each task reaches the file as soon as it is scored: a crash loses no finished task
             f.write(_json_lines(rows))
             f.flush()
             os.fsync(f.fileno())
+        stats = EngineStats()
         res = evaluate(model, tok, tasks, a.n, a.temperature, a.top_p, a.top_k, a.max_new_tokens, a.workers,
-                       a.seed, a.batch_size, done, save if f else None)
+                       a.seed, done, save if f else None, a.max_kv_tokens, stats)
     if a.summary:  # the numbers without the rows, plus the mean reward (train.sh builds its table from these)
         summary = {k: v for k, v in res.items() if k != "rows"}
         summary["reward"] = sum(r["reward"] for r in res["rows"]) / len(res["rows"])
         Path(a.summary).write_text(json.dumps(summary, indent=1) + "\n")
     print(f"{a.eval}: avg@{a.n} {res['avg@n']:.4f} | pass@{a.n} {res['pass@n']:.4f} | tasks {res['tasks']} | "
           f"mean length {res['mean_length']:.0f} | truncated {res['truncated']:.3f}")
+    print("engine: " + " | ".join(f"{k} {v}" for k, v in asdict(stats).items()))
     for key in (k for k in res if k.startswith("avg@n/")):
         src = key.split("/", 1)[1]
         print(f"  {src}: avg@{a.n} {res[key]:.4f} | pass@{a.n} {res['pass@n/' + src]:.4f} | "
@@ -472,13 +657,14 @@ def main(argv=None) -> None:
     g.add_argument("--max-new-tokens", type=int, default=None, help="default: the rest of the context, <= 32768")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g = p.add_argument_group("evaluation")
-    g.add_argument("--out", help="write one JSON line per sample here, batch by batch (never overwritten)")
-    g.add_argument("--resume", action="store_true", help="keep the finished batches of an existing --out, run the "
+    g.add_argument("--out", help="write one JSON line per sample here, task by task (never overwritten)")
+    g.add_argument("--resume", action="store_true", help="keep the finished tasks of an existing --out, run the "
                    "rest (same settings: the same result as one uninterrupted run)")
     g.add_argument("--summary", help="write avg@n, pass@n (overall, per source) and the mean reward as JSON here")
     g.add_argument("--limit", type=int, default=None, help="only the first K tasks")
     g.add_argument("--workers", type=int, default=4, help="reward worker processes")
-    g.add_argument("--batch-size", type=int, default=None, help="tasks per generate call (default: KV budget)")
+    g.add_argument("--max-kv-tokens", type=int, default=None, help="KV cache budget in token slots (default: "
+                   f"{CUDA_KV_SHARE:.0%} of free GPU memory; {CPU_KV_TOKENS} on CPU)")
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: bf16 on CUDA, else fp32")

@@ -120,7 +120,7 @@ def test_cached_decoding_from_ragged_prefixes_equals_full_forward():
     ids = torch.randint(0, 101, (B, T), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         full = model(ids)  # (B, T, H)
-        cache = KVCache.allocate(cfg, B, T, "cpu", torch.float32)
+        cache = KVCache.contiguous(cfg, B, T, "cpu", torch.float32, page_size=4)
         h = model(ids[:, :9], cache=cache)  # right-padded prefill: row b's real prompt is ids[b, :lens[b]]
         cache.lengths = lens.clone()
         rows = torch.arange(B)
@@ -130,26 +130,31 @@ def test_cached_decoding_from_ragged_prefixes_equals_full_forward():
             out = model(ids[rows, pos][:, None], cache=cache)  # (B, 1, H)
             assert (out[:, 0] - full[rows, pos]).abs().max() <= 1e-5
         assert cache.lengths.tolist() == (lens + T - 9).tolist()
-        with pytest.raises(ValueError, match="max_len"):
+        with pytest.raises(ValueError, match="KV cache overflow"):
             model(ids[:, :T], cache=cache)
 
 
-def test_select_repeats_rows_for_prefix_sharing():
+def test_rows_share_prompt_pages():
     cfg = tiny()
     model = build_model(cfg, "cpu", torch.float32, seed=0).eval()
     ids = torch.randint(0, 101, (2, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        cache = KVCache.allocate(cfg, 2, 8, "cpu", torch.float32)
-        model(ids[:, :6], cache=cache)
-        cache.lengths = torch.tensor([6, 4])
-        shared = cache.select(torch.tensor([1, 1, 0]))  # two samples of prompt 1, one of prompt 0
-        assert shared.lengths.tolist() == [4, 4, 6] and shared.k[0].shape[0] == 3
+        cache = KVCache(cfg, pages=8, page_size=4, device="cpu", dtype=torch.float32)
+        cache.view(torch.tensor([[1, 2], [3, 4]]), torch.zeros(2, dtype=torch.long))
+        model(ids[:, :6], cache=cache)  # prompt 0: 6 tokens on pages 1, 2; prompt 1: 5 real tokens on pages 3, 4
+        before = [b.clone() for b in cache.k]
+        # two samples of prompt 1 share its full page 3; each gets its own copy of the partial page 4
+        cache.copy_page(4, 5)
+        cache.copy_page(4, 6)
+        cache.view(torch.tensor([[3, 5, 0], [3, 6, 0], [1, 2, 7]]), torch.tensor([5, 5, 6]), end=6)
         nxt = torch.tensor([[7], [9], [3]])
-        out = model(nxt, cache=shared)[:, 0]
-        for r, (row, n) in enumerate([(1, 4), (1, 4), (0, 6)]):
+        out = model(nxt, cache=cache)[:, 0]
+        for r, (row, n) in enumerate([(1, 5), (1, 5), (0, 6)]):
             ref = model(torch.cat([ids[row, :n], nxt[r]])[None])[0, -1]
             assert (out[r] - ref).abs().max() <= 1e-5
-        assert cache.lengths.tolist() == [6, 4]  # the parent cache is untouched
+        assert cache.lengths.tolist() == [6, 6, 7]
+        ps = cache.page_size  # the shared page and the prompt's partial page were read, never written
+        assert all(torch.equal(a[:, 3 * ps:5 * ps], b[:, 3 * ps:5 * ps]) for a, b in zip(cache.k, before))
 
 
 def test_packed_documents_equal_separate_runs():

@@ -112,16 +112,14 @@ def test_sampling_distribution(model, temperature, top_k, top_p):
     assert all(abs(s.logprobs[0] - lp[s.tokens[0]].item()) < 1e-4 for s in out[:50])
 
 
-def test_stop_tokens_and_compaction(model, monkeypatch):
+def test_stop_tokens_and_finished_rows_leave(model):
     prompts = [[i, (3 * i) % 61, 5] for i in range(1, 13)]
     ref = [s.tokens for s in rollout.generate(model, prompts, max_new_tokens=20, temperature=0)]  # no stops
     stop = int(np.bincount([t for r in ref for t in r[:10]]).argmax())  # a token many answers reach early
-    selected = []
-    select = rollout.KVCache.select
-    monkeypatch.setattr(rollout.KVCache, "select", lambda c, rows: selected.append(len(rows)) or select(c, rows))
-    monkeypatch.setattr(rollout, "CHECK_EVERY", 2)
-    out = rollout.generate(model, prompts, max_new_tokens=20, temperature=0, stop_ids=(stop, 60))
-    assert any(k < len(prompts) for k in selected)  # finished rows left the batch
+    stats = rollout.EngineStats()
+    out = rollout.generate(model, prompts, max_new_tokens=20, temperature=0, stop_ids=(stop, 60), stats=stats)
+    assert stats.rows == sum(len(s.tokens) for s in out) - len(out)  # a row is decoded only while it is live
+    assert stats.rows < stats.forwards * len(prompts)  # finished rows left the batch
     reasons = {s.finish_reason for s in out}
     assert reasons == {"stop", "length"}
     for s, r in zip(out, ref):
@@ -147,8 +145,65 @@ def test_prefix_is_shared(model):
 def test_on_token_streams_the_same_tokens(model):
     seen = []
     (s,) = rollout.generate(model, [PROMPTS[0]], max_new_tokens=9, seed=2,
-                            on_token=lambda rows, tok: seen.append((rows.tolist(), tok.tolist())))
+                            on_token=lambda keys, tok: seen.append((keys, tok)))
     assert seen == [([0], [t]) for t in s.tokens]
+
+
+def test_budgets_give_the_same_samples(model):
+    prompts = [[i % 60 + 1, (7 * i) % 61, 5] * (1 + i % 3) for i in range(12)]
+    kw = dict(n=4, max_new_tokens=24, temperature=1.0, seed=11)
+    runs = {}
+    for name, extra in (("all at once", {}), ("64 slots", dict(max_kv_tokens=64)), ("3 rows", dict(max_rows=3))):
+        stats = rollout.EngineStats()
+        runs[name] = (rollout.generate(model, prompts, stats=stats, **kw, **extra), stats)
+    (ref, big), (small_out, small), (few, _) = runs.values()
+    assert big.preemptions == 0 and small.preemptions > 0 and small.peak_kv <= 64 < big.peak_kv
+    assert big.forwards < small.forwards and big.prefill < small.prefill  # evicted rows were recomputed
+    for out in (small_out, few):
+        same = [a.tokens == b.tokens for a, b in zip(ref, out)]
+        assert sum(same) >= 0.99 * len(ref)
+        for a, b in zip(ref, out):
+            k = next((i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y), len(a.tokens))
+            assert np.abs(np.subtract(a.logprobs[:k], b.logprobs[:k])).max(initial=0) < 1e-4
+    # a sample's draws come from (seed, prompt key, sample index, token index) alone, not from its company
+    alone = rollout.generate(model, [prompts[5]], keys=[5], **kw)
+    assert [s.tokens for s in alone] == [s.tokens for s in ref[20:24]]
+
+
+def test_budget_too_small_is_an_error_up_front(model):
+    with pytest.raises(ValueError, match=r"KV budget of 16 token slots .* cannot hold the longest sequence \(23 tok"):
+        rollout.generate(model, [[1, 2, 3], [4]], max_new_tokens=20, max_kv_tokens=16)
+
+
+@pytest.mark.parametrize("limit", ["rows", "kv"])
+def test_live_rows_stay_at_the_limit_while_the_queue_has_work(model, limit):
+    rng = np.random.default_rng(0)
+    lengths = np.minimum(np.ceil(rng.lognormal(np.log(6), 0.94, 64)), 40).astype(int)  # long-tailed, forced
+    prompts = [[1 + i % 50, 2, 3] for i in range(64)]
+    steps, made = [], {}
+
+    def on_token(keys, tokens):
+        steps.append([(k, made.setdefault(k, 0)) for k in keys])
+        for k in keys:
+            made[k] += 1
+    extra = dict(max_rows=8) if limit == "rows" else dict(max_kv_tokens=256)
+    rollout.generate(model, prompts, max_new_tokens=40, stop_after=lambda k: lengths[k], on_token=on_token, **extra)
+    last_new = max(i for i, s in enumerate(steps) if any(t == 0 for _, t in s))  # the queue's last admission
+    if limit == "rows":
+        assert all(len(s) == 8 for s in steps[:last_new])  # the last admission may empty the queue part-way
+    else:  # the pages held (prompt + tokens so far, in pages of 16) fill the budget less the watermark
+        held = [sum(-(-(3 + t) // 16) * 16 for _, t in s) for s in steps[:last_new]]
+        assert min(held) >= 0.6 * 256 and np.mean(held) >= 0.75 * 256, held
+    assert {k for s in steps for k, _ in s} == set(range(64))
+
+
+def test_sampler_logits_are_fp32_from_bf16(model):
+    w = model.lm_head.weight.detach().to(torch.bfloat16)
+    h = torch.randn(5, w.shape[1]).to(torch.bfloat16)
+    ref = h.float() @ w.float().t()
+    got = rollout._logits(h, w.float(), torch.empty(8, w.shape[0]))  # what generate passes on a bf16 CPU model
+    assert (got - ref).abs().max() < 1e-5
+    assert ((h @ w.t()).float() - ref).abs().max() > 1e-3  # bf16-rounded logits, which this replaces, are not
 
 
 def test_bad_input(model):
@@ -210,22 +265,29 @@ def test_evaluate_metrics(monkeypatch):
     answers = ["<think>\nok\n</think>\n\n\\boxed{4}", "<think>\nok\n</think>\n\n\\boxed{5}"]
     fake = [rollout.Sample(i // 2, tok.encode(answers[i % 2 or i > 1]) + [tok.eos_id], [0.0], "stop")
             for i in range(4)]  # task 0: right, wrong; task 1: wrong, wrong
-    monkeypatch.setattr(rollout, "generate", lambda *a, **k: fake)
+
+    def generate(*args, on_finish, **kw):  # samples finish out of order, as they do in the engine
+        for key in (3, 0, 2, 1):
+            on_finish(key, fake[key])
+    monkeypatch.setattr(rollout, "generate", generate)
     tasks = [{"messages": [{"role": "user", "content": "2+2"}], "kind": "math", "answer": "4", "tests": None,
               "source": src} for src in ("a", "b")]
     res = rollout.evaluate(m, tok, tasks, n=2, max_new_tokens=8, workers=1)
     assert (res["avg@n"], res["pass@n"], res["avg@n/a"], res["pass@n/a"], res["pass@n/b"]) == (0.25, 0.5, 0.5, 1, 0)
     assert res["truncated"] == 0 and len(res["rows"]) == 4 and res["rows"][0]["correct"]
+    assert [(r["task"], r["sample"]) for r in res["rows"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
 
 
 def test_evaluate_runs(tmp_path):
     tok = data.demo_tokenizer()
     m = tiny_model(vocab_size=-(-tok.vocab_size // 16) * 16, max_position_embeddings=128)
     tasks = rollout.load_tasks(write_jsonl(tmp_path / "t.jsonl", [{"problem": "1+2", "answer": "3"}] * 3))
-    batches = []  # what --out receives, batch by batch, as soon as each is scored
-    res = rollout.evaluate(m, tok, tasks, n=2, max_new_tokens=6, workers=1, batch_size=2, on_rows=batches.append)
+    parts, stats = [], rollout.EngineStats()  # what --out receives, task by task, as soon as each is scored
+    res = rollout.evaluate(m, tok, tasks, n=2, max_new_tokens=6, workers=1, on_rows=parts.append, stats=stats)
     assert len(res["rows"]) == 6 and res["mean_length"] <= 6 and 0 <= res["avg@n"] <= res["pass@n"] <= 1
-    assert [[r["task"] for r in b] for b in batches] == [[0, 0, 1, 1], [2, 2]] and sum(batches, []) == res["rows"]
+    assert sorted([r["task"] for r in p] for p in parts) == [[0, 0], [1, 1], [2, 2]]
+    assert sorted(sum(parts, []), key=lambda r: (r["task"], r["sample"])) == res["rows"]
+    assert stats.generated == sum(r["length"] for r in res["rows"]) and stats.prefill > 0
 
 
 FSDP_SCRIPT = """
@@ -288,35 +350,36 @@ def test_bench_rates_remove_the_prefill():
     assert row == "| 4 | 16 | 8 | 2.00x | 32 | 4.00x | - |"
 
 
-def test_eval_out_is_written_per_batch_and_resumes(tmp_path, capsys):
+def test_eval_out_is_written_per_task_and_resumes(tmp_path, capsys):
     tok = data.demo_tokenizer()
     save_pretrained(tiny_model(vocab_size=-(-tok.vocab_size // 16) * 16, max_position_embeddings=128), tmp_path / "m")
     tok.save(tmp_path / "m")
     tasks = write_jsonl(tmp_path / "tπ.jsonl", [{"problem": f"{i}+1", "answer": str(i + 1)} for i in range(5)])
     out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
     bare = ["--model", str(tmp_path / "m"), "--eval", str(tasks), "--n", "2", "--temperature", "1", "--top-p", "1",
-            "--max-new-tokens", "6", "--batch-size", "2", "--workers", "1"]
+            "--max-new-tokens", "6", "--workers", "1"]
     args = bare + ["--out", str(out), "--summary", str(summary)]
     rollout.main(args)
     full, full_summary = out.read_bytes().split(b"\n"), json.loads(summary.read_text())
     rows = [json.loads(x) for x in full if x]
-    assert [r["task"] for r in rows] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
-    assert [r["batch"] for r in rows] == [[0, 2]] * 4 + [[2, 4]] * 4 + [[4, 5]] * 2
-    # crashes inside the second batch: after its first row, after its first task, inside a multi-byte character
+    assert sorted((r["task"], r["sample"]) for r in rows) == [(t, j) for t in range(5) for j in range(2)]
+    assert all(rows[k]["task"] == rows[k + 1]["task"] for k in range(0, 10, 2))  # a task's rows come together
+    # crashes inside the third task: after its first row, inside its second row, inside a multi-byte character
     mid_pi = full[4][:full[4].index("π".encode()) + 1]  # the source "tπ" is in every row
-    for cut in (full[:5] + [full[5][:7]], full[:7] + [full[7][:-2]], full[:4] + [mid_pi]):
+    for cut in (full[:5] + [full[5][:7]], full[:5] + [full[5][:-2]], full[:4] + [mid_pi]):
         out.write_bytes(b"\n".join(cut))
         rollout.main(args + ["--resume"])
-        assert out.read_bytes().split(b"\n") == full and json.loads(summary.read_text()) == full_summary
+        assert sorted(out.read_bytes().split(b"\n")) == sorted(full)  # the same rows, whatever the order
+        assert json.loads(summary.read_text()) == full_summary
         assert "resuming: 2 of 5 tasks" in capsys.readouterr().err
-    rollout.main(args + ["--resume"])  # nothing left to run: the same file, the same numbers
-    assert out.read_bytes().split(b"\n") == full and json.loads(summary.read_text()) == full_summary
+    rollout.main(args + ["--resume"])  # nothing left to run: the same rows, the same numbers
+    assert sorted(out.read_bytes().split(b"\n")) == sorted(full) and json.loads(summary.read_text()) == full_summary
+    kept = out.read_bytes()
     for bad, why in (([], "already holds results: pass --resume"), (["--resume", "--n", "3"], "n differ"),
-                     (["--resume", "--limit", "2"], "task_sha1, tasks differ"), (["--resume", "--seed", "1"], "seed"),
-                     (["--resume", "--batch-size", "3"], "sampled 2 tasks per batch, this run would take 3")):
+                     (["--resume", "--limit", "2"], "task_sha1, tasks differ"), (["--resume", "--seed", "1"], "seed")):
         with pytest.raises(SystemExit, match=why):
             rollout.main(args + bad)
-        assert out.read_bytes().split(b"\n") == full  # a refused run leaves the rows as they were
+        assert out.read_bytes() == kept  # a refused run leaves the rows as they were
     tasks.write_text(tasks.read_text().replace("3+1", "3+2"))  # same file, same count, one task changed
     with pytest.raises(SystemExit, match="task_sha1 differ"):
         rollout.main(args + ["--resume"])
@@ -326,15 +389,14 @@ def test_eval_out_is_written_per_batch_and_resumes(tmp_path, capsys):
 
 def test_read_rows_refuses_foreign_rows(tmp_path):
     tasks = [{"source": "a"}] * 4
-    row = lambda task, batch, source="a": json.dumps({"task": task, "batch": batch, "source": source})
+    row = lambda task, sample=0, source="a": json.dumps({"task": task, "sample": sample, "source": source})
     f = tmp_path / "out.jsonl"
-    for lines, why in (([row(0, [0, 2]), row(5, [4, 6])], ":2: this row is not one"),
-                       ([row(0, [0, 2]), row(1, [0, 2], "b")], ":2: this row is not one"),
-                       ([row(0, [0, 2]), "{", row(1, [0, 2])], ":2: not a JSON line"),
-                       ([row(0, [0, 2]), row(1, [0, 2]), "{", "{"], ":3: not a JSON line"),
-                       ([row(0, [0, 2]), row(2, [2, 4]), row(3, [2, 4])], r"batch \[0, 2\] has 1 rows, not 2")):
+    for lines, why in (([row(0), row(5)], ":2: this row is not one"), ([row(0), row(1, 0, "b")], ":2: this row is not"),
+                       ([row(0), row(1, 2)], ":2: this row is not one"), ([row(0), "{", row(1)], ":2: not a JSON line"),
+                       ([row(0), row(1), "{", "{"], ":3: not a JSON line"),
+                       ([row(0), row(1), row(1, 1)], "task 0 has 1 rows, not 2")):
         f.write_text("\n".join(lines) + "\n")
         with pytest.raises(ValueError, match=why):
-            rollout.read_rows(f, 1, tasks)
-    f.write_text("\n".join([row(0, [0, 2]), row(1, [0, 2]), row(2, [2, 4])]) + "\n")
-    assert [r["task"] for r in rollout.read_rows(f, 1, tasks)] == [0, 1]  # the short last batch is run again
+            rollout.read_rows(f, 2, tasks)
+    f.write_text("\n".join([row(2), row(2, 1), row(0, 1), row(0), row(1)]) + "\n")
+    assert [r["task"] for r in rollout.read_rows(f, 2, tasks)] == [2, 2, 0, 0]  # the short last task runs again
