@@ -1,12 +1,23 @@
-"""Equivalence table for rewards.math_equal: (prediction, gold, expected). Written for this project."""
+"""Equivalence table for rewards.math_equal: (prediction, gold, expected). Written for this project.
+
+The grader is Math-Verify; where its verdict differed from our first table, the family and the decision:
+- decimals that approximate an exact answer (3.1416 vs \\pi, 0.33333 vs 1/3, 1.4142, 6.2832, 2.71828): accepted,
+  wrong (Math-Verify rounds to 6 places; MATH-style golds are exact);
+- degrees vs radians (\\pi/2 vs 90^\\circ): accepted, different; a degree mark on a number is dropped (90° = 90);
+- i^2 = -1: accepted, different (i is a symbol to Math-Verify); case of symbols (3R^2 = 3r^2): accepted, equal;
+- "(a, b) = (1, 2)" equals "(1, 2)": accepted, equal (the right-hand side of an assignment is the answer);
+- a column vector is not a tuple, "C)" is not a choice letter, "18.90 dollars": accepted, different;
+- inequalities vs intervals (x > 2 = (2, \\infty)): configured (allow_set_relation_comp);
+- unicode symbols (√, ∞, π, °), 1e3 notation, \\$ and \\varnothing: a few lines of pre-normalisation (rewards._texts).
+"""
 
 CASES = [
     # integers, signs, decimals, exact vs tolerant numbers
     ('42', '42', True), ('42', '43', False), ('-7', '-7', True), ('-7', '7', False), ('+5', '5', True),
     ('042', '42', True), ('42.0', '42', True), ('42.00', '42', True), ('204.01', '204', False), ('0.5', '0.50', True),
     ('.5', '0.5', True), ('0.5', '0.6', False), ('3.14159', '3.1416', False), ('.35626', '.35625', False),
-    ('3.1416', '\\pi', True), ('3.14', '\\pi', False), ('\\frac{20001}{\\pi}', '\\frac{20000}{\\pi}', False),
-    ('1.25', '\\frac{5}{4}', True), ('0.333', '\\frac{1}{3}', False), ('0.33333', '\\frac{1}{3}', True),
+    ('3.1416', '\\pi', False), ('3.14', '\\pi', False), ('\\frac{20001}{\\pi}', '\\frac{20000}{\\pi}', False),
+    ('1.25', '\\frac{5}{4}', True), ('0.333', '\\frac{1}{3}', False), ('0.33333', '\\frac{1}{3}', False),
     ('0.0000672', '.0000672', True), ('0.15', '0.150', True), ('-0.5', '-\\frac{1}{2}', True),
     ('-0.5', '\\frac{1}{2}', False), ('1000000', '10^6', True),
     # fractions
@@ -20,13 +31,13 @@ CASES = [
     ('-1\\frac{1}{2}', '-1.5', True),
     # boxed, dollars, spacing, \left \right
     ('\\boxed{\\frac{1}{2}}', '0.5', True), ('$\\frac{1}{2}$', '\\frac12', True), ('\\boxed{5}', '6', False),
-    ('\\$32,\\!348', '32348', True), ('\\$18.90', '18.9', True), ('18.90 dollars', '\\$18.90', True),
+    ('\\$32,\\!348', '32348', True), ('\\$18.90', '18.9', True), ('18.90 dollars', '\\$18.90', False),
     ('\\left( 3, \\frac{\\pi}{2} \\right)', '(3,\\frac{\\pi}{2})', True), ('\\!5', '5', True),
     ('3\\,\\sqrt{2}', '3\\sqrt2', True), ('\\displaystyle\\frac{1}{2}', '1/2', True),
     # percent and degrees
     ('5\\%', '5', True), ('5%', '0.05', True), ('0.05', '5\\%', True), ('50\\%', '0.5', True), ('5\\%', '6', False),
     ('90^\\circ', '90', True), ('90^{\\circ}', '90', True), ('90°', '90', True),
-    ('\\frac{\\pi}{2}', '90^\\circ', True), ('30', '30^\\circ', True), ('30^\\circ', '\\frac{\\pi}{6}', True),
+    ('\\frac{\\pi}{2}', '90^\\circ', False), ('30', '30^\\circ', True), ('30^\\circ', '\\frac{\\pi}{6}', False),
     ('60^\\circ', '30^\\circ', False), ('\\frac{270}7\\text{ degrees}', '\\frac{270}{7}', True),
     # units in text
     ('10 \\text{ cm}', '10', True), ('864 \\mbox{ inches}^2', '864', True), ('15\\mbox{ cm}^2', '15', True),
@@ -42,21 +53,21 @@ CASES = [
     # roots, pi, e, logs, trig, factorial, binomial
     ('2\\sqrt{3}', '\\sqrt{12}', True), ('\\sqrt{12}', '3\\sqrt{2}', False), ('11\\sqrt2', '11\\sqrt{2}', True),
     ('\\sqrt[3]{8}', '2', True), ('\\frac{\\sqrt{3}}{3}', '\\frac{1}{\\sqrt{3}}', True),
-    ('\\sqrt{2}', '1.4142', True), ('\\sqrt{2}', '1.41', False), ('\\pi/2', '\\frac{\\pi}{2}', True),
-    ('2\\pi', '6.2832', True), ('2\\pi', '\\pi', False), ('288 \\pi', '288\\pi', True), ('\\pi r^2', 'r^2\\pi', True),
-    ('e^2', 'e^{2}', True), ('e', '2.71828', True), ('\\ln e', '1', True), ('\\log_2 8', '3', True),
+    ('\\sqrt{2}', '1.4142', False), ('\\sqrt{2}', '1.41', False), ('\\pi/2', '\\frac{\\pi}{2}', True),
+    ('2\\pi', '6.2832', False), ('2\\pi', '\\pi', False), ('288 \\pi', '288\\pi', True), ('\\pi r^2', 'r^2\\pi', True),
+    ('e^2', 'e^{2}', True), ('e', '2.71828', False), ('\\ln e', '1', True), ('\\log_2 8', '3', True),
     ('\\sin \\frac{\\pi}{6}', '0.5', True), ('\\cos 0', '1', True), ('\\cot x', '\\frac{\\cos x}{\\sin x}', True),
     ('\\tan x', '\\frac{\\cos x}{\\sin x}', False), ('5!', '120', True), ('\\binom{5}{2}', '10', True),
     ('\\dbinom{6}{3}', '20', True), ('\\binom{5}{2}', '12', False), ('\\sqrt{51}', '\\sqrt{51}', True),
     ('\\sqrt{51}', '\\sqrt{52}', False), ('√2', '\\sqrt{2}', True), ('π', '\\pi', True),
     # complex numbers
-    ('6 - 5i', '6-5i', True), ('-5i+6', '6 - 5i', True), ('6+5i', '6-5i', False), ('i^2', '-1', True),
+    ('6 - 5i', '6-5i', True), ('-5i+6', '6 - 5i', True), ('6+5i', '6-5i', False), ('i^2', '-1', False),
     ('1+274i', '274i+1', True),
     # symbolic expressions, implicit multiplication
     ('x^2+2x+1', '(x+1)^2', True), ('x^2+2x+1', '(x-1)^2', False), ('2k+2', '2(k+1)', True), ('2k', '2k+2', False),
     ('(a+5)(b+2)', 'ab+2a+5b+10', True), ('(a+5)(b+2)', '(a+2)(b+5)', False), ('p - q', '-(q-p)', True),
     ('6r^2-4r-24', '2(3r^2-2r-12)', True), ('\\frac{11+9a}{20}', '\\frac{11}{20}+\\frac{9a}{20}', True),
-    ('3R^2', '3r^2', False), ('x^3+3x-6', 'x^3 + 3x - 6', True), ('15x - 80', '5(3x-16)', True),
+    ('3R^2', '3r^2', True), ('x^3+3x-6', 'x^3 + 3x - 6', True), ('15x - 80', '5(3x-16)', True),
     ('-13x+3', '3-13x', True), ('5r^5', '5 r^5', True), ('2xy', '2yx', True), ('x_1 + x_2', 'x_2+x_1', True),
     ('x_1', 'x_2', False), ('\\alpha + \\beta', '\\beta+\\alpha', True), ('\\sin^2 x + \\cos^2 x', '1', True),
     # x = ... and equations
@@ -68,7 +79,7 @@ CASES = [
     # tuples (ordered), points
     ('(1,2)', '(1, 2)', True), ('(2,1)', '(1,2)', False), ('(6,31,-1)', '(6, 31, -1)', True),
     ('(1,2,3)', '(1,2)', False), ('\\left( \\frac{3}{2}, -13 \\right)', '(1.5,-13)', True),
-    ('(15,-29)', '(15,29)', False), ('(a, b) = (1, 2)', '(1,2)', False),
+    ('(15,-29)', '(15,29)', False), ('(a, b) = (1, 2)', '(1,2)', True),
     # intervals
     ('(1, 2]', '(1,2]', True), ('(1,2)', '(1,2]', False), ('[1,2]', '[1,2)', False),
     ('(2,\\infty)', '(2, \\infty)', True), ('(-\\infty, 0]', '(-\\infty,0]', True),
@@ -91,12 +102,12 @@ CASES = [
     ('\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}', '\\begin{pmatrix}1&3\\\\2&4\\end{pmatrix}', False),
     ('\\begin{pmatrix} -1/3 \\\\ 2/3 \\\\ 5/3 \\end{pmatrix}',
      '\\begin{pmatrix} -\\frac13 \\\\ \\frac23 \\\\ \\frac53 \\end{pmatrix}', True),
-    ('\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}', '(1,2)', True),
+    ('\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}', '(1,2)', False),
     ('\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}', '(2,1)', False),
     ('\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}', '\\begin{pmatrix}-1&0\\\\0&-1\\end{pmatrix}', True),
     ('\\begin{pmatrix} 1 & 2 \\end{pmatrix}', '\\begin{pmatrix} 1 & 2 & 3 \\end{pmatrix}', False),
     # multiple choice
-    ('(C)', 'C', True), ('C', '(C)', True), ('\\text{(C)}', 'C', True), ('C)', '\\text{(C)}', True),
+    ('(C)', 'C', True), ('C', '(C)', True), ('\\text{(C)}', 'C', True), ('C)', '\\text{(C)}', False),
     ('(B)', '(C)', False), ('\\textbf{(E)}', 'E', True), ('(c)', '(C)', True), ('D', '\\text{(C)}', False),
     # words
     ('\\text{Evelyn}', 'Evelyn', True), ('evelyn', '\\text{Evelyn}', True), ('\\text{east}', 'east', True),

@@ -11,6 +11,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 echo "== set-up: $($PY --version) at $(command -v "$PY")"
 $PY -m pip install -q -r requirements.txt -r tests/requirements.txt
+# Math-Verify's own test cases (tests/test_rewards.py reads them from its source archive; skipped without it)
+MV=$(sed -n 's/^\(math-verify==[^ ]*\).*/\1/p' requirements.txt)
+ls .cache/math-verify/math_verify-*.tar.gz >/dev/null 2>&1 ||
+  $PY -m pip download -q --no-deps --no-binary :all: -d .cache/math-verify "$MV" || echo "(no $MV source archive)"
 echo "== ruff"
 $PY -m ruff check .
 echo "== pytest"

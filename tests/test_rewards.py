@@ -1,21 +1,25 @@
-"""Tests for rewards.py: the math equivalence table, shared gold answers, the Klear scheme, and the code sandbox
-(reference solutions, partial credit, outcomes, hostile programs, bad input, batches, filtering)."""
-import gzip
+"""Tests for rewards.py: Math-Verify grading (our equivalence table, its own public test cases, shared gold
+answers, distinct MATH-500 answers, the time bound), the Klear scheme, test layouts, batches with status counts,
+the sandbox check, and faulty-problem filtering."""
+import ast
+import contextlib
 import json
-import os
+import random
 import re
-import socket
 import subprocess
 import sys
-import tempfile
+import tarfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from conftest import need_shared
 from math_cases import CASES
 
 import rewards
+import sandbox
 
 
 def think(body: str) -> str:
@@ -57,7 +61,8 @@ def test_shared_gold_answers_boxed_and_perturbed():
 
 def test_extract_answer():
     ex = rewards.extract_answer
-    assert ex("so \\boxed{\\frac{1}{2}} and later \\boxed{\\{1, 2\\}}.") == "\\{1, 2\\}"
+    assert ex("so \\boxed{\\frac{1}{2}} and later \\boxed{\\{1, 2\\}}.") is None  # ambiguous: grade it all
+    assert ex("first \\boxed{\\{1, 2\\}}, again \\boxed{\\{1, 2\\}}") == "\\{1, 2\\}"
     assert ex("nested \\boxed{\\frac{\\sqrt{3}}{2}} end") == "\\frac{\\sqrt{3}}{2}"
     assert ex("$\\boxed 5$") == "5" and ex("\\fbox{7}") == "7"
     assert ex("Thus the final answer is $\\frac{3}{4}$.") == "\\frac{3}{4}"
@@ -77,38 +82,88 @@ def test_math_reward_scheme():
     assert r("\\boxed{0.5}", "\\frac12", check_think=False, no_close_think=None) == 1.0  # both checks off
     assert r("<think>\\boxed{9}</think>\\boxed{2}", "9") == -1.0  # only the text after </think> counts
     assert r("x \\boxed{1}", "1", correct=2.0, no_open_think=-3.0) == -3.0
+    assert r("<think>.</think> The final answer is $\\frac{1}{2}$, with $x$ free.", "0.5") == 1.0  # no box
+
+
+def test_integer_fast_path_agrees_with_math_verify():
+    """Integers against integer golds are decided in the caller; Math-Verify in a helper says the same."""
+    pairs = [("\\boxed{7}", "7"), ("007", "7"), ("-0", "0"), ("$\\boxed{12}$", "13"), ("12", "-12"), ("\n 5 ", "5")]
+    assert all(rewards._INT.fullmatch(p) for p, _ in pairs)
+    assert [rewards.math_equal(p, g) for p, g in pairs] == [rewards._ask(p, g, 5.0) for p, g in pairs]
+    assert [rewards.math_equal(p, g) for p, g in pairs] == [True, True, True, False, False, True]
 
 
 def test_math_time_bound():
     assert rewards.math_equal("\\sqrt{2}", "2^{1/2}")  # warm a helper
+    before = {h.proc.pid for h in rewards._IDLE}
     t = time.monotonic()
     assert not rewards.math_equal("9^{9^{9^{9}}}", "1", timeout_s=1.0)
-    assert time.monotonic() - t < 2.5
+    assert time.monotonic() - t < 2.0
+    after = {h.proc.pid for h in rewards._IDLE}
+    assert len(before - after) == 1 and len(after) == len(before), "the helper that ran out of time was not replaced"
     assert rewards.math_equal("x^2-1", "(x-1)(x+1)")  # the replacement helper works
+    assert "math_verify" not in sys.modules  # the caller never runs the grader itself
 
 
-# ----------------------------------------------------------------------------------------------- code data
 
 
-def _shared_code_jobs() -> list[tuple[str, list[dict], str]]:
-    folder = need_shared("code")
-    jobs = []
-    for p in map(json.loads, open(folder / "taco_stdin.jsonl")):
-        jobs.append((p["solution"], rewards.to_tests(p), p["id"]))
-    for p in map(json.loads, open(folder / "leetcode_function.jsonl")):  # 4 of its ~100 asserts: time budget
-        jobs.append((p["solution"], rewards.to_tests(p)[::25][:4], p["question_id"]))
-    for p in map(json.loads, gzip.open(folder / "humaneval.jsonl.gz")):
-        jobs.append((p["prompt"] + p["canonical_solution"], rewards.to_tests(p), p["task_id"]))
-    return jobs
+MV_SDIST = Path(__file__).resolve().parents[1] / ".cache" / "math-verify"  # tests/run.sh downloads it there
 
 
-def test_every_reference_solution_scores_one():
-    jobs = _shared_code_jobs()
-    assert len(jobs) == 45 + 40 + 164 and all(tests for _, tests, _ in jobs)
-    scores = rewards.reward_many([(py(code), {"kind": "code", "tests": tests}) for code, tests, _ in jobs],
-                                 workers=4, timeout_s=20.0)
-    bad = [name for (_, _, name), s in zip(jobs, scores) if s != 1.0]
-    assert not bad, bad
+def _math_verify_cases() -> list[tuple[str, str, bool]]:
+    """(gold, pred, expected) of every pytest.mark.parametrize("gold,pred,expected", [literal rows]) in
+    Math-Verify's source distribution's tests (read from the archive, never copied into this repository)."""
+    archives = sorted(MV_SDIST.glob("math_verify-*.tar.gz"))
+    if not archives:
+        pytest.skip(f"Math-Verify's source distribution is not in {MV_SDIST} (bash tests/run.sh downloads it)")
+    rows = []
+    with tarfile.open(archives[-1]) as tar:
+        for member in tar.getmembers():
+            if re.search(r"/tests/test_\w+\.py$", member.name):
+                rows += _parametrized(ast.parse(tar.extractfile(member).read()))
+    return rows
+
+
+def _parametrized(tree: ast.Module) -> list[tuple[str, str, bool]]:
+    rows = []
+    for d in (d for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) for d in f.decorator_list):
+        if not (isinstance(d, ast.Call) and getattr(d.func, "attr", "") == "parametrize" and len(d.args) == 2):
+            continue
+        names = [n.strip() for n in d.args[0].value.split(",")] if isinstance(d.args[0], ast.Constant) else []
+        if {"gold", "pred", "expected"} <= set(names):
+            with contextlib.suppress(ValueError):  # rows built with f-strings are not literals
+                rows += [(r[names.index("gold")], r[names.index("pred")], bool(r[names.index("expected")]))
+                         for r in ast.literal_eval(d.args[1])]
+    return rows
+
+
+def test_math_verify_public_cases():
+    """Our grader, called as the issue says, agrees with Math-Verify's own expected verdicts >= 95% of the time."""
+    cases = _math_verify_cases()
+    assert len(cases) >= 250
+    ex = rewards.extract_answer
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda c: rewards.math_equal(ex(c[1]) or c[1], ex(c[0]) or c[0], timeout_s=5.0), cases))
+    agree = sum(g == c[2] for g, c in zip(got, cases)) / len(cases)
+    print(f"agreement with Math-Verify's public cases: {agree:.3f} of {len(cases)}")
+    assert agree >= 0.95, [c for g, c in zip(got, cases) if g != c[2]]
+
+
+def test_distinct_math500_answers_never_equal():
+    """Pairs of distinct MATH-500 answers that plain Math-Verify calls different are never equal for us (our
+    pre-normalisation adds no false positive)."""
+    mv = pytest.importorskip("math_verify")
+    answers = sorted({str(json.loads(line)["answer"]) for line in open(need_shared("math", "math500.jsonl"))})
+    rng = random.Random(0)
+    pairs = [tuple(rng.sample(answers, 2)) for _ in range(120)]
+    pairs = [(a, b) for a, b in pairs if not mv.verify(mv.parse(f"${b}$"), mv.parse(f"${a}$"))]
+    assert len(pairs) >= 100
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda p: rewards.math_equal(*p), pairs))
+    assert not any(got), [p for p, g in zip(pairs, got) if g]
+
+
+# ----------------------------------------------------------------------------------------------- code
 
 
 def test_to_tests_layouts():
@@ -117,7 +172,7 @@ def test_to_tests_layouts():
     assert rewards.to_tests({"reward_model": {"ground_truth": klear}}) == rewards.to_tests(klear)
     assert rewards.to_tests({"functional": "assert f(1) == 2"}) == [{"functional": "assert f(1) == 2"}]
     call = rewards.to_tests({"inputs": [[2, 3]], "outputs": [[5]], "fn_name": "add"})
-    assert rewards.run_tests("def add(a, b):\n    return a + b", call, timeout_s=5)[0].passed
+    assert sandbox.run_tests("def add(a, b):\n    return a + b", call, timeout_s=5)[0].passed
     lc = {"test_code": "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(\n        2) == 3\n",
           "entry_point": "f", "prompt_prefix": "import math"}
     tests = rewards.to_tests(lc)
@@ -137,8 +192,6 @@ def test_extract_code():
     assert ex("```cpp\nint main(){}\n```") is None and ex("plain text") is None and ex(None) is None
 
 
-# ----------------------------------------------------------------------------------------------- outcomes
-
 ADD = [{"input": f"{a} {b}\n", "output": f"{a + b}\n"} for a, b in ((1, 2), (5, 7), (-3, 3), (10, 20))]
 
 
@@ -156,136 +209,6 @@ def test_partial_credit_soft_and_hard():
     assert rewards.code_reward(think("I will not write code."), ADD) == -1.0
 
 
-def test_four_basic_outcomes():
-    t = [ADD[0]]
-    runs = {"pass": "a, b = map(int, input().split())\nprint(a + b)", "wrong answer": "print(4)",
-            "runtime error": "raise ValueError('boom')", "timeout": "while True:\n    pass"}
-    with ThreadPoolExecutor(4) as pool:
-        got = dict(zip(runs, pool.map(lambda c: rewards.run_tests(c, t, timeout_s=1.5)[0], runs.values())))
-    for status, res in got.items():
-        assert res.status == status and res.passed == (status == "pass"), (status, res)
-    assert "boom" in got["runtime error"].detail
-
-
-def test_output_comparison():
-    same = rewards._same_output
-    assert same("3 \n4\n\n", "3\n4") and same("1  2", "1 2") and same("0.3333333", "0.333333")
-    assert not same("1\n2", "1 2") and not same("0.3334", "0.3333") and not same("10", "10.5")
-    assert not same("1000000000000000001", "1000000000000000000") and not same("", "0")
-
-
-def test_fallback_without_privileges(monkeypatch):
-    """Where neither uid switching nor namespaces are available the audit hook is the guard; check it bites."""
-    monkeypatch.setattr(rewards, "_jail", lambda: {"root": False, "prefix": [], "keeper": None})
-    ok = "import numpy\na, b = map(int, input().split())\nprint(numpy.int64(a) + b)"
-    runs = [ok, "import socket\nsocket.socket()", "import os\nos.fork()", "import os\nos.kill(os.getpid(), 0)",
-            "import subprocess\nsubprocess.run(['true'])", "open('/tmp/rewards-fallback-test', 'w')"]
-    with ThreadPoolExecutor(3) as pool:
-        got = list(pool.map(lambda c: rewards.run_tests(c, [ADD[0]], timeout_s=5)[0], runs))
-    assert got[0].passed, got[0]
-    assert all(r.status == "runtime error" and "sandbox refuses" in r.detail for r in got[1:]), got
-    assert not os.path.exists("/tmp/rewards-fallback-test")
-
-
-# ----------------------------------------------------------------------------------------------- hostile programs
-
-
-def _processes_in(folder: str) -> list[int]:
-    """Pids whose working directory lies under folder (sandbox children and anything they spawned)."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.readlink(f"/proc/{pid}/cwd").startswith(folder):
-                pids.append(int(pid))
-        except OSError:
-            pass
-    return pids
-
-
-def test_hostile_programs(tmp_path, monkeypatch):
-    sandboxes = tmp_path / "sandboxes"
-    sandboxes.mkdir()
-    os.chmod(tmp_path, 0o711)
-    monkeypatch.setattr(tempfile, "tempdir", str(sandboxes))
-    secret = tmp_path / "outside"
-    secret.mkdir()
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    listener.settimeout(0.2)
-    port = listener.getsockname()[1]
-    sentinel = subprocess.Popen(["sleep", "120"])  # must survive whatever the programs do
-    io = [{"input": "", "output": "ok"}]
-    fn = [{"functional": "assert f(1) == 1"}]
-    programs = {  # name: (code, tests, timeout_s, acceptable statuses)
-        "infinite loop": ("while True:\n    pass", io, 1.5, {"timeout"}),
-        "fork bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
-                      io, 1.5, {"timeout"}),
-        "10 GB": ("x = bytearray(10 * 2**30)\nprint('ok')", io, 5, {"memory"}),
-        "1 GB of output": ("import sys\nfor _ in range(1024):\n    sys.stdout.write('x' * 2**20)", io, 5,
-                           {"output limit"}),
-        "sleep": ("import time\ntime.sleep(1e6)", io, 1.5, {"timeout"}),
-        "kill parent": ("import os\nos.kill(os.getppid(), 9)\nprint('no')", io, 5, {"runtime error", "wrong answer"}),
-        "killpg 0": ("import os\nos.killpg(0, 9)\nprint('no')", io, 5, {"runtime error", "wrong answer"}),
-        "kill everything": ("import os\nos.kill(-1, 9)\nprint('no')", io, 5, {"runtime error", "wrong answer"}),
-        "write outside": (f"import os\nos.system('touch {secret}/b')\nopen('{secret}/a', 'w').write('x')\n"
-                          f"open('/tmp/pwned-{port}', 'w').write('x')", io, 5, {"runtime error"}),
-        "tcp connect": (f"import os, socket\nos.system('bash -c \"echo pwned > /dev/tcp/127.0.0.1/{port}\"')\n"
-                        f"socket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'pwned')",
-                        io, 5, {"runtime error"}),
-        "grandchild": ("import os, subprocess, time\nsubprocess.Popen(['sleep', '4321'], start_new_session=True)\n"
-                       "if os.fork() == 0:\n    os.setsid()\n    time.sleep(4321)\nprint('no')", io, 5,
-                       {"wrong answer", "runtime error"}),
-        "exit(0) before assert": ("import sys\ndef f(x):\n    return 0\nsys.exit(0)", fn, 5, {"wrong answer"}),
-        "os._exit(0)": ("import os\ndef f(x):\n    return 0\nos._exit(0)", fn, 5, {"wrong answer"}),
-        "patched builtins": ("import atexit, builtins, os\nbuiltins.AssertionError = type('E', (BaseException,), {})\n"
-                             "AssertionError = builtins.AssertionError\nbuiltins.print = lambda *a, **k: None\n"
-                             "atexit.register(os._exit, 0)\ndef f(x):\n    return 0", fn, 5,
-                             {"wrong answer", "runtime error"}),
-    }
-
-    def run(item):
-        code, tests, limit, _ = item
-        t = time.monotonic()
-        return rewards.run_tests(code, tests, timeout_s=limit)[0], time.monotonic() - t
-
-    with ThreadPoolExecutor(len(programs)) as pool:
-        results = dict(zip(programs, pool.map(run, programs.values())))
-    try:
-        conn = listener.accept()[0]
-        conn.settimeout(0.5)
-        arrived = conn.recv(100)
-    except OSError:
-        arrived = b""
-    for name, (res, elapsed) in results.items():
-        assert not res.passed and res.status in programs[name][3], (name, res)
-        assert elapsed < programs[name][2] + 6, (name, elapsed)
-    assert arrived == b"", "a sandboxed program reached a port on 127.0.0.1"
-    assert not any(secret.iterdir()) and not os.path.exists(f"/tmp/pwned-{port}")
-    time.sleep(0.2)
-    assert _processes_in(str(sandboxes)) == [], "a sandboxed process outlived its test"
-    assert sentinel.poll() is None, "the parent's other processes were harmed"
-    assert not any(sandboxes.iterdir()), "sandbox folders were left behind"
-    sentinel.kill()
-    sentinel.wait()
-    listener.close()
-
-
-# ----------------------------------------------------------------------------------------------- bad input, batches
-
-
-def test_bad_input_gives_defined_results():
-    res = rewards.run_tests("print(1)", [{"foo": 1}, {"input": 5, "output": "1"}, None, "str", {"functional": 3}])
-    assert [r.status for r in res] == ["sandbox error"] * 5 and not any(r.passed for r in res)
-    assert rewards.run_tests("print(1)", "not a list") == [] and rewards.run_tests("print(1)", None) == []
-    bytes_out = rewards.run_tests("import sys\nsys.stdout.buffer.write(b'\\xff\\xfe\\n')", [ADD[0]], timeout_s=5)
-    assert bytes_out[0].status == "wrong answer"
-    assert rewards.code_reward(think("no code here"), ADD) == -1.0
-    assert rewards.code_reward(py("print(1)"), []) == -1.0 and rewards.code_reward(None, ADD) == -2.0
-    assert rewards.math_reward(None, "1") == -2.0 and not rewards.math_equal(None, "1")
-    assert not rewards.math_equal("x" * 5000, "1") and not rewards.math_equal("\\frac{1}{\\", "\\")
-
-
 def test_reward_many_mixed_broken_and_hung():
     jobs = [(think("\\boxed{\\frac{1}{2}}"), {"kind": "math", "answer": "0.5"}),
             (think("\\boxed{3}"), {"kind": "math", "answer": "4"}),
@@ -293,10 +216,29 @@ def test_reward_many_mixed_broken_and_hung():
             (py("print(0)"), {"kind": "code", "tests": None}),
             ("x", {"kind": "poetry"}), ("x", None), ("only one item",),
             (py("import time\ntime.sleep(30)"), {"kind": "code", "tests": ADD[:1]})]
-    t = time.monotonic()
-    scores = rewards.reward_many(jobs, workers=3, job_timeout_s=4.0, timeout_s=8.0)
+    t, seen = time.monotonic(), Counter()
+    scores = rewards.reward_many(jobs, workers=3, job_timeout_s=4.0, statuses=seen, timeout_s=8.0)
     assert scores == [1.0, -1.0, 1.0, -1.0, -1.0, -1.0, -1.0, -1.0]
     assert time.monotonic() - t < 15
+    assert seen == Counter({"pass": 2, "abandoned job": 1}), seen
+
+
+def test_status_counts_and_sandbox_check(monkeypatch):
+    """A batch with a right, a wrong, a timing-out and a crashing program counts one of each; a broken sandbox
+    gives 'sandbox error' counts, and check_sandbox stops with a message saying what failed."""
+    progs = ["a, b = map(int, input().split())\nprint(a + b)", "print(0)", "while True:\n    pass", "1 / 0"]
+    seen = Counter()
+    scores = rewards.reward_many([(py(p), {"kind": "code", "tests": ADD[:1]}) for p in progs], workers=2,
+                                 statuses=seen, timeout_s=1.5)
+    assert scores == [1.0, -1.0, -1.0, -1.0]
+    assert seen == Counter({"pass": 1, "wrong answer": 1, "timeout": 1, "runtime error": 1}), seen
+    rewards.check_sandbox(seen)  # a healthy batch passes
+    monkeypatch.setattr(sandbox, "_BOOT", "import sys; sys.path.insert(0, '/nonexistent'); import sandbox")
+    broken = Counter()
+    rewards.reward_many([(py(progs[0]), {"kind": "code", "tests": ADD[:2]})] * 2, workers=2, statuses=broken)
+    assert broken == Counter({"sandbox error": 4}), broken
+    with pytest.raises(RuntimeError, match=r"4 of 4 code tests ended in 'sandbox error'.*No module named"):
+        rewards.check_sandbox(broken)
 
 
 def test_filter_problems():
@@ -307,7 +249,29 @@ def test_filter_problems():
     no_ref = {"id": "noref", "tests": ADD}
     kept, report = rewards.filter_problems(probs[2:] + [broken, few, no_ref], min_tests=2, workers=2, timeout_s=10.0)
     assert [p["id"] for p in kept] == [p["id"] for p in probs[2:]] + ["noref"]
-    assert report == {"total": 5, "kept": 3, "dropped": {"reference fails": 1, "too few tests": 1}, "unverified": 1}
+    assert report == {"total": 5, "kept": 3, "dropped": {"reference fails": 1, "too few tests": 1}, "unverified": 1,
+                      "dropped_index": {"reference fails": [2], "too few tests": [3]}}
+
+
+def test_filter_command_line(tmp_path):
+    data, out = tmp_path / "data.jsonl", tmp_path / "clean.jsonl"
+    good = {"id": "good", "solution": "a, b = map(int, input().split())\nprint(a + b)", "tests": ADD}
+    data.write_text("\n".join(json.dumps(p) for p in (good, dict(good, id="bad", solution="print(1)"))) + "\n")
+    cmd = [sys.executable, "rewards.py", "--filter", str(data), "--out", str(out), "--min-tests", "2", "--workers", "2"]
+    run = subprocess.run(cmd, cwd=Path(rewards.__file__).parent, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert f"dropped {data}:2 (bad): reference fails" in run.stdout and '"kept": 1' in run.stdout
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["good"]
+    data.write_text(json.dumps(good) + "\n{oops\n")
+    run = subprocess.run(cmd, cwd=Path(rewards.__file__).parent, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and f"{data}:2: not a JSON line" in run.stderr
+
+
+def test_bad_input_gives_defined_results():
+    assert rewards.code_reward(think("no code here"), ADD) == -1.0
+    assert rewards.code_reward(py("print(1)"), []) == -1.0 and rewards.code_reward(None, ADD) == -2.0
+    assert rewards.math_reward(None, "1") == -2.0 and not rewards.math_equal(None, "1")
+    assert not rewards.math_equal("x" * 5000, "1") and not rewards.math_equal("\\frac{1}{\\", "\\")
 
 
 if __name__ == "__main__":

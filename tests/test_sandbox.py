@@ -1,0 +1,188 @@
+"""Tests for sandbox.py: outcomes, hostile programs, the fallback without privileges, bad records, the declared
+package set, a broken sandbox, and every shared reference solution through the reward path."""
+import gzip
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from conftest import need_shared
+
+import rewards
+import sandbox
+
+ADD = [{"input": f"{a} {b}\n", "output": f"{a + b}\n"} for a, b in ((1, 2), (5, 7), (-3, 3), (10, 20))]
+
+
+def py(code: str) -> str:
+    return f"<think>let me think</think>\nHere is the program.\n```python\n{code}\n```\n"
+
+
+def _shared_code_jobs() -> list[tuple[str, list[dict], str]]:
+    folder = need_shared("code")
+    jobs = []
+    for p in map(json.loads, open(folder / "taco_stdin.jsonl")):
+        jobs.append((p["solution"], rewards.to_tests(p), p["id"]))
+    for p in map(json.loads, open(folder / "leetcode_function.jsonl")):  # 4 of its ~100 asserts: time budget
+        jobs.append((p["solution"], rewards.to_tests(p)[::25][:4], p["question_id"]))
+    for p in map(json.loads, gzip.open(folder / "humaneval.jsonl.gz")):
+        jobs.append((p["prompt"] + p["canonical_solution"], rewards.to_tests(p), p["task_id"]))
+    return jobs
+
+
+def test_every_reference_solution_scores_one():
+    jobs = _shared_code_jobs()
+    assert len(jobs) == 45 + 40 + 164 and all(tests for _, tests, _ in jobs)
+    scores = rewards.reward_many([(py(code), {"kind": "code", "tests": tests}) for code, tests, _ in jobs],
+                                 workers=4, timeout_s=20.0)
+    bad = [name for (_, _, name), s in zip(jobs, scores) if s != 1.0]
+    assert not bad, bad
+
+
+# ----------------------------------------------------------------------------------------------- outcomes
+
+
+def test_four_basic_outcomes():
+    t = [ADD[0]]
+    runs = {"pass": "a, b = map(int, input().split())\nprint(a + b)", "wrong answer": "print(4)",
+            "runtime error": "raise ValueError('boom')", "timeout": "while True:\n    pass"}
+    with ThreadPoolExecutor(4) as pool:
+        got = dict(zip(runs, pool.map(lambda c: sandbox.run_tests(c, t, timeout_s=1.5)[0], runs.values())))
+    for status, res in got.items():
+        assert res.status == status and res.passed == (status == "pass"), (status, res)
+    assert "boom" in got["runtime error"].detail
+
+
+def test_output_comparison():
+    same = sandbox.same_output
+    assert same("3 \n4\n\n", "3\n4") and same("1  2", "1 2") and same("0.3333333", "0.333333")
+    assert not same("1\n2", "1 2") and not same("0.3334", "0.3333") and not same("10", "10.5")
+    assert not same("1000000000000000001", "1000000000000000000") and not same("", "0")
+
+
+def test_fallback_without_privileges(monkeypatch):
+    """Where neither uid switching nor namespaces are available the audit hook is the guard; check it bites."""
+    monkeypatch.setattr(sandbox, "_jail", lambda: {"root": False, "prefix": [], "keeper": None})
+    ok = "import sortedcontainers\na, b = map(int, input().split())\nprint(sum(sortedcontainers.SortedList([a, b])))"
+    runs = [ok, "import socket\nsocket.socket()", "import os\nos.fork()", "import os\nos.kill(os.getpid(), 0)",
+            "import subprocess\nsubprocess.run(['true'])", "open('/tmp/rewards-fallback-test', 'w')"]
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(lambda c: sandbox.run_tests(c, [ADD[0]], timeout_s=5)[0], runs))
+    assert got[0].passed, got[0]
+    assert all(r.status == "runtime error" and "sandbox refuses" in r.detail for r in got[1:]), got
+    assert not os.path.exists("/tmp/rewards-fallback-test")
+
+
+# ----------------------------------------------------------------------------------------------- hostile programs
+
+
+def _processes_in(folder: str) -> list[int]:
+    """Pids whose working directory lies under folder (sandbox children and anything they spawned)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd").startswith(folder):
+                pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
+
+
+def test_hostile_programs(tmp_path, monkeypatch):
+    sandboxes = tmp_path / "sandboxes"
+    sandboxes.mkdir()
+    os.chmod(tmp_path, 0o711)
+    monkeypatch.setattr(tempfile, "tempdir", str(sandboxes))
+    secret = tmp_path / "outside"
+    secret.mkdir()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    sentinel = subprocess.Popen(["sleep", "120"])  # must survive whatever the programs do
+    io = [{"input": "", "output": "ok"}]
+    fn = [{"functional": "assert f(1) == 1"}]
+    programs = {  # name: (code, tests, timeout_s, acceptable statuses)
+        "infinite loop": ("while True:\n    pass", io, 1.5, {"timeout"}),
+        "fork bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+                      io, 1.5, {"timeout"}),
+        "10 GB": ("x = bytearray(10 * 2**30)\nprint('ok')", io, 5, {"memory"}),
+        "1 GB of output": ("import sys\nfor _ in range(1024):\n    sys.stdout.write('x' * 2**20)", io, 5,
+                           {"output limit"}),
+        "sleep": ("import time\ntime.sleep(1e6)", io, 1.5, {"timeout"}),
+        "kill parent": ("import os\nos.kill(os.getppid(), 9)\nprint('no')", io, 5, {"runtime error", "wrong answer"}),
+        "killpg 0": ("import os\nos.killpg(0, 9)\nprint('no')", io, 5, {"runtime error", "wrong answer"}),
+        "kill everything": ("import os\nos.kill(-1, 9)\nprint('no')", io, 5, {"runtime error", "wrong answer"}),
+        "write outside": (f"import os\nos.system('touch {secret}/b')\nopen('{secret}/a', 'w').write('x')\n"
+                          f"open('/tmp/pwned-{port}', 'w').write('x')", io, 5, {"runtime error"}),
+        "tcp connect": (f"import os, socket\nos.system('bash -c \"echo pwned > /dev/tcp/127.0.0.1/{port}\"')\n"
+                        f"socket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'pwned')",
+                        io, 5, {"runtime error"}),
+        "grandchild": ("import os, subprocess, time\nsubprocess.Popen(['sleep', '4321'], start_new_session=True)\n"
+                       "if os.fork() == 0:\n    os.setsid()\n    time.sleep(4321)\nprint('no')", io, 5,
+                       {"wrong answer", "runtime error"}),
+        "exit(0) before assert": ("import sys\ndef f(x):\n    return 0\nsys.exit(0)", fn, 5, {"wrong answer"}),
+        "os._exit(0)": ("import os\ndef f(x):\n    return 0\nos._exit(0)", fn, 5, {"wrong answer"}),
+        "patched builtins": ("import atexit, builtins, os\nbuiltins.AssertionError = type('E', (BaseException,), {})\n"
+                             "AssertionError = builtins.AssertionError\nbuiltins.print = lambda *a, **k: None\n"
+                             "atexit.register(os._exit, 0)\ndef f(x):\n    return 0", fn, 5,
+                             {"wrong answer", "runtime error"}),
+    }
+
+    def run(item):
+        code, tests, limit, _ = item
+        t = time.monotonic()
+        return sandbox.run_tests(code, tests, timeout_s=limit)[0], time.monotonic() - t
+
+    with ThreadPoolExecutor(len(programs)) as pool:
+        results = dict(zip(programs, pool.map(run, programs.values())))
+    try:
+        conn = listener.accept()[0]
+        conn.settimeout(0.5)
+        arrived = conn.recv(100)
+    except OSError:
+        arrived = b""
+    for name, (res, elapsed) in results.items():
+        assert not res.passed and res.status in programs[name][3], (name, res)
+        assert elapsed < programs[name][2] + 6, (name, elapsed)
+    assert arrived == b"", "a sandboxed program reached a port on 127.0.0.1"
+    assert not any(secret.iterdir()) and not os.path.exists(f"/tmp/pwned-{port}")
+    time.sleep(0.2)
+    assert _processes_in(str(sandboxes)) == [], "a sandboxed process outlived its test"
+    assert sentinel.poll() is None, "the parent's other processes were harmed"
+    assert not any(sandboxes.iterdir()), "sandbox folders were left behind"
+    sentinel.kill()
+    sentinel.wait()
+    listener.close()
+
+
+
+
+def test_bad_records_give_defined_results():
+    res = sandbox.run_tests("print(1)", [{"foo": 1}, {"input": 5, "output": "1"}, None, "str", {"functional": 3}])
+    assert [r.status for r in res] == ["sandbox error"] * 5 and not any(r.passed for r in res)
+    assert sandbox.run_tests("print(1)", "not a list") == [] and sandbox.run_tests("print(1)", None) == []
+    bytes_out = sandbox.run_tests("import sys\nsys.stdout.buffer.write(b'\\xff\\xfe\\n')", [ADD[0]], timeout_s=5)
+    assert bytes_out[0].status == "wrong answer"
+
+
+def test_declared_packages_import_inside():
+    """Each of sandbox.PACKAGES imports in the sandbox (they come with requirements.txt, not with the host)."""
+    reqs = open(os.path.join(os.path.dirname(sandbox.__file__), "requirements.txt")).read()
+    assert sandbox.PACKAGES and all(f"\n{name}==" in reqs for name in sandbox.PACKAGES), "pin them in requirements.txt"
+    code = f"import importlib\nfor m in {sandbox.PACKAGES!r}:\n    importlib.import_module(m)\nprint('ok')"
+    res = sandbox.run_tests(code, [{"input": "", "output": "ok"}], timeout_s=10)[0]
+    assert res.passed, res
+    missing = sandbox.run_tests("import not_a_declared_package_xyz", [ADD[0]], timeout_s=10)[0]
+    assert missing.status == "runtime error" and "ModuleNotFoundError" in missing.detail
+
+
+def test_broken_sandbox_is_a_sandbox_error(monkeypatch):
+    """The child's module missing (a broken install) gives 'sandbox error' for every test, never 'wrong answer'."""
+    monkeypatch.setattr(sandbox, "_BOOT", "import sys; sys.path.insert(0, '/nonexistent'); import sandbox")
+    res = sandbox.run_tests("print(1)", [{"input": "", "output": "1"}, {"functional": "assert 1"}], timeout_s=5)
+    assert [r.status for r in res] == ["sandbox error"] * 2 and "No module named" in res[0].detail
