@@ -1,17 +1,23 @@
 """The CUDA-only code paths (FlexAttention document masks, masked SDPA with repeated KV heads, decoding on the
-device, bf16 sampling) against the CPU fp32 reference. Skipped without a GPU; tests/gpu.sh runs them on one.
-CUDA_TEST_DEVICE=cpu runs the same comparisons on the CPU, which checks the tests themselves."""
+device, bf16 sampling) against the CPU fp32 reference, then the production shapes on the GPU: Qwen3-8B's attention
+(32 / 8 heads, head_dim 128) over an 8K packed row with FlexAttention vs SDPA, the document mask's memory at 32K,
+and the Triton LM head at N=4096, H=4096, V=151936 in bf16. Skipped without a GPU; tests/gpu.sh runs them on one.
+CUDA_TEST_DEVICE=cpu runs the small comparisons on the CPU, which checks the tests themselves (the production
+shapes need the GPU and are skipped there)."""
 import copy
+import dataclasses
 import os
 
 import pytest
 import torch
 
+import kernels
 import rollout
 from model import Qwen3Config, build_model
 
 DEV = os.environ.get("CUDA_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEV.startswith("cuda") and not torch.cuda.is_available(), reason="needs a CUDA GPU")
+REAL = pytest.mark.skipif(not DEV.startswith("cuda"), reason="production shapes: CUDA only (FlexAttention, Triton)")
 
 CFG = Qwen3Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16, max_position_embeddings=128, tie_word_embeddings=False)
@@ -88,3 +94,120 @@ def test_bf16_sampling_runs_and_agrees_with_its_trainer(top_p):
     diffs = torch.cat(diffs)
     print(f"bf16 sampler vs trainer log-probs: mean |diff| {diffs.mean():.2e}, max {diffs.max():.2e}")
     assert diffs.mean() < 0.02 and diffs.max() < 0.2  # bf16 rounding of two different kernel orders
+
+
+# ------------------------------------------------------------------------------------- production shapes (CUDA)
+# Qwen3-8B's attention (32 query heads, 8 KV heads, head_dim 128) in one layer; a narrow residual stream keeps the
+# projections small: the kernels under test only see (B, heads, T, 128) tensors.
+ATTN_8B = Qwen3Config(vocab_size=1024, hidden_size=1024, intermediate_size=1024, num_hidden_layers=1,
+                      num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=32768,
+                      tie_word_embeddings=False)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def ragged_docs(T: int, seed: int) -> torch.Tensor:
+    """(1, T) document ids of 6 documents with random lengths (block boundaries fall inside documents)."""
+    cuts = sorted(torch.randint(1, T, (5,), generator=torch.Generator().manual_seed(seed)).tolist())
+    return torch.cat([torch.full((b - a,), i) for i, (a, b) in enumerate(zip([0] + cuts, cuts + [T]))])[None]
+
+
+def packed_step(model, ids, docs, flex: bool, probe) -> list[torch.Tensor]:
+    """Forward + backward of a packed row through FlexAttention (flex) or SDPA with an explicit mask; returns the
+    output and the q/k/v projection gradients (what the attention backward produces), in fp32."""
+    model.use_flex = flex
+    model.zero_grad(set_to_none=True)
+    h = model(ids, doc_ids=docs)
+    (h.float() * probe).sum().backward()
+    att = model.model.layers[0].self_attn
+    return [h.detach().float()] + [p.grad.float() for p in (att.q_proj.weight, att.k_proj.weight, att.v_proj.weight)]
+
+
+@REAL
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_flex_attention_matches_sdpa_at_8b_shapes_without_recompiles(dtype):
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # fp32 without TF32 on both paths
+    try:
+        ref_model = build_model(ATTN_8B, DEV, torch.float32, seed=0)
+        model = copy.deepcopy(ref_model).to(dtype)
+        T, g = 8192, torch.Generator().manual_seed(0)
+        ids = torch.randint(0, ATTN_8B.vocab_size, (1, T), generator=g).to(DEV)
+        probe = torch.randn(1, T, ATTN_8B.hidden_size, generator=g).to(DEV)
+        docs = ragged_docs(T, 0).to(DEV)
+        ref = packed_step(ref_model, ids, docs, False, probe)  # fp32 SDPA: the reference
+        flex, sdpa = packed_step(model, ids, docs, True, probe), packed_step(model, ids, docs, False, probe)
+        for name, f, s, x in zip(("out", "grad q_proj", "grad k_proj", "grad v_proj"), flex, sdpa, ref):
+            e_flex, e_sdpa = rel(f, x), rel(s, x)
+            print(f"{dtype} {name}: relative L2 error vs fp32 SDPA: flex {e_flex:.2e}, sdpa {e_sdpa:.2e}")
+            assert x.norm() > 0 and torch.isfinite(f).all()
+            # fp32: the same maths in another order; bf16: no worse than SDPA's own bf16 rounding
+            assert e_flex <= (1e-4 if dtype == torch.float32 else min(2 * e_sdpa + 1e-3, 0.05)), name
+        # other document layouts of the same length reuse the compiled kernel (and the mask builder, if compiled)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for seed in (1, 2, 3):
+                out = packed_step(model, ids, ragged_docs(T, seed).to(DEV), True, probe)
+                assert torch.isfinite(out[0]).all()
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+@REAL
+def test_document_mask_memory_at_32k():
+    """SFT's 32K rows: the document mask must not hold per-(query, key) data (an eager create_block_mask holds ~10
+    bytes per pair: 10 GiB at 32K). Peak memory of a packed forward minus a plain causal one of the same row (one
+    layer with the 8B attention heads, bf16, no grad): what the mask costs."""
+    cfg = dataclasses.replace(ATTN_8B, hidden_size=256, intermediate_size=256)
+    model = build_model(cfg, DEV, torch.bfloat16, seed=0).eval()
+    T = 32768
+    ids = torch.randint(0, cfg.vocab_size, (1, T), generator=torch.Generator().manual_seed(0)).to(DEV)
+    docs = ragged_docs(T, 0).to(DEV)
+
+    @torch.no_grad()
+    def peak(**kw) -> int:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        model(ids, **kw)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+
+    peak(doc_ids=docs)  # compiles (FlexAttention, and the mask builder if compiled) at this length
+    causal, packed = peak(), peak(doc_ids=docs)
+    print(f"T={T}: peak extra memory, causal forward {causal / 2**20:.0f} MiB, packed {packed / 2**20:.0f} MiB")
+    assert packed - causal < 2**30, (causal, packed)
+
+
+@REAL
+def test_triton_lm_head_matches_naive_at_8b_shapes():
+    """The fused LM head at a production shape (N=4096 tokens, H=4096, Qwen3's V=151936) in bf16, temperature 0.7,
+    every 7th token ignored: log-probs, entropy and both gradients against fp32 logits of the same bf16 values."""
+    N, H, V = 4096, 4096, 151936
+    g = torch.Generator(device=DEV).manual_seed(0)
+    hidden = torch.randn(N, H, device=DEV, generator=g).to(torch.bfloat16)
+    weight = (torch.randn(V, H, device=DEV, generator=g) * 0.02).to(torch.bfloat16)
+    targets = torch.randint(0, V, (N,), device=DEV, generator=g)
+    targets[::7] = kernels.IGNORE_INDEX
+
+    def run(backend: str, h: torch.Tensor, w: torch.Tensor) -> list[torch.Tensor]:
+        h, w = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+        logp, ent = kernels.token_logprobs(h, w, targets, 0.7, return_entropy=True, backend=backend)
+        (logp.sum() + 0.1 * ent.sum()).backward()
+        return [t.detach().float() for t in (logp, ent, h.grad, w.grad)]
+
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        ref = run("naive", hidden.float(), weight.float())  # exact products of the bf16 values, fp32 sums
+    finally:
+        torch.set_float32_matmul_precision(before)
+    tri, naive = run("triton", hidden, weight), run("naive", hidden, weight)  # naive bf16: a plain LM head's error
+    for name, t, n, x in zip(("logp", "entropy", "grad hidden", "grad weight"), tri, naive, ref):
+        print(f"{name}: relative L2 error vs fp32: triton {rel(t, x):.2e}, naive bf16 {rel(n, x):.2e}; "
+              f"max abs triton {(t - x).abs().max():.2e}")
+        assert x.norm() > 0 and torch.isfinite(t).all()
+        assert rel(t, x) <= min(2 * rel(n, x) + 1e-3, 2e-2), name
+    assert (tri[0] - ref[0]).abs().max() < 2e-3 and (tri[1] - ref[1]).abs().max() < 2e-3
+    assert tri[0][::7].abs().max() == 0 and tri[2][::7].abs().max() == 0  # ignored tokens: no value, no gradient
