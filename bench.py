@@ -9,7 +9,15 @@ it with the roofline formula it states.
 """
 from __future__ import annotations
 
+import argparse
 import sys
+import time
+from collections import defaultdict
+
+import torch
+
+import rollout
+from model import Qwen3Config, build_model
 
 BENCHES: dict = {}  # name -> function(argv: list[str]) -> None
 
@@ -21,128 +29,211 @@ def bench(fn):
 
 
 # ------------------------------------------------------------------------------------------------ engine
+# Qwen3-8B in bf16 on one H200: weights read per decode step, KV bytes per token, HBM bandwidth
+W8B, KV8B, HBM = 15.14e9, 147_456, 4.8e12
 
 
-# ------------------------------------------------------------------------------------------------ rewards
-
-# Recipe-scale generation for the reward arithmetic: Qwen3-8B bf16 weights and KV bytes per token, H200 HBM
-_GEN = {"weights": 16.4e9, "kv_per_token": 36 * 8 * 128 * 2 * 2, "hbm": 4.8e12, "gpus": 8, "responses": 1024}
-
-
-def _rewards_args(argv: list[str]):
-    import argparse
-    import os
-    p = argparse.ArgumentParser(prog="bench.py rewards")
-    p.add_argument("--data", required=True, help="shared data folder holding math/math500.jsonl and code/*.jsonl")
-    p.add_argument("--part", choices=("math", "sandbox", "all"), default="all")
-    p.add_argument("--pairs", type=int, default=200, help="MATH-500 answer pairs graded")
-    p.add_argument("--workers", type=int, default=os.cpu_count(), help="threads (math helpers, sandboxes)")
-    p.add_argument("--node-cores", type=int, default=128, help="CPU cores of an 8-GPU node, for the arithmetic")
-    p.add_argument("--mean-tokens", type=int, default=8192, help="mean response length at the recipe's caps")
-    p.add_argument("--programs", type=int, default=64, help="TACO reference solutions (sandbox part)")
-    p.add_argument("--tests", type=int, default=8, help="stdin tests per program (sandbox part)")
-    return p.parse_args(argv)
+def _h200_seconds(forwards: float, kv_read: float, launch: float, scale: int = 64) -> float:
+    """Projected seconds of one rank's generation of one RL step from a 1/scale replay's counters:
+    scale * forwards * (weights / HBM + launch) + scale^2 * kv_slots_read * KV bytes / HBM (lengths scale by
+    `scale`, so KV reads by scale^2)."""
+    return scale * forwards * (W8B / HBM + launch) + scale ** 2 * kv_read * KV8B / HBM
 
 
-def _timed_pool(fn, jobs: list, workers: int) -> tuple[list, float, float]:
-    """(results, wall s, CPU s of this process and its reaped children) of fn over jobs on a thread pool."""
-    import resource
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-    cpu = lambda: sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-                      for f in ("ru_utime", "ru_stime"))
-    c0, t0 = cpu(), time.perf_counter()
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        out = list(pool.map(fn, jobs))
-    return out, time.perf_counter() - t0, cpu() - c0
+def _old_schedule(prompt_lens, lengths, n: int, check_every: int = 8) -> tuple[int, int]:
+    """(decode forwards, KV slots read) of main's sampler before the engine, run one prompt (n rows) per call so
+    that it fits: each call lasts as long as its longest row; finished rows leave only at the flag reads every
+    `check_every` steps; every live row reads the call's shared length."""
+    forwards = kv = 0
+    for i, P in enumerate(prompt_lens):
+        rows = lengths[i * n:(i + 1) * n]
+        for t in range(1, max(rows)):  # token 0 comes from the prefill
+            seen = t - t % check_every  # the step of the last flag read
+            live = sum(L > seen for L in rows)
+            forwards, kv = forwards + 1, kv + live * (P + t)
+    return forwards, kv
 
 
-def _bench_math(a) -> None:
-    """Math-Verify checks per second on pairs of distinct MATH-500 answers (always through a helper: the
-    integer shortcut is not counted), and what grading 1,024 responses costs against generating them."""
-    import json
-    import os
-    import random
-
-    import rewards
-    answers = sorted({str(json.loads(x)["answer"]) for x in open(os.path.join(a.data, "math", "math500.jsonl"))})
-    rng = random.Random(0)
-    pairs = [tuple(rng.sample(answers, 2)) for _ in range(a.pairs)]
-    _timed_pool(lambda _: rewards._ask("1", "1", 120.0), range(a.workers), a.workers)  # start-up is not check time
-
-    def helper_cpu() -> float:  # the helpers are never reaped, so read their CPU time from /proc
-        stat = [open(f"/proc/{h.proc.pid}/stat").read().rsplit(")", 1)[1].split() for h in rewards._IDLE]
-        return sum(int(s[11]) + int(s[12]) for s in stat) / os.sysconf("SC_CLK_TCK")
-    c0 = helper_cpu()
-    got, wall, _ = _timed_pool(lambda p: rewards._ask(p[0], p[1], 5.0), pairs, a.workers)
-    cpu = helper_cpu() - c0
-    ints = sum(bool(rewards._INT.fullmatch(x)) for x in answers) / len(answers)
-    rate, per_core = len(pairs) / wall, len(pairs) / cpu
-    print(f"math: {len(pairs)} pairs of distinct MATH-500 answers, {a.workers} threads: {rate:.1f} checks/s wall, "
-          f"{per_core:.1f} checks per CPU second; called equal: {sum(got)}; integer golds (decided without a "
-          f"helper): {ints:.0%}")
-    g, n = _GEN, _GEN["responses"]
-    per_gpu, L = n // g["gpus"], a.mean_tokens
-    t_gen = (L * g["weights"] + per_gpu * g["kv_per_token"] * L * L / 2) / g["hbm"]
-    for cores in (os.cpu_count(), a.node_cores):
-        t_grade = n / (per_core * cores)
-        print(f"  grading {n} responses on {cores} cores: {n} / ({per_core:.1f} x {cores}) = {t_grade:.1f} s = "
-              f"{t_grade / t_gen:.1%} of generating them")
-    print(f"  generation lower bound per RL step ({n} responses over {g['gpus']} H200s, {per_gpu} per GPU, mean "
-          f"{L} tokens, every decode step reads the 8B weights once and each live row its KV):\n"
-          f"  (L * W + B * kv * L^2 / 2) / HBM = ({L} * {g['weights']:.3g} + {per_gpu} * {g['kv_per_token']} * "
-          f"{L}^2 / 2) / {g['hbm']:.2g} = {t_gen:.0f} s")
-
-
-def _bare(code: str, tests: list[dict], flags: list[str]) -> None:
-    """Baseline: subprocess.run([python, *flags, file]) per test, nothing else."""
-    import os
-    import subprocess
-    import tempfile
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "main.py")
-        with open(path, "w") as f:
-            f.write(code)
-        for t in tests:
-            subprocess.run([sys.executable, *flags, path], input=t["input"].encode(), capture_output=True, timeout=60)
-
-
-def _bench_sandbox(a) -> None:
-    """Per-test cost of the sandbox against a bare `python -I -S file` on TACO reference solutions."""
-    import json
-    import os
-
-    import sandbox
-    probs = [json.loads(x) for x in open(os.path.join(a.data, "code", "taco_stdin.jsonl"))]
-    jobs = [(p["solution"], [p["tests"][j % len(p["tests"])] for j in range(a.tests)])
-            for p in (probs[i % len(probs)] for i in range(a.programs))]
-    print(sandbox.sandbox_info(), f"| workers {a.workers} | cpus {os.cpu_count()} | load {os.getloadavg()[0]:.1f}")
-    rows = {}
-    for name in ("bare", "sandbox", "bare again"):  # the baseline twice: machine drift shows as their difference
-        fn = (lambda j: sandbox.run_tests(j[0], j[1], max_tests=0)) if name == "sandbox" else (
-            lambda j: _bare(j[0], j[1], ["-I", "-S"]))
-        res, wall, cpu = _timed_pool(fn, jobs, a.workers)
-        rows[name] = (wall / len(jobs) / a.tests, cpu / len(jobs) / a.tests)
-        if name == "sandbox":
-            bad = [r.status for rs in res for r in rs if not r.passed]
-            print(f"sandbox: {len(jobs)} programs x {a.tests} tests, failed {len(bad)}", bad[:5] or "")
-    base = [(x + y) / 2 for x, y in zip(rows["bare"], rows["bare again"])]
-    print("| run | ms wall / test | ms CPU / test |\n|---|---|---|")
-    for name, (w, c) in rows.items():
-        print(f"| {name} | {w * 1e3:.1f} | {c * 1e3:.1f} |")
-    (w, c) = rows["sandbox"]
-    print(f"sandbox / bare python -I -S: wall {w / base[0]:.2f}x, CPU {c / base[1]:.2f}x")
+def _unlimited(prompt_lens, lengths, n: int) -> tuple[int, int]:
+    """The bound of an unlimited budget: every sequence live from the first step, each reading its own length."""
+    kv = sum(P + t for i, P in enumerate(prompt_lens) for L in lengths[i * n:(i + 1) * n] for t in range(1, L))
+    return max(lengths) - 1, kv
 
 
 @bench
-def bench_rewards(argv: list[str]) -> None:
-    """Grading and sandbox costs (--data: the shared data folder, required): Math-Verify checks/s with the RL-step
-    arithmetic; the sandbox's per-test overhead against bare `python -I -S`."""
-    a = _rewards_args(argv)
-    if a.part in ("math", "all"):
-        _bench_math(a)
-    if a.part in ("sandbox", "all"):
-        _bench_sandbox(a)
+def bench_engine(argv: list[str]) -> None:
+    """The recipe's RL draw for one rank at 1/64 scale: 32 prompts x 8, prompt lengths lognormal (median 400/64),
+    response lengths forced lognormal (median 8192/64, sigma 0.94, cap 32768/64), a KV budget of 110 GB of
+    Qwen3-8B KV at the same scale (110e9 / 147456 / 64 = 11,650 slots). The engine's counters, projected to an
+    H200 (see _h200_seconds), against (a) main's old schedule (one prompt per call) and (b) the unlimited bound;
+    then CPU tokens/s of the same draw, one call vs one call per prompt, on the demo's model shape."""
+    import numpy as np
+    p = argparse.ArgumentParser(prog="bench.py engine")
+    p.add_argument("--scale", type=int, default=64, help="lengths and budget divided by this")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    rng, n, s = np.random.default_rng(a.seed), 8, a.scale
+    prompt_lens = np.maximum(1, np.round(rng.lognormal(np.log(400 / s), 0.5, 32))).astype(int).tolist()
+    lengths = np.clip(np.round(rng.lognormal(np.log(8192 / s), 0.94, 32 * n)), 1, 32768 // s).astype(int).tolist()
+    budget = int(110e9 / KV8B / s)
+    cfg = Qwen3Config(vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True,
+                      max_position_embeddings=4096)
+    model = build_model(cfg, seed=0).eval()
+    prompts = [rng.integers(0, cfg.vocab_size, P).tolist() for P in prompt_lens]
+    kw = dict(max_new_tokens=32768 // s, temperature=1.0)
+    stats, t0 = rollout.EngineStats(), time.process_time()
+    out = rollout.generate(model, prompts, n, max_kv_tokens=budget, stats=stats, stop_after=lambda k: lengths[k], **kw)
+    t_new = time.process_time() - t0
+    assert [len(x.tokens) for x in out] == lengths
+    t0 = time.process_time()
+    for i, pr in enumerate(prompts):  # the old caller's schedule: one prompt per call, its own KV budget
+        rollout.generate(model, [pr], n, stop_after=lambda k, i=i: lengths[i * n + k], **kw)
+    t_old = time.process_time() - t0
+    tokens = sum(lengths)
+    rows = {"(a) main before: one prompt per call": _old_schedule(prompt_lens, lengths, n),
+            "this engine": (stats.forwards, stats.kv_read), "(b) unlimited budget bound": _unlimited(prompt_lens,
+                                                                                                    lengths, n)}
+    print(f"1/{s} of one rank's RL draw: 32 prompts x {n}, {tokens} tokens, KV budget {budget} slots; engine: "
+          f"{stats.forwards / tokens:.3f} forwards/token, {stats.rows / stats.forwards:.1f} live rows/forward, "
+          f"peak KV {stats.peak_kv} = {stats.peak_kv / budget:.2f} of the budget, {stats.preemptions} evictions, "
+          f"{stats.prefill} prefill tokens")
+    print("| schedule | decode forwards | KV slots read / token | H200 s, CUDA graphs | H200 s, eager (5 ms) |\n"
+          "|---|---|---|---|---|")
+    proj = {}
+    for name, (f, kv) in rows.items():
+        proj[name] = (_h200_seconds(f, kv, 0.0, s), _h200_seconds(f, kv, 5e-3, s))
+        print(f"| {name} | {f} | {kv / tokens:.1f} | {proj[name][0]:.0f} | {proj[name][1]:.0f} |")
+    (old, _), (new, _), (bound, _) = proj.values()
+    print(f"engine with graphs / unlimited bound: {new / bound:.2f}x (aim <= 1.3x); old schedule eager / engine "
+          f"with graphs: {proj['(a) main before: one prompt per call'][1] / new:.1f}x (aim >= 5x)")
+    print(f"CPU, demo shape, 1 thread: one call {tokens / t_new:.0f} tokens/s, one call per prompt "
+          f"{tokens / t_old:.0f} tokens/s: {t_old / t_new:.2f}x")
+
+
+# ------------------------------------------------------------------------------------------------ decode
+def _decode_rates(runs: dict, batch: int, new: int, clock=time.process_time, repeats: int = 3) -> dict:
+    """Decode tokens/s of each run(k) (= generate k tokens): best time(new) - best time(1) removes the prefill.
+    The runs take turns round by round, so a shared machine's slow drift hits them alike. On CPU the clock is this
+    process's CPU time (one thread): robust to other load."""
+    for run in runs.values():
+        run(2)  # warm-up
+    best = defaultdict(lambda: float("inf"))
+    for _ in range(repeats):
+        for name, run in runs.items():
+            for k in (1, new):
+                t0 = clock()
+                run(k)
+                best[name, k] = min(best[name, k], clock() - t0)
+    return {name: batch * (new - 1) / max(best[name, new] - best[name, 1], 1e-9) for name in runs}
+
+
+def _no_cache_greedy(model, ids: torch.Tensor, new: int) -> torch.Tensor:
+    for _ in range(new):  # the baseline: a full forward over the whole sequence for every token
+        ids = torch.cat([ids, model.lm_head(model(ids)[:, -1]).argmax(-1, keepdim=True)], 1)
+    return ids
+
+
+def _gemm_only(model, batch: int):
+    """run(k): the matrix products of k decode steps alone (every Linear of the model on a (batch, in) input),
+    nothing else. No decoder that computes the same fp32 products can beat its rate: it bounds every ratio."""
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    xs = {w.shape[1]: torch.randn(batch, w.shape[1]) for w in weights}
+
+    def run(k: int) -> None:
+        for _ in range(k):
+            for w in weights:
+                torch.nn.functional.linear(xs[w.shape[1]], w)
+    return run
+
+
+@bench
+def bench_decode(argv: list[str], prompt_len: int = 32) -> None:
+    """Greedy decode tokens/s on CPU: ours vs transformers' generate vs a no-cache loop, same weights, plus the
+    rate of the matrix products alone (the ceiling of any ratio)."""
+    torch.set_num_threads(1)  # one thread: stable ratios on a shared machine
+    try:
+        import transformers
+        transformers.logging.set_verbosity_error()
+    except ImportError:
+        transformers = None
+    # the demo's shape (the model train.sh samples from) and a 4x larger one, where the products weigh more;
+    # 64 new tokens weighs the fixed per-step costs, 256 is closer to RL rollouts (the quadratic no-cache loop is
+    # left out there); the real vocabulary makes the LM head and sampling dominate
+    shapes = {"demo shape": dict(hidden_size=128, intermediate_size=384, head_dim=32),
+              "hidden 256": dict(hidden_size=256, intermediate_size=768, head_dim=64)}
+    for name, vocab, new in (("demo shape", 2048, 64), ("demo shape", 2048, 256), ("hidden 256", 2048, 64),
+                             ("hidden 256", 2048, 256), ("hidden 256", 151936, 16)):
+        cfg = Qwen3Config(vocab_size=vocab, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                          tie_word_embeddings=True, **shapes[name])
+        model = build_model(cfg, seed=0).eval()
+        hf = None
+        if transformers is not None:
+            hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**cfg.to_dict())).eval()
+            hf.load_state_dict(model.state_dict())
+        print(f"\n{name} (hidden {cfg.hidden_size}, 4 layers), vocab {vocab}, prompt {prompt_len}, {new} new tokens, "
+              f"greedy, CPU time, {torch.get_num_threads()} thread(s)\n| batch | ours tok/s | transformers tok/s | "
+              "ours / transformers | GEMM-only tok/s | GEMM-only / transformers | ours / no-cache |\n"
+              "|---|---|---|---|---|---|---|")
+        for batch in (1, 16, 64):
+            ids = torch.randint(0, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(batch))
+            with torch.no_grad():
+                r = _decode_rates(_bench_runs(model, hf, ids, new), batch, new)
+            print(_bench_row(batch, r))
+
+
+def _bench_row(batch: int, r: dict) -> str:
+    """One markdown row of the decode table; a run that was left out (no transformers, long no-cache) shows "-"."""
+    rate = lambda a: f"{r[a]:.0f}" if a in r else "-"  # noqa: E731
+    ratio = lambda a, b: f"{r[a] / r[b]:.2f}x" if a in r and b in r else "-"  # noqa: E731
+    return (f"| {batch} | {rate('ours')} | {rate('hf')} | {ratio('ours', 'hf')} | {rate('gemm')} | "
+            f"{ratio('gemm', 'hf')} | {ratio('ours', 'no-cache')} |")
+
+
+def _bench_runs(model, hf, ids: torch.Tensor, new: int) -> dict:
+    runs = {"ours": lambda k: rollout.generate(model, ids.tolist(), 1, k, temperature=0),
+            "gemm": _gemm_only(model, len(ids))}
+    if hf is not None:
+        runs["hf"] = lambda k: hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=k,
+                                           min_new_tokens=k, do_sample=False, pad_token_id=0)
+    if new <= 64:
+        runs["no-cache"] = lambda k: _no_cache_greedy(model, ids, k)
+    return runs
+
+
+def qwen3_0_6b() -> Qwen3Config:
+    """The Qwen3-0.6B shape (its published config.json numbers)."""
+    return Qwen3Config(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                       num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+                       tie_word_embeddings=True)
+
+
+@bench
+def bench_decode_gpu(argv: list[str], device: str = "cuda", batches=(1, 256), prompt_len: int = 1024,
+                     new: int = 256, bandwidth: float = HBM) -> None:
+    """Random Qwen3-0.6B shape, bf16: decode tokens/s at batch 1 and 256 vs the memory-bandwidth bound
+    (bytes read per step = weights + the KV prefix of every row, at `bandwidth` bytes/s: H200 = 4.8 TB/s)."""
+    cfg = qwen3_0_6b()
+    model = build_model(cfg, device, torch.bfloat16, seed=0).eval()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    kv_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 2  # K and V bytes, bf16
+    cuda = device.startswith("cuda")
+    print(f"Qwen3-0.6B shape, bf16, prompt {prompt_len}, {new} new tokens, greedy, "
+          f"{torch.cuda.get_device_name() if cuda else device}\n"
+          "| batch | tokens/s | bound tokens/s | share of bound | peak GiB |\n|---|---|---|---|---|")
+    for batch in batches:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        prompts = torch.randint(0, cfg.vocab_size, (batch, prompt_len)).tolist()
+        run = lambda k, prompts=prompts: rollout.generate(model, prompts, 1, k, temperature=0)  # returns on the host
+        rate = _decode_rates({"ours": run}, batch, new, time.perf_counter, repeats=2)["ours"]
+        bound = batch * bandwidth / (weights + batch * kv_token * (prompt_len + new / 2))
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+        print(f"| {batch} | {rate:.0f} | {bound:.0f} | {rate / bound:.2f} | {peak:.1f} |")
+
+
+# ------------------------------------------------------------------------------------------------ rewards
 
 
 # ------------------------------------------------------------------------------------------------ main

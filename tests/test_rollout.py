@@ -338,18 +338,6 @@ def test_gzip_tasks(tmp_path):
     assert t["kind"] == "code" and t["source"] == "he" and "def f():" in t["messages"][0]["content"]
 
 
-def test_bench_rates_remove_the_prefill():
-    # a fake clock: run(k) costs a 5 s "prefill" plus 0.25 s per token (0.5 s for "slow"); the rate must see only
-    # the per-token part, for each runner, however the rounds interleave them
-    now = [0.0]
-    runs = {"fast": lambda k: now.__setitem__(0, now[0] + 5 + 0.25 * k),
-            "slow": lambda k: now.__setitem__(0, now[0] + 5 + 0.5 * k)}
-    r = rollout._decode_rates(runs, batch=4, new=9, clock=lambda: now[0], repeats=2)
-    assert r == pytest.approx({"fast": 16.0, "slow": 8.0})
-    row = rollout._bench_row(4, {"ours": r["fast"], "hf": r["slow"], "gemm": 32.0})  # no no-cache run: "-"
-    assert row == "| 4 | 16 | 8 | 2.00x | 32 | 4.00x | - |"
-
-
 def test_eval_out_is_written_per_task_and_resumes(tmp_path, capsys):
     tok = data.demo_tokenizer()
     save_pretrained(tiny_model(vocab_size=-(-tok.vocab_size // 16) * 16, max_position_embeddings=128), tmp_path / "m")
