@@ -28,12 +28,18 @@ Design:
   only), grad clip 1.0 (a step whose norm is not finite is skipped).
 - --max-steps stops early without changing the schedule (it still spans --epochs): a long run can be split into
   jobs with --resume, and the loss curve is that of one uninterrupted run.
+- Watching a run (both trainers, rank 0): a `|` line and a metrics.jsonl line per step; --wandb PROJECT and
+  --tensorboard send the same numbers to an experiment tracker (optional packages, imported only when asked for;
+  a resume continues the same tracker run); `python plot.py OUT` draws the dashboard from metrics.jsonl.
+- --dist-timeout-min (both trainers): how long a collective waits for the slowest rank, sized for RL's worst wait
+  (DIST_TIMEOUT_MIN below).
 
 Run:
   python sft.py --config runs/demo/data/config.json --tokenizer runs/demo/data --data runs/demo/data/sft.jsonl \\
       --out runs/demo/sft --max-length 512 --tokens-per-step 16384 --lr 1e-3 --min-lr 1e-4 --epochs 3
   torchrun --nproc_per_node 8 sft.py --model Qwen3-8B-Base --data sft.jsonl --out runs/sft --checkpointing
   torchrun --nproc_per_node 8 sft.py --model Qwen3-8B-Base --data sft.jsonl --out runs/sft --resume
+  torchrun --nproc_per_node 8 sft.py ... --wandb klear-sft [--wandb-offline] --tensorboard   # + an experiment tracker
   python sft.py --bench                  # CPU tokens/s vs transformers + AdamW, packing efficiency (demo data)
   python -m pytest -q tests/test_sft.py
 """
@@ -43,6 +49,7 @@ import argparse
 import contextlib
 import datetime
 import gc
+import importlib
 import json
 import math
 import os
@@ -51,6 +58,7 @@ import shutil
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,8 +250,58 @@ def _set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
+class Trackers:
+    """wandb and/or TensorBoard on rank 0 (--wandb, --tensorboard): the numeric entries of each metrics.jsonl line
+    at its step (strings, e.g. a skip reason, stay in the text log) and the resolved config once per process.
+    Opened at the first logged step; a resumed run continues the same tracker runs: wandb by the run id kept in
+    OUT/wandb_id.txt (its x axis is our `step`, so a step replayed after a resume is logged again, like in
+    metrics.jsonl), TensorBoard (OUT/tensorboard) by purging the events from that step on (the replay wins)."""
+
+    def __init__(self, path: Path, args: dict):
+        self.path, self.args, self.tb, self.wandb = path, args, None, None
+        self.config = json.loads(json.dumps(args, default=str))
+
+    def log(self, step: int, metrics: dict) -> None:
+        if self.tb is None and self.wandb is None:
+            self._open(step)
+        scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()  # a crashed run keeps every logged step
+        if self.wandb is not None:
+            self.wandb.log({**scalars, "step": step})
+
+    def _open(self, step: int) -> None:
+        if self.args.get("tensorboard"):
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(self.path / "tensorboard"), purge_step=step)
+            text = json.dumps(self.config, indent=2).replace("\n", "\n    ")  # indented: markdown shows it as code
+            self.tb.add_text("config", "    " + text, step)
+        if self.args.get("wandb"):
+            import wandb
+            if wandb.run is not None:  # an earlier run of this process (tests, notebooks): one run at a time
+                wandb.run.finish()
+            id_file = self.path / "wandb_id.txt"
+            resume = bool(self.args.get("resume")) and id_file.is_file()
+            self.wandb = wandb.init(project=self.args["wandb"], name=self.args.get("wandb_name"),
+                                    id=id_file.read_text().strip() if resume else None, resume="allow",
+                                    dir=str(self.path), mode="offline" if self.args.get("wandb_offline") else None)
+            _write(id_file, self.wandb.id)  # mode None: wandb's own settings (WANDB_MODE=offline, `wandb offline`)
+            self.wandb.config.update(self.config, allow_val_change=True)  # a resume may change --steps and such
+            self.wandb.define_metric("step")
+            self.wandb.define_metric("*", step_metric="step")
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        self.tb = self.wandb = None
+
+
 class RunDir:
-    """A run folder: args.json, metrics.jsonl, checkpoints/step_XXXXXXXX (sharded) and HF exports."""
+    """A run folder: args.json, metrics.jsonl, checkpoints/step_XXXXXXXX (sharded), HF exports, tracker files."""
 
     def __init__(self, path, rank: int, args: dict | argparse.Namespace | None = None, keep: int = 2):
         self.path, self.rank, self.keep = Path(path), rank, keep
@@ -252,15 +310,22 @@ class RunDir:
         if rank == 0:
             self.ckpts.mkdir(parents=True, exist_ok=True)
             _write(self.path / "args.json", json.dumps(self.args, indent=2, default=str))
+        tracked = rank == 0 and (self.args.get("wandb") or self.args.get("tensorboard"))
+        self.trackers = Trackers(self.path, self.args) if tracked else None
+        if self.trackers is not None:  # closed when the run folder's object goes (train returns), or at exit
+            weakref.finalize(self, self.trackers.close)
 
     def log(self, step: int, metrics: dict) -> None:
-        """One `|` line on rank 0 and a JSON line in metrics.jsonl (after a resume, a later line for a step wins)."""
+        """One `|` line on rank 0 and a JSON line in metrics.jsonl (after a resume, a later line for a step wins);
+        the numbers also go to the trackers asked for."""
         if self.rank != 0:
             return
         fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
         print(" | ".join([f"step {step}"] + [f"{k} {fmt(v)}" for k, v in metrics.items()]), flush=True)
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.trackers is not None:
+            self.trackers.log(step, metrics)
 
     def save(self, step: int, model, optimizer, state: dict) -> Path:
         """Sharded checkpoint of model + optimizer (DCP), this rank's `state` and RNG; atomic (tmp + rename)."""
@@ -527,13 +592,36 @@ def bench(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------ command line
+class _NeedsPackage(argparse.Action):
+    """A flag that needs an optional package: a one-line error at parse time when it is not installed."""
+
+    def __init__(self, option_strings, dest, package: str, **kw):
+        self.package = package
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            importlib.import_module(self.package)
+        except ImportError:
+            parser.exit(2, f"{parser.prog}: error: {option_string} needs the optional package {self.package}, "
+                           f"which is not installed: pip install {self.package} (or drop {option_string})\n")
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
-    """The flags both trainers share: the collective timeout."""
-    g = p.add_argument_group("cluster")
+    """The flags both trainers share: the collective timeout and the experiment trackers (RunDir reads them)."""
+    g = p.add_argument_group("cluster and tracking")
     g.add_argument("--dist-timeout-min", type=float, default=DIST_TIMEOUT_MIN, help="minutes a collective waits "
                    "for the slowest rank before the job is ended (NCCL's own: 10). Default %(default)s: RL ranks wait "
                    "for the slowest one's rollouts: 256 rollouts x 32K tokens of an 8B model at ~1,600 tokens/s "
                    "(KV-bound on an H200) = 87 min, + 19 min of code rewards, with headroom (sft.DIST_TIMEOUT_MIN)")
+    g.add_argument("--wandb", metavar="PROJECT", action=_NeedsPackage, package="wandb", help="log metrics and the "
+                   "config to this wandb project (rank 0; the wandb package is optional)")
+    g.add_argument("--wandb-name", help="wandb run name (default: wandb's)")
+    g.add_argument("--wandb-offline", action="store_true", help="wandb offline mode: the run's files stay in "
+                   "OUT/wandb for `wandb sync` (WANDB_MODE=offline does the same)")
+    g.add_argument("--tensorboard", nargs=0, default=False, action=_NeedsPackage, package="tensorboard",
+                   help="TensorBoard event files in OUT/tensorboard (rank 0; the tensorboard package is optional)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

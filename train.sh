@@ -95,6 +95,11 @@ for f in ("math", "code"):
     base = max(v for s, v in summary[f].items() if s in ("sft", "sft_more"))
     print(f"{run} over the better of sft and sft_more (greedy), {f}: {100 * (summary[f][run] - base):+.1f} points")
 EOF
+  if $PY -c "import matplotlib" 2>/dev/null; then  # the curves of every stage (plot.py), when matplotlib is there
+    runs=("$OUT/sft" "$OUT/$RUN/math" "$OUT/$RUN/code")
+    [ ! -f "$OUT/sft_more/metrics.jsonl" ] || runs+=("$OUT/sft_more")
+    $PY plot.py "${runs[@]}" --out "$OUT/dashboard.png"
+  fi
   exit 0
 fi
 
