@@ -93,6 +93,7 @@ def bench_engine(argv: list[str]) -> None:
     t_old = time.process_time() - t0
     tokens = sum(lengths)
     rows = {"(a) main before: one prompt per call": _old_schedule(prompt_lens, lengths, n),
+            "this engine, rows read the longest length": (stats.forwards, stats.kv_read_padded),
             "this engine": (stats.forwards, stats.kv_read), "(b) unlimited budget bound": _unlimited(prompt_lens,
                                                                                                     lengths, n)}
     print(f"1/{s} of one rank's RL draw: 32 prompts x {n}, {tokens} tokens, KV budget {budget} slots; engine: "
@@ -105,11 +106,47 @@ def bench_engine(argv: list[str]) -> None:
     for name, (f, kv) in rows.items():
         proj[name] = (_h200_seconds(f, kv, 0.0, s), _h200_seconds(f, kv, 5e-3, s))
         print(f"| {name} | {f} | {kv / tokens:.1f} | {proj[name][0]:.0f} | {proj[name][1]:.0f} |")
-    (old, _), (new, _), (bound, _) = proj.values()
+    new, bound = proj["this engine"][0], proj["(b) unlimited budget bound"][0]
     print(f"engine with graphs / unlimited bound: {new / bound:.2f}x (aim <= 1.3x); old schedule eager / engine "
           f"with graphs: {proj['(a) main before: one prompt per call'][1] / new:.1f}x (aim >= 5x)")
     print(f"CPU, demo shape, 1 thread: one call {tokens / t_new:.0f} tokens/s, one call per prompt "
           f"{tokens / t_old:.0f} tokens/s: {t_old / t_new:.2f}x")
+
+
+@bench
+def bench_engine_gpu(argv: list[str]) -> None:
+    """CUDA: the engine on the Qwen3-0.6B shape in bf16, 128 sequences with forced lognormal lengths (mean ~2K),
+    one call, with and without CUDA graphs (FlexAttention decode both times): tokens/s and the share of the
+    bandwidth bound (weights read per decode forward + each row's own KV slots, at HBM bytes/s)."""
+    import numpy as np
+    p = argparse.ArgumentParser(prog="bench.py engine_gpu")
+    p.add_argument("--sequences", type=int, default=128)
+    a = p.parse_args(argv)
+    cfg = qwen3_0_6b()
+    model = build_model(cfg, "cuda", torch.bfloat16, seed=0).eval()
+    weights = sum(t.numel() * t.element_size() for t in model.parameters())
+    kv_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 2
+    rng = np.random.default_rng(0)
+    lengths = np.clip(np.round(rng.lognormal(np.log(1500), 0.8, a.sequences)), 1, 8192).astype(int).tolist()
+    prompts = [rng.integers(0, cfg.vocab_size, 128).tolist() for _ in lengths]
+    print(f"Qwen3-0.6B shape, bf16, {a.sequences} sequences, {sum(lengths)} tokens (mean {np.mean(lengths):.0f}), "
+          f"{torch.cuda.get_device_name()}\n| decode | tokens/s | bound tokens/s | share of bound | peak GiB |\n"
+          "|---|---|---|---|---|")
+    for name, graphs in (("flex + CUDA graphs", True), ("flex, eager", False)):
+        torch.cuda.reset_peak_memory_stats()
+        stats = rollout.EngineStats()
+        run = lambda: rollout.generate(model, prompts, 1, 8192, temperature=1.0, stop_after=lambda k: lengths[k],
+                                       flex=True, graphs=graphs, stats=stats)  # noqa: B023
+        run()  # warm-up: compiles, captures
+        stats.__init__()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        bound = stats.generated / ((stats.forwards * weights + stats.kv_read * kv_token) / HBM)
+        print(f"| {name} | {stats.generated / dt:.0f} | {bound:.0f} | {stats.generated / dt / bound:.2f} | "
+              f"{torch.cuda.max_memory_allocated() / 2**30:.1f} |")
 
 
 # ------------------------------------------------------------------------------------------------ decode

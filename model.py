@@ -185,13 +185,13 @@ class Attention(nn.Module):
         k = self.k_norm(self.k_proj(x).view(B, T, self.nkv, self.hd)).transpose(1, 2)  # (B, nkv, T, hd)
         v = self.v_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if kv is not None:  # kv = (cache, layer index, slots written (B, T), slots read (B, S)): attend over those
+        if kv is not None:  # kv = (cache, layer index, slots written (B, T), slots read (B, S) or None = all)
             cache, i, written, read = kv
-            k, v = cache.write(i, k, v, written, read)  # (B, nkv, S, hd)
+            k, v = cache.write(i, k, v, written, read)  # (B, nkv, S, hd): the rows' slots, or the whole pool
         gqa, sdpa = self.nh != self.nkv, F.scaled_dot_product_attention
         if mask is None:  # plain causal: flash kernels take GQA directly
             o = sdpa(q, k, v, is_causal=True, enable_gqa=gqa)  # (B, nh, T, hd)
-        elif not isinstance(mask, Tensor):  # a FlexAttention BlockMask (CUDA)
+        elif not isinstance(mask, Tensor):  # a FlexAttention BlockMask: documents (CUDA), paged decode
             o = _flex_attention()(q, k, v, block_mask=mask, enable_gqa=gqa)
         elif gqa and T == 1:  # decode: the query heads of each kv head become its query rows, no kv copy
             o = sdpa(q.reshape(B, self.nkv, -1, self.hd), k, v, attn_mask=mask).view(B, self.nh, 1, self.hd)
@@ -227,7 +227,7 @@ class Block(nn.Module):
 
 
 @functools.cache
-def _flex_attention():  # compiled once per process; only reached on CUDA
+def _flex_attention():  # compiled once per process (a graph per shape): CUDA training, paged decode
     from torch.nn.attention.flex_attention import flex_attention
     return torch.compile(flex_attention, dynamic=False)
 
@@ -251,8 +251,9 @@ class KVCache:
     reads the device) is set by whoever schedules the rows (rollout.py's engine); the forward writes the new
     tokens at positions lengths[b].., attends over positions < end, and adds T to lengths and end."""
 
-    def __init__(self, config: Qwen3Config, pages: int, page_size: int, device, dtype):
+    def __init__(self, config: Qwen3Config, pages: int, page_size: int, device, dtype, flex: bool = False):
         shape = (config.num_key_value_heads, (pages + 1) * page_size, config.head_dim)  # + the null page
+        self.flex = flex  # decode steps through FlexAttention over the pool (decode_mask), not a gather
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.page_size, self.pages = page_size, pages
@@ -285,13 +286,42 @@ class KVCache:
         for buf in self.k + self.v:
             buf[:, b:b + ps] = buf[:, a:a + ps]
 
-    def write(self, i: int, k: Tensor, v: Tensor, where: Tensor, read: Tensor) -> tuple[Tensor, Tensor]:
+    def write(self, i: int, k: Tensor, v: Tensor, where: Tensor, read: Tensor | None) -> tuple[Tensor, Tensor]:
         """Write k, v (B, n_kv, T, hd) of layer i into slots `where` (B, T); return the slots `read` (B, S) as
-        (B, n_kv, S, hd) tensors."""
+        (B, n_kv, S, hd) tensors, or with read None the whole pool as a (B, n_kv, slots, hd) view (no copy)."""
         flat = where.flatten()
         self.k[i].index_copy_(1, flat, k.transpose(0, 1).flatten(1, 2).to(self.k[i].dtype))
         self.v[i].index_copy_(1, flat, v.transpose(0, 1).flatten(1, 2).to(self.v[i].dtype))
+        if read is None:
+            return self.k[i][None].expand(k.shape[0], -1, -1, -1), self.v[i][None].expand(k.shape[0], -1, -1, -1)
         return self.k[i][:, read].transpose(0, 1), self.v[i][:, read].transpose(0, 1)
+
+    def decode_mask(self):
+        """The FlexAttention BlockMask of one decode step over the whole pool: row b visits only its own pages
+        (its block-table row, as KV blocks of page_size) and in them the positions <= lengths[b]. Every shape is
+        fixed by (rows, pool size, table width), so a compiled kernel or a CUDA graph is reused step after step.
+
+        Why FlexAttention: it reads the paged layout in place through the block mask (each row reads its own
+        length, not the longest row's), it compiles on CPU as well as CUDA (so this path is tested here), and it is
+        torch itself: no kernel library to build or pin."""
+        from torch.nn.attention.flex_attention import BlockMask
+        table, lengths, ps = self.block_table, self.lengths, self.page_size
+        B, width, pages = table.shape[0], table.shape[1], self.k[0].shape[1] // ps
+        # logical[b, page] = the page's index in row b, or far past any length for pages that are not row b's (the
+        # null page too, except for a padding row, whose table is all null: it sees its own slot 0)
+        far = torch.iinfo(torch.int32).max // (2 * ps)
+        logical = torch.full((B, pages), far, dtype=torch.long, device=table.device)
+        logical.scatter_(1, table, torch.arange(width, device=table.device).expand(B, -1))
+        logical[:, 0] = torch.where(table[:, 0] == 0, 0, far)
+
+        def visible(b, h, q, kv):
+            return logical[b, kv // ps] * ps + kv % ps <= lengths[b]
+
+        indices = torch.zeros(B, 1, 1, pages, dtype=torch.int32, device=table.device)
+        indices[:, 0, 0, :width] = table
+        count = (lengths // ps + 1).to(torch.int32).view(B, 1, 1)  # pages holding positions 0..lengths[b]
+        return BlockMask.from_kv_blocks(count, indices, BLOCK_SIZE=(1, ps), mask_mod=visible,
+                                        seq_lengths=(1, pages * ps), compute_q_blocks=False)
 
 
 class Qwen3(nn.Module):
@@ -345,9 +375,12 @@ class Qwen3(nn.Module):
             if end > cache.max_len:
                 raise ValueError(f"KV cache overflow: writing up to position {end} but the block table holds "
                                  f"{cache.max_len}")
-            keys = torch.arange(end, device=dev)
-            mask = keys <= pos[:, None, :, None]  # (B, 1, T, end): key position <= query position
-            kv_slots = (cache.slots(pos), cache.slots(keys.expand(B, end)))  # written (B, T), read (B, end)
+            if cache.flex and T == 1:  # each row reads its own pages in place
+                mask, kv_slots = cache.decode_mask(), (cache.slots(pos), None)
+            else:  # gather the rows' slots 0..end-1, mask what lies past each row's own length
+                keys = torch.arange(end, device=dev)
+                mask = keys <= pos[:, None, :, None]  # (B, 1, T, end): key position <= query position
+                kv_slots = (cache.slots(pos), cache.slots(keys.expand(B, end)))  # written (B, T), read (B, end)
             position_ids = pos if position_ids is None else position_ids
         elif doc_ids is not None:
             mask = self._doc_mask(doc_ids)

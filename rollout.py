@@ -69,10 +69,12 @@ class Sample:
 @dataclass
 class EngineStats:
     """Work counters of `generate` calls (they add up over calls). kv_read counts the slots decode attention reads
-    when each row reads only its own length (what the device path reads)."""
+    when each row reads only its own length (the FlexAttention path), kv_read_padded when every row reads the
+    longest row's (the gather path)."""
     forwards: int = 0  # decode forwards
     rows: int = 0  # live rows summed over decode forwards
     kv_read: int = 0  # KV slots read by decode attention
+    kv_read_padded: int = 0  # the same if every row read the longest row's length (the gather path's reads)
     peak_kv: int = 0  # most KV slots held at once (whole pages)
     generated: int = 0  # tokens sampled
     prefill: int = 0  # tokens prefilled, recomputed ones included
@@ -214,11 +216,15 @@ class Engine:
     groups while pages (less a 5% watermark) and rows last, prefilling them in one batch; (3) one decode forward
     of the running rows; (4) sample every row at once; finished rows free their pages for the next step."""
 
-    def __init__(self, model, prompts, n, max_new, pages, max_rows, stops, on_finish, stats, stop_after):
+    def __init__(self, model, prompts, n, max_new, pages, max_rows, stops, on_finish, stats, stop_after, flex, graphs):
         cfg, w = model.config, model.lm_head.weight
         self.model, self.max_new, self.max_rows, self.stops, self.on_finish = model, max_new, max_rows, stops, on_finish
         self.stats, self.stop_after, self.dev = stats, stop_after, w.device
-        self.cache = KVCache(cfg, pages, PAGE_SIZE, w.device, w.dtype)
+        self.cache = KVCache(cfg, pages, PAGE_SIZE, w.device, w.dtype, flex=flex)
+        # every sequence's block table, on the host: a page given or freed is one element written
+        self.tables = torch.zeros(len(prompts) * n, -(-(max(map(len, prompts)) + max_new) // PAGE_SIZE),
+                                  dtype=torch.long)
+        self.graphs = {} if graphs else None  # rows -> a captured decode step (CUDA)
         self.refs = [0] * (pages + 1)
         self.free = list(range(pages, 0, -1))  # pop() hands out low pages first
         self.watermark = max(1, pages // 20)  # 5%: half the evictions of 1% for +0.6% forwards (bench.py engine)
@@ -228,17 +234,22 @@ class Engine:
         self.n = n
 
     # ---- pages
-    def _take(self) -> int:
-        p = self.free.pop()
-        self.refs[p] = 1
-        self.stats.peak_kv = max(self.stats.peak_kv, (len(self.refs) - 1 - len(self.free)) * PAGE_SIZE)
-        return p
+    def _give(self, s: _Seq, page: int | None = None) -> int:
+        """Append a page to s: `page` (shared: one more reference) or a free one."""
+        if page is None:
+            page = self.free.pop()
+            self.stats.peak_kv = max(self.stats.peak_kv, (len(self.refs) - 1 - len(self.free)) * PAGE_SIZE)
+        self.refs[page] += 1
+        self.tables[s.key, len(s.pages)] = page
+        s.pages.append(page)
+        return page
 
     def _release(self, s: _Seq) -> None:
         for p in s.pages:
             self.refs[p] -= 1
             if self.refs[p] == 0:
                 self.free.append(p)
+        self.tables[s.key].zero_()
         s.pages, s.cached = [], 0
 
     def reserve(self) -> int:
@@ -250,7 +261,7 @@ class Engine:
             if s.cached < len(s.pages) * PAGE_SIZE:
                 i += 1
             elif self.free:
-                s.pages.append(self._take())
+                self._give(s)
                 i += 1
             else:  # the victim may be s itself; the oldest row always keeps going, so every sequence finishes
                 victim = self.running.pop()
@@ -278,22 +289,28 @@ class Engine:
             rows, free = rows - k, free - base - (k - 1) * extra
         return batch
 
-    def _table(self, seqs: list[_Seq]) -> torch.Tensor:
-        width = max(len(s.pages) for s in seqs)
-        return torch.tensor([s.pages + [0] * (width - len(s.pages)) for s in seqs], device=self.dev)
+    def _view(self, seqs: list[_Seq], lengths: list[int], end: int, rows: int) -> None:
+        """Point the cache at these sequences' block tables and lengths, padded to `rows` with null rows."""
+        keys = torch.tensor([s.key for s in seqs])
+        table = torch.zeros(rows, self.tables.shape[1], dtype=torch.long)
+        table[:len(seqs)] = self.tables.index_select(0, keys)
+        lens = torch.zeros(rows, dtype=torch.long)
+        lens[:len(seqs)] = torch.tensor(lengths)
+        self.cache.view(table.to(self.dev), lens.to(self.dev), end)
 
     def prefill(self, batch) -> torch.Tensor:
         """Write each group's input into its pages (one ragged forward, chunked in time); fork the samples.
         Returns the last hidden state of every admitted sequence (N, H), in batch order."""
         ids = [x for x, _ in batch]
         for x, seqs in batch:
-            seqs[0].pages = [self._take() for _ in range(-(-len(x) // PAGE_SIZE))]
+            for _ in range(-(-len(x) // PAGE_SIZE)):
+                self._give(seqs[0])
         P, T = len(ids), max(map(len, ids))
         pad = torch.zeros(P, T, dtype=torch.long)
         for i, x in enumerate(ids):
             pad[i, :len(x)] = torch.tensor(x)
         pad, lens = pad.to(self.dev), torch.tensor([len(x) for x in ids], device=self.dev)
-        self.cache.view(self._table([seqs[0] for _, seqs in batch]), torch.zeros_like(lens))
+        self._view([seqs[0] for _, seqs in batch], [0] * P, 0, P)
         chunk, rows, last = max(1, PREFILL_TOKENS // P), torch.arange(P, device=self.dev), None
         for t0 in range(0, T, chunk):
             h = self.model(pad[:, t0:t0 + chunk], cache=self.cache)  # (P, c, H); padding only lies ahead
@@ -305,26 +322,45 @@ class Engine:
             full = len(x) // PAGE_SIZE
             for s in seqs:
                 if s is not seqs[0]:  # share the full pages, copy the partial one (the sample writes into it)
-                    s.pages = seqs[0].pages[:full]
-                    for p in s.pages:
-                        self.refs[p] += 1
+                    for p in seqs[0].pages[:full]:
+                        self._give(s, p)
                     if len(x) % PAGE_SIZE:
-                        s.pages.append(self._take())
-                        self.cache.copy_page(seqs[0].pages[full], s.pages[-1])
+                        self.cache.copy_page(seqs[0].pages[full], self._give(s))
                 s.cached = len(x)
         self.running += [s for _, seqs in batch for s in seqs]
         return last.repeat_interleave(torch.tensor([len(seqs) for _, seqs in batch], device=self.dev), 0)
 
     def decode(self, seqs: list[_Seq]) -> torch.Tensor:
-        """One forward of the rows' last sampled tokens (B, 1) -> hidden states (B, H)."""
-        lens = [s.cached for s in seqs]
-        self.cache.view(self._table(seqs), torch.tensor(lens, device=self.dev), max(lens))
-        h = self.model(torch.tensor([[s.tokens[-1]] for s in seqs], device=self.dev), cache=self.cache)[:, -1]
+        """One forward of the rows' last sampled tokens (B, 1) -> hidden states (B, H). Through FlexAttention the
+        rows are padded to a power of two (few shapes: one compiled kernel, or one CUDA graph, per size)."""
+        B, lens = len(seqs), [s.cached for s in seqs]
+        rows = min(1 << (B - 1).bit_length(), max(self.max_rows, B)) if self.cache.flex else B
+        self._view(seqs, lens, max(lens), rows)
+        ids = torch.zeros(rows, 1, dtype=torch.long)
+        ids[:B, 0] = torch.tensor([s.tokens[-1] for s in seqs])
+        h = self._forward(ids.to(self.dev))[:B]
         for s in seqs:
             s.cached += 1
         self.stats.forwards, self.stats.rows = self.stats.forwards + 1, self.stats.rows + len(seqs)
-        self.stats.kv_read += sum(lens) + len(seqs)
+        self.stats.kv_read += sum(lens) + B
+        self.stats.kv_read_padded += (max(lens) + 1) * B
         return h
+
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """The decode forward (rows, 1) -> (rows, H): eager, or a CUDA graph captured once per row count and call."""
+        if self.graphs is None:
+            return self.model(ids, cache=self.cache)[:, -1]
+        rows, c = ids.shape[0], self.cache
+        if rows not in self.graphs:
+            self.graphs[rows] = _capture(self.model, c, ids)
+        if self.graphs[rows] is None:  # capture failed (logged once): eager
+            return self.model(ids, cache=c)[:, -1]
+        graph, (s_ids, s_table, s_lens), out = self.graphs[rows]
+        s_ids.copy_(ids)
+        s_table.copy_(c.block_table)
+        s_lens.copy_(c.lengths)
+        graph.replay()
+        return out
 
     def finish(self, seqs: list[_Seq], tokens: list[int], logprobs: list[float]) -> None:
         """Append each row's new token; rows that stopped or reached their length leave and free their pages."""
@@ -345,11 +381,39 @@ class Engine:
             self.running = [s for s in self.running if s.key not in done]
 
 
+def _capture(model, cache: KVCache, ids: torch.Tensor):
+    """Capture the decode forward for ids' row count as a CUDA graph over static inputs (ids, block table,
+    lengths), after two warm-up runs on a side stream (they compile FlexAttention). Returns (graph, inputs,
+    output), or None (logged once) where capture fails: the caller then runs eagerly."""
+    static = (ids.clone(), cache.block_table.clone(), cache.lengths.clone())
+    run = lambda: (cache.view(static[1], static[2], cache.end), model(static[0], cache=cache)[:, -1])[1]
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = run()
+        return graph, static, out
+    except Exception as e:  # noqa: BLE001 - any failure to capture means: run eagerly
+        if not _capture.failed:
+            print(f"rollout: CUDA graph capture failed, decoding eagerly ({type(e).__name__}: {e})", file=sys.stderr)
+        _capture.failed = True
+        return None
+
+
+_capture.failed = False
+
+
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], n: int = 1, max_new_tokens: int = 256, temperature: float = 1.0,
              top_p: float = 1.0, top_k: int = 0, stop_ids=(), seed: int = 0, on_token=None, on_finish=None,
              max_kv_tokens: int | None = None, max_rows: int = MAX_ROWS, keys: list[int] | None = None,
-             stats: EngineStats | None = None, stop_after=None) -> list[Sample]:
+             stats: EngineStats | None = None, stop_after=None, flex: bool | None = None,
+             graphs: bool | None = None) -> list[Sample]:
     """Sample n completions per prompt; prompt-major (sample i*n + j = j-th sample of prompt i).
 
     The whole draw goes in one call: the engine schedules it within `max_kv_tokens` KV slots (see kv_budget) and
@@ -357,6 +421,9 @@ def generate(model, prompts: list[list[int]], n: int = 1, max_new_tokens: int = 
     (seed, keys[i] (default i), j, token index): any budget gives the same draws. `on_token(keys, tokens)` gets
     each step's sample indices and new tokens, `on_finish(key, sample)` each sample as it finishes, `stats` the
     work counters. `stop_after(key)` (tests, benchmarks) forces sample `key` to end after that many tokens.
+    Decode attention: `flex` (default: on CUDA) reads each row's own pages through FlexAttention, else a gather
+    of every row's first `end` slots; `graphs` (default: on CUDA with flex, unless the model is FSDP-sharded, whose
+    hooks cannot be captured) replays the decode step as a CUDA graph.
     """
     cfg = model.config
     _check_inputs(cfg, prompts, n, max_new_tokens, max_rows)
@@ -367,8 +434,11 @@ def generate(model, prompts: list[list[int]], n: int = 1, max_new_tokens: int = 
     with gathered(model), torch.inference_mode():
         w = model.lm_head.weight
         budget = kv_budget(model, prompts, n, max_new_tokens, max_kv_tokens, max_rows)
+        flex = w.is_cuda if flex is None else flex
+        sharded = any(type(m).__name__.startswith("FSDP") for m in model.modules())
+        graphs = flex and w.is_cuda and not sharded if graphs is None else graphs
         eng = Engine(model, prompts, n, max_new_tokens, budget // PAGE_SIZE, max_rows, set(stop_ids), on_finish,
-                     stats, stop_after)
+                     stats, stop_after, flex, graphs)
         head = w if w.is_cuda or w.dtype == torch.float32 else w.float()  # fp32 logits (see _logits)
         buf = torch.empty(min(max_rows, len(prompts) * n), cfg.vocab_size, device=w.device)  # reused fp32 logits
         while eng.waiting or eng.running:

@@ -170,6 +170,24 @@ def test_budgets_give_the_same_samples(model):
     assert [s.tokens for s in alone] == [s.tokens for s in ref[20:24]]
 
 
+def test_flex_decode_equals_plain_decode():
+    from torch._dynamo.utils import counters
+    # GQA 8/2 (the 32/8 ratio of the 8B) at head_dim 128; ragged prompts; a budget that forces evictions
+    m = tiny_model(num_attention_heads=8, num_key_value_heads=2, head_dim=128, max_position_embeddings=128)
+    prompts = [[1 + i, 2, 3, 4, 5][:1 + i % 5] * (1 + i % 3) for i in range(6)]
+    kw = dict(n=2, max_new_tokens=24, temperature=1.0, seed=3, max_rows=4)
+    ref = rollout.generate(m, prompts, **kw)
+    stats, graphs = rollout.EngineStats(), counters["stats"]["unique_graphs"]
+    got = rollout.generate(m, prompts, flex=True, stats=stats, max_kv_tokens=96, **kw)
+    assert stats.preemptions > 0  # evicted rows were recomputed and refilled
+    assert [s.tokens for s in got] == [s.tokens for s in ref]
+    assert max(np.abs(np.subtract(a.logprobs, b.logprobs)).max() for a, b in zip(ref, got)) < 1e-5
+    compiled = counters["stats"]["unique_graphs"] - graphs
+    assert 1 <= compiled <= 3  # one kernel per row count (1, 2, 4), never one per step
+    rollout.generate(m, prompts, flex=True, max_kv_tokens=96, **kw)
+    assert counters["stats"]["unique_graphs"] - graphs == compiled  # a second call compiles nothing
+
+
 def test_budget_too_small_is_an_error_up_front(model):
     with pytest.raises(ValueError, match=r"KV budget of 16 token slots .* cannot hold the longest sequence \(23 tok"):
         rollout.generate(model, [[1, 2, 3], [4]], max_new_tokens=20, max_kv_tokens=16)
