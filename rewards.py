@@ -215,29 +215,39 @@ def _text(x) -> str:
     return "\n".join(map(str, x)) if isinstance(x, list) else str(x)
 
 
-def _call_test(fn: str, args, out) -> str:
-    """An APPS/TACO call-based case (fn_name) as assert code; a one-element list output may be the bare value."""
+def _call_test(fn: str, args, out) -> dict:
+    """An APPS/TACO call-based case (fn_name): a split call (a tuple result compares as a list; a one-element list
+    output may be the bare value), with the same check as assert code for the in-sandbox path."""
     args = args if isinstance(args, list) else [args]
-    return (f"_f = Solution().{fn} if 'Solution' in globals() else {fn}\n_r = _f(*{args!r})\n"
-            f"_r = list(_r) if isinstance(_r, tuple) else _r\n_o = {out!r}\n"
-            "assert _r == _o or (isinstance(_o, list) and len(_o) == 1 and _r == _o[0])\n")
+    entry = f"Solution().{fn} if 'Solution' in globals() else {fn}"
+    legacy = (f"_f = {entry}\n_r = _f(*{args!r})\n_r = list(_r) if isinstance(_r, tuple) else _r\n_o = {out!r}\n"
+              "assert _r == _o or (isinstance(_o, list) and len(_o) == 1 and _r == _o[0])\n")
+    return {"calls": [f"candidate(*{args!r})"], "checks": [["eq_any", repr(out)]], "entry": entry,
+            "functional": legacy}
 
 
-def _check_tests(code: str, entry: str, prefix: str = "", split: bool = True) -> list[dict]:
-    """`def check(candidate)` test code: one test per top-level assert (LeetCode layout), else one test."""
-    call, whole = f"\ncheck({entry})\n", [{"functional": f"{code}\ncheck({entry})\n", "prefix": prefix}]
+def _check_tests(code: str, entry: str, prefix: str = "", per_assert: bool = True) -> list[dict]:
+    """`def check(candidate)` test code: one test per top-level assert (LeetCode layout), else one test. Asserts
+    of known shapes become split calls (sandbox.split_asserts), keeping the assert code for the in-sandbox path."""
+    call, whole = f"\ncheck({entry})\n", {"functional": f"{code}\ncheck({entry})\n", "prefix": prefix}
+    setup, parts = sandbox.split_asserts(code) or ("", [None])
     try:
         fn = next(n for n in ast.parse(code).body if isinstance(n, ast.FunctionDef) and n.name == "check")
     except (SyntaxError, StopIteration, ValueError):
-        return whole
+        return [whole]
     spans = [(a.lineno - 1, a.end_lineno) for a in fn.body if isinstance(a, ast.Assert)]
-    if not split or not spans or any(s1 > t0 for (_, s1), (t0, _) in zip(spans, spans[1:])):
-        return whole
+    if not per_assert or not spans or any(s1 > t0 for (_, s1), (t0, _) in zip(spans, spans[1:])):
+        if None not in parts and any(parts):
+            split = [p for p in parts if p]
+            whole.update(calls=[c for c, _ in split], checks=[k for _, k in split], entry=entry, setup=setup)
+        return [whole]
     lines, tests = code.splitlines(), []
     for k in range(len(spans)):
         drop = {i for j, (t0, t1) in enumerate(spans) if j != k for i in range(t0, t1)}
         tests.append({"functional": "\n".join(x for i, x in enumerate(lines) if i not in drop) + call,
                       "prefix": prefix})
+        if len(parts) == len(spans) and parts[k]:
+            tests[-1].update(calls=[parts[k][0]], checks=[parts[k][1]], entry=entry, setup=setup)
     return tests
 
 
@@ -257,7 +267,7 @@ def to_tests(ground_truth) -> list[dict]:
         if "test_code" in g and "entry_point" in g:
             return _check_tests(g["test_code"], g["entry_point"], g.get("prompt_prefix", ""))
         if "test" in g and "entry_point" in g:
-            return _check_tests(g["test"], g["entry_point"], split=False)
+            return _check_tests(g["test"], g["entry_point"], per_assert=False)
         if "functional" in g:
             f = g["functional"]
             return [{"functional": x} for x in (f if isinstance(f, list) else [f]) if isinstance(x, str)]
@@ -265,7 +275,7 @@ def to_tests(ground_truth) -> list[dict]:
             fn = g.get("fn_name")
             if fn and not str(fn).isidentifier():
                 return []
-            return [{"functional": _call_test(fn, i, o)} if fn else {"input": _text(i), "output": _text(o)}
+            return [_call_test(fn, i, o) if fn else {"input": _text(i), "output": _text(o)}
                     for i, o in zip(g["inputs"], g["outputs"])]
         return to_tests(g["tests"]) if "tests" in g else []
     except (ValueError, TypeError, KeyError, AttributeError):
@@ -286,7 +296,7 @@ def code_reward(response: str, tests, soft: bool = True, correct: float = 1.0, w
         return wrong
     res = run_tests(code, tests, stop_on_fail=not soft, **run_opts)
     if statuses is not None:
-        statuses.update(r.status for r in res)
+        statuses.update([r.status for r in res] + [n for r in res for n in r.notes])
     rate = sum(r.passed for r in res) / max(1, len(res))
     if not soft:
         return correct if res and rate == 1 else wrong

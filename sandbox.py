@@ -4,9 +4,10 @@ Imports nothing of ours; rewards.py builds the tests and turns results into rewa
 
 - One child per test: `python -I -S -B -c BOOT --sandbox-child CFG` imports this file and runs `_child` (the
   code above the parent's imports, so the child loads only os, sys, resource and _signal) in a fresh temporary
-  folder that is removed afterwards, with a clean environment, stdin = the test input, stdout/stderr to unlinked
-  temporary files capped by RLIMIT_FSIZE, RLIMIT_CPU/AS/FSIZE/NOFILE/CORE(/NPROC) and a wall-time limit; the
-  child is its own session and its process group is SIGKILLed always.
+  folder that is removed afterwards, with a clean environment, stdout/stderr to unlinked temporary files capped
+  by RLIMIT_FSIZE, RLIMIT_CPU/AS/FSIZE/NOFILE/CORE(/NPROC) and a wall-time limit; the child is its own session
+  and its process group is SIGKILLed always. It writes a ready token to stderr before the program runs: without
+  it the status is 'sandbox error', never a verdict.
 - As root the child drops to a per-sandbox uid (flock-reserved from 61000-62023, so concurrent sandboxes in any
   process never share one): NPROC is enforced, nothing outside its folder is writable, other processes cannot be
   signalled. Import paths stay reachable through /proc/self/fd handles opened before the drop.
@@ -15,13 +16,30 @@ Imports nothing of ours; rewards.py builds the tests and turns results into rewa
   program ends, every process it left behind (setsid grandchildren included) dies with the namespace.
 - Always: an audit hook refuses sockets and Python-level writes outside the folder. Without a pid namespace it
   also refuses process creation; without uid switching it refuses kill() and ctypes symbol lookups.
-- Function tests ({"functional": code}) pass only if the child prints a random marker after the test code
-  returns (sys.exit(0), os._exit(0), atexit tricks or patched builtins before a failing assert earn nothing);
-  stdin tests pass on exit 0 and equal stdout lines (trailing whitespace ignored; tokens with a '.' may differ by
-  1e-6).
+- Tests: stdin ({"input", "output"}: exit 0 and equal stdout lines, trailing whitespace ignored, tokens with a
+  '.' within 1e-6); split calls ({"calls", "checks", "entry"}: see below); in-sandbox function code
+  ({"functional"}, asserts of other shapes: passes only if the child prints a random marker after the test
+  code returns, so sys.exit(0), os._exit(0) or atexit tricks before a failing assert earn nothing; counted as
+  the NOTES entry 'in-sandbox verdict').
 - A judged program may import the standard library and PACKAGES (what the LeetCode / LiveCodeBench judges offer
   that our data uses), installed with the runtime requirements.
 - Any failure is a failed TestResult whose status is one of STATUSES, never an exception.
+
+Split calls, and the threat model of function tests. rewards.to_tests splits each assert of a known shape
+(split_asserts: `candidate(a) == x`, `is True/False/None`, `not`, bare, `math.isclose`, `abs(... - x) < tol`)
+into the call, which goes into the sandbox, and the expectation, which never does. The child runs the program,
+then each call, and writes each result as a literal of exact built-in types (_encoder); the parent parses it by
+node type (literal, no eval) and applies the check itself. Expected values are parsed from the test data, or
+evaluated once per problem by a child that runs the data's helpers but never a program. What a program may try:
+- return an object that lies (__eq__ always True or raising, __class__ spoofed, a float/int subclass): it has no
+  exact built-in type, so it is not encoded, and nothing of it runs in the parent: the test fails;
+- patch builtins (type, repr, isinstance) or AssertionError: the encoder bound its functions before the program
+  ran, and no assert runs in the child;
+- read the expected value or a success marker from memory, frames or files: split tests have neither in the
+  child; write fake result lines to any descriptor and exit 0: a result line is only a claimed return value, as
+  good as returning it (and a wrong count of lines fails); so forging earns exactly what returning earns;
+- kill or starve the reader: results are files read after the child is dead; other processes cannot be
+  signalled (uid switch, pid namespace); an oversized or deeply nested result is refused by the encoder's cap.
 
 Run: pytest tests/test_sandbox.py ; python bench.py rewards --data ../shared/data
 """
@@ -32,6 +50,7 @@ import sys
 
 STATUSES = ("pass", "wrong answer", "runtime error", "timeout", "memory", "output limit", "sandbox error", "skipped")
 _READY = b"\0sandbox ready\n"  # the child's first stderr bytes; missing: the sandbox itself failed
+NOTES = ("in-sandbox verdict",)  # counted beside STATUSES (rewards.reward_many), but not verdicts
 PACKAGES = ("sortedcontainers",)  # third-party modules a judged program may import (requirements.txt pins them)
 _WRITE_EVENTS = ("os.remove", "os.rmdir", "os.mkdir", "os.rename", "os.chmod", "os.chown", "os.truncate",
                  "os.symlink", "os.link", "os.utime", "shutil.rmtree")
@@ -87,18 +106,76 @@ def _child_hook(block: list[str]) -> None:
     sys.addaudithook(hook)
 
 
+def _encoder(cap: int):
+    """enc(x): x as a literal of exact built-in types only (int, float incl. inf/nan, complex, str, bytes, bool,
+    None, list, tuple, dict, set, frozenset, nested); TypeError for anything else, a subclass included, and
+    ValueError past `cap` characters. Bound before the program runs, so patched builtins do not reach it."""
+    tp, rp, fl, ln, left = type, repr, float, len, [cap]
+    atoms = (int, bool, str, bytes, type(None))
+
+    def enc(x, depth: int = 0) -> str:
+        t = tp(x)
+        if depth > 100:
+            raise ValueError("nested too deep")
+        if any(t is a for a in atoms):
+            s = t.__repr__(x)
+        elif t is fl:
+            s = fl.__repr__(x) if x - x == 0 else "float('%s')" % fl.__repr__(x)  # inf - inf and nan are nan
+        elif t is complex:
+            s = "complex(%s, %s)" % (enc(x.real, depth + 1), enc(x.imag, depth + 1))
+        elif t is list or t is tuple or t is set or t is frozenset:
+            items = ", ".join([enc(v, depth + 1) for v in x])
+            s = ("[%s]" if t is list else "(%s,)" if t is tuple and items else "(%s)" if t is tuple else
+                 "{%s}" if t is set and items else "set(%s)" if t is set else "frozenset([%s])") % items
+        elif t is dict:
+            s = "{%s}" % ", ".join([enc(k, depth + 1) + ": " + enc(v, depth + 1) for k, v in x.items()])
+        else:
+            raise TypeError(rp(t.__name__))
+        left[0] -= ln(s)
+        if left[0] < 0:
+            raise ValueError("result too large")
+        return s
+    return enc
+
+
+def _child_calls(c: dict, g: dict, exprs: list, out: int) -> None:
+    """Split function tests: evaluate each call after the program and write one line per call to `out`:
+    '=' + its literal, '!' + the exception's name, or '?' + the type that has no literal."""
+    enc, rp, tp, wr = _encoder(c["cap"]), repr, type, os.write
+    try:
+        g["candidate"] = eval(c["entry"], g) if c["entry"] else None
+    except BaseException as e:
+        for _ in exprs:
+            wr(out, b"!" + rp(tp(e).__name__).encode() + b"\n")
+        return
+    for e in exprs:
+        try:
+            v = eval(e, g)
+        except BaseException as err:  # SystemExit too: the call did not return
+            line = "!" + rp(tp(err).__name__)
+        else:
+            try:
+                line = "=" + enc(v)
+            except (TypeError, ValueError, RecursionError, MemoryError):
+                line = "?" + rp(tp(v).__name__)
+        wr(out, line.encode("utf-8", "backslashreplace") + b"\n")
+
+
 def _child() -> None:
     """The sandboxed process (module docstring); never returns."""
     c = eval(sys.argv[2], {"__builtins__": {}})  # our own repr() of ints, strings, lists and dicts: no user data
     sys.argv[:] = ["main.py"]
     del sys.modules[__name__]  # `import sandbox` in the program finds nothing
     _child_confine(c)
-    mark = os.read(0, 64) if c["fn"] else b""
-    if c["fn"]:
+    if c["mode"] != "io":  # stdin carries the marker or the calls; the program reads an empty stdin
+        got = b"".join(iter(lambda: os.read(0, 1 << 16), b""))
         fd = os.open(os.devnull, os.O_RDONLY)
         os.dup2(fd, 0)
         os.close(fd)
     out = os.dup(1)
+    if c["mode"] == "calls":  # results go to `out`; whatever the program prints goes to stderr
+        os.dup2(2, 1)
+        exprs = eval(got.decode(), {"__builtins__": {}})  # our own repr() of a list of strings
     _child_hook(c["block"])
     os.write(2, _READY)
     builtins = sys.modules["builtins"]
@@ -107,8 +184,10 @@ def _child() -> None:
     with open("main.py") as f:
         src = f.read()
     exec(compile(src, "main.py", "exec"), g)
-    if c["fn"]:
-        os.write(out, b"\n" + mark + b"\n")
+    if c["mode"] == "mark":
+        os.write(out, b"\n" + got + b"\n")
+    elif c["mode"] == "calls":
+        _child_calls(c, g, exprs, out)
     sys.exit(0)
 
 
@@ -117,6 +196,7 @@ if sys.argv[0] == "-c" and sys.argv[1:2] == ["--sandbox-child"]:
 
 # ----------------------------------------------------------------------------------------------- the parent
 # (imported below the child's code so that the child never pays for these modules)
+import ast  # noqa: E402
 import atexit  # noqa: E402
 import contextlib  # noqa: E402
 import fcntl  # noqa: E402
@@ -150,6 +230,7 @@ class TestResult:
     status: str  # one of STATUSES
     time_s: float = 0.0
     detail: str = ""  # why, or the tail of stderr
+    notes: tuple = ()  # of NOTES: how the test ran, when that is worth counting
 
 
 def _jail() -> dict:
@@ -221,13 +302,9 @@ def _uid_slot(root: bool):
     raise RuntimeError("no free sandbox uid")
 
 
-def _finish(p: subprocess.Popen, mark: bytes | None, timeout_s: float) -> tuple[int, bool]:
-    """Send the marker, wait up to timeout_s, then SIGKILL the whole process group before reaping (so the group
-    id cannot have been reused). Returns (exit status, timed out)."""
-    if mark is not None:
-        with contextlib.suppress(OSError):
-            p.stdin.write(mark)
-            p.stdin.close()
+def _finish(p: subprocess.Popen, timeout_s: float) -> tuple[int, bool]:
+    """Wait up to timeout_s, then SIGKILL the whole process group before reaping (so the group id cannot have
+    been reused). Returns (exit status, timed out)."""
     try:
         fd = os.pidfd_open(p.pid)  # readable when p exits; p stays unreaped
         try:
@@ -264,75 +341,269 @@ def same_output(got: str, want: str) -> bool:
     return True
 
 
-def _verdict(rc: int, timed_out: bool, ready: bool, out: bytes, err: bytes, test: dict, mark: bytes, cap: int):
-    """(passed, status) from how the child ended and what it printed."""
+# ----------------------------------------------------------------------------------------------- split calls
+
+_LITERAL_CALLS = {"float": float, "complex": complex, "set": set, "frozenset": frozenset}
+
+
+def literal(text: str):
+    """The value of an _encoder literal (or a plain literal from test data): exact built-in types only, parsed
+    by node type (no eval). ValueError/SyntaxError for anything else."""
+    def val(n):
+        if isinstance(n, ast.Constant) and type(n.value) in (int, float, complex, str, bytes, bool, type(None)):
+            return n.value
+        if isinstance(n, ast.UnaryOp) and isinstance(n.op, (ast.USub, ast.UAdd)) and isinstance(n.operand,
+                                                                                               ast.Constant):
+            v = val(n.operand)
+            if type(v) in (int, float, complex):
+                return -v if isinstance(n.op, ast.USub) else v
+        if isinstance(n, (ast.List, ast.Tuple, ast.Set)):
+            return {ast.List: list, ast.Tuple: tuple, ast.Set: set}[type(n)](val(e) for e in n.elts)
+        if isinstance(n, ast.Dict) and None not in n.keys:
+            return {val(k): val(v) for k, v in zip(n.keys, n.values)}
+        if (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in _LITERAL_CALLS
+                and not n.keywords and len(n.args) <= 2):
+            args = [val(a) for a in n.args]
+            if n.func.id != "float" or (len(args) == 1 and args[0] in ("inf", "-inf", "nan")):
+                return _LITERAL_CALLS[n.func.id](*args)
+        raise ValueError(f"not a plain literal: {ast.dump(n)[:80]}")
+    return val(ast.parse(text.strip(), mode="eval").body)
+
+
+def _holds(check: list, got, want: list) -> bool:
+    """Whether a decoded result satisfies one check (see split_asserts), computed here, never in the child."""
+    kind = check[0]
+    try:
+        if kind in ("eq", "eq_any"):
+            got = list(got) if kind == "eq_any" and type(got) is tuple else got  # TACO fn_name lists vs tuples
+            return got == want[0] or (kind == "eq_any" and type(want[0]) is list and len(want[0]) == 1
+                                      and got == want[0][0])
+        if kind in ("truthy", "falsy"):
+            return bool(got) == (kind == "truthy")
+        if kind == "is":
+            return got is want[0]
+        if kind == "isclose":
+            return type(got) in (int, float) and math.isclose(got, want[0], rel_tol=want[1], abs_tol=want[2])
+        if kind in ("abs<", "abs<="):
+            d = abs(got - want[0])
+            return d < want[1] if kind == "abs<" else d <= want[1]
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        return False
+    return False
+
+
+def _is_call(n) -> bool:
+    """candidate(...) with no candidate inside its arguments."""
+    return (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "candidate"
+            and not any(_uses(a) for a in n.args + [k.value for k in n.keywords]))
+
+
+def _uses(n) -> bool:
+    return any(isinstance(x, ast.Name) and x.id == "candidate" for x in ast.walk(n))
+
+
+def _shape(t) -> tuple[ast.AST, list] | None:
+    """(call node, check) of one assert's test: candidate(a) == x (either side), is True/False/None, not,
+    bare, math.isclose(candidate(a), x, ...), abs(candidate(a) - x) < tol; None for any other shape."""
+    src = ast.unparse
+    if isinstance(t, ast.Compare) and len(t.ops) == 1:
+        op, a, b = t.ops[0], t.left, t.comparators[0]
+        if isinstance(op, ast.Eq) and _is_call(b) and not _uses(a):
+            a, b = b, a
+        if isinstance(op, ast.Eq) and _is_call(a) and not _uses(b):
+            return a, ["eq", src(b)]
+        if isinstance(op, ast.Is) and _is_call(a) and isinstance(b, ast.Constant) and any(
+                b.value is v for v in (True, False, None)):
+            return a, ["is", repr(b.value)]
+        if (isinstance(op, (ast.Lt, ast.LtE)) and isinstance(a, ast.Call) and src(a.func) == "abs" and len(a.args) == 1
+                and isinstance(a.args[0], ast.BinOp) and isinstance(a.args[0].op, ast.Sub)
+                and _is_call(a.args[0].left) and not _uses(a.args[0].right) and not _uses(b)):
+            return a.args[0].left, ["abs<" if isinstance(op, ast.Lt) else "abs<=", src(a.args[0].right), src(b)]
+    if (isinstance(t, ast.Call) and src(t.func) in ("math.isclose", "isclose") and len(t.args) == 2
+            and _is_call(t.args[0]) and not _uses(t.args[1]) and {k.arg for k in t.keywords} <= {"rel_tol", "abs_tol"}
+            and not any(_uses(k.value) for k in t.keywords)):
+        kw = {k.arg: src(k.value) for k in t.keywords}
+        return t.args[0], ["isclose", src(t.args[1]), kw.get("rel_tol", "1e-09"), kw.get("abs_tol", "0.0")]
+    if isinstance(t, ast.UnaryOp) and isinstance(t.op, ast.Not) and _is_call(t.operand):
+        return t.operand, ["falsy"]
+    return (t, ["truthy"]) if _is_call(t) else None
+
+
+def split_asserts(code: str) -> tuple[str, list] | None:
+    """`def check(candidate)` test code as (setup, one entry per assert of check()): (call, check) for a known
+    shape (_shape), () for `assert True`, None for any other shape (that assert runs in the sandbox). None when
+    check() holds more than asserts, imports and docstrings. setup: the test code without check(), plus
+    check()'s imports (its helpers, for the expected values)."""
+    try:
+        tree = ast.parse(code)
+        fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check")
+    except (SyntaxError, ValueError, StopIteration):
+        return None
+    setup, entries = [ast.unparse(n) for n in tree.body if n is not fn], []
+    for st in fn.body:
+        if isinstance(st, (ast.Import, ast.ImportFrom)):
+            setup.append(ast.unparse(st))
+        elif isinstance(st, ast.Assert):
+            got = () if isinstance(st.test, ast.Constant) and st.test.value is True else _shape(st.test)
+            entries.append((ast.unparse(got[0]), got[1]) if got else got)
+        elif not isinstance(st, ast.Pass) and not (isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant)):
+            return None
+    return "\n".join(setup), entries
+
+
+_EXPECT: dict = {}  # (prefix, setup, expression) -> ("ok", value) | ("no", why): expected values, once each
+_EXPECT_LOCK = threading.Lock()
+
+
+def _expected(test: dict, timeout_s: float, memory_mb: int) -> list | None:
+    """Values of a split test's expectation expressions: literals parsed here, others evaluated (and cached) by
+    a sandboxed child that runs the test's prefix and setup but never the program. None: some expectation has
+    no plain value, and the test takes the in-sandbox path."""
+    exprs = [e for chk in test["checks"] for e in chk[1:]]
+    key = lambda e: (test.get("prefix", ""), test.get("setup", ""), e)
+    todo = []
+    for e in exprs:
+        if key(e) not in _EXPECT:
+            try:
+                _EXPECT[key(e)] = ("ok", literal(e))
+            except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
+                todo.append(e)
+    if todo:
+        code = f"{test.get('prefix', '')}\n{test.get('setup', '')}\n"
+        run = _spawn(code, "calls", repr(todo).encode(), None, timeout_s, memory_mb, 16)
+        lines = run[3].decode("utf-8", "replace").splitlines() if run[2] else []
+        with _EXPECT_LOCK:
+            if len(_EXPECT) > 100_000:
+                _EXPECT.clear()
+            for e, line in zip(todo, lines + [""] * len(todo)):
+                try:
+                    _EXPECT[key(e)] = ("ok", literal(line[1:])) if line.startswith("=") else ("no", line)
+                except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
+                    _EXPECT[key(e)] = ("no", line[:100])
+    got = [_EXPECT.get(key(e), ("no", "")) for e in exprs]
+    return [v for _, v in got] if all(k == "ok" for k, _ in got) else None
+
+
+def _judge_calls(out: bytes, test: dict, want: list) -> tuple[bool, str, str]:
+    """(passed, status, detail) of a split test from the child's result lines and the expected values."""
+    lines = out.decode("utf-8", "replace").split("\n")[:-1]
+    if len(lines) != len(test["calls"]):
+        return False, "wrong answer", f"{len(lines)} results for {len(test['calls'])} calls"
+    k = 0
+    for line, call, check in zip(lines, test["calls"], test["checks"]):
+        w, k = want[k:k + len(check) - 1], k + len(check) - 1
+        if line[:1] == "!":
+            return False, "runtime error", f"{call[:200]} raised {line[1:]}"
+        if line[:1] == "?":
+            return False, "wrong answer", f"{call[:200]} returned a {line[1:]}, which has no plain value"
+        try:
+            got = literal(line[1:])
+        except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
+            return False, "wrong answer", f"{call[:200]}: unreadable result"
+        if line[:1] != "=" or not _holds(check, got, w):
+            return False, "wrong answer", f"{call[:200]} returned {line[1:200]}"
+    return True, "pass", ""
+
+
+# ----------------------------------------------------------------------------------------------- running
+
+
+def _ending(rc: int, timed_out: bool, ready: bool, out: bytes, err: bytes, cap: int) -> str | None:
+    """The status that how the child ended decides, or None when its output decides."""
     sig = -rc if rc < 0 else (rc - 128 if rc > 128 and _jail()["prefix"] else 0)
     if timed_out or sig == signal.SIGXCPU:
-        return False, "timeout"
+        return "timeout"
     if sig == signal.SIGXFSZ or len(out) > cap or b"File too large" in err:
-        return False, "output limit"
+        return "output limit"
     if b"MemoryError" in err:
-        return False, "memory"
+        return "memory"
     if not ready:  # the child never reached the program: no python, no namespaces, a broken child
-        return False, "sandbox error"
-    if "functional" in test:
-        if rc == 0 and mark in out:
-            return True, "pass"
-        return False, "wrong answer" if rc == 0 or b"AssertionError" in err else "runtime error"
-    if rc != 0:
-        return False, "runtime error"
-    ok = same_output(out.decode("utf-8", "replace"), test["output"])
-    return ok, "pass" if ok else "wrong answer"
+        return "sandbox error"
+    return None
 
 
-def _argv(jail: dict, uid: int | None, fn: bool, timeout_s: float, memory_mb: int, output_mb: int) -> list[str]:
+def _argv(jail: dict, uid: int | None, mode: str, entry, timeout_s: float, memory_mb: int, output_mb: int):
     """The child's command line: namespace prefix, isolated python, the boot line and the child's configuration."""
     cpu = math.ceil(timeout_s) + 1
     limits = [(resource.RLIMIT_CPU, cpu, cpu + 1), (resource.RLIMIT_AS, memory_mb << 20, memory_mb << 20),
               (resource.RLIMIT_FSIZE, output_mb << 20, output_mb << 20), (resource.RLIMIT_NOFILE, 64, 64),
               (resource.RLIMIT_CORE, 0, 0)] + ([(resource.RLIMIT_NPROC, 64, 64)] if uid is not None else [])
     block = ([] if jail["prefix"] else _SPAWN_EVENTS) + ([] if jail["root"] else _KILL_EVENTS)
-    cfg = {"limits": limits, "uid": uid, "fn": fn, "alarm": cpu + 2, "path": _SITE, "block": block}
+    cfg = {"limits": limits, "uid": uid, "mode": mode, "entry": entry, "cap": (output_mb << 20) // 2,
+           "alarm": cpu + 2, "path": _SITE, "block": block}
     return jail["prefix"] + [sys.executable, "-I", "-S", "-B", "-c", _BOOT, "--sandbox-child", repr(cfg)]
 
 
+def _spawn(main: str, mode: str, stdin: bytes, entry, timeout_s: float, memory_mb: int, output_mb: int):
+    """Run main.py in one confined child: (exit status, timed out, reached the program, stdout, stderr tail, s)."""
+    jail = _jail()
+    with _uid_slot(jail["root"]) as uid, contextlib.ExitStack() as st:
+        d = tempfile.mkdtemp(prefix="rw-")
+        st.callback(shutil.rmtree, d, True)
+        with open(os.path.join(d, "main.py"), "w") as f:
+            f.write(main)
+        if uid is not None:
+            os.chown(d, uid, uid)
+        out, err, inp = (st.enter_context(tempfile.TemporaryFile()) for _ in range(3))  # unlinked files
+        inp.write(stdin)
+        inp.seek(0)
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": d, "TMPDIR": d, "LANG": "C.UTF-8",
+               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        t0 = time.monotonic()
+        p = subprocess.Popen(_argv(jail, uid, mode, entry, timeout_s, memory_mb, output_mb), cwd=d, env=env,
+                             stdin=inp, stdout=out, stderr=err, start_new_session=True)
+        _LIVE.add((p.pid, d))
+        st.callback(_LIVE.discard, (p.pid, d))
+        rc, timed_out = _finish(p, timeout_s)
+        elapsed = time.monotonic() - t0
+        out.seek(0)
+        err.seek(0)
+        ready = err.read(len(_READY)) == _READY
+        err.seek(max(len(_READY) if ready else 0, err.seek(0, 2) - 4000))
+        return rc, timed_out, ready, out.read((output_mb << 20) + 1), err.read(), elapsed
+
+
 def valid_test(t) -> bool:
-    """Whether t is a test record run_tests understands."""
-    return isinstance(t, dict) and (isinstance(t.get("functional"), str) or (
-        isinstance(t.get("input"), str) and isinstance(t.get("output"), str)))
+    """Whether t is a test record run_tests understands: stdin ({"input", "output"}), in-sandbox function code
+    ({"functional"[, "prefix"]}) or split calls ({"calls", "checks", "entry"[, "prefix", "setup", "functional"]})."""
+    if not isinstance(t, dict):
+        return False
+    if "calls" in t:
+        return (isinstance(t["calls"], list) and isinstance(t.get("checks"), list) and len(t["calls"]) ==
+                len(t["checks"]) and all(isinstance(c, str) for c in t["calls"]) and isinstance(t.get("entry"), str)
+                and all(isinstance(k, list) and k and all(isinstance(x, str) for x in k) for k in t["checks"]))
+    return isinstance(t.get("functional"), str) or (isinstance(t.get("input"), str) and isinstance(t.get("output"),
+                                                                                                    str))
 
 
 def _run_one(code: str, test: dict, timeout_s: float, memory_mb: int, output_mb: int) -> TestResult:
     """One test in one confined child (see the module docstring)."""
     if not valid_test(test):
         return TestResult(False, "sandbox error", detail="malformed test record")
-    jail, fn, mark = _jail(), "functional" in test, os.urandom(16).hex().encode()
-    with _uid_slot(jail["root"]) as uid, contextlib.ExitStack() as st:
-        d = tempfile.mkdtemp(prefix="rw-")
-        st.callback(shutil.rmtree, d, True)
-        with open(os.path.join(d, "main.py"), "w") as f:
-            f.write(f"{test.get('prefix', '')}\n{code}\n{test['functional']}\n" if fn else code)
-        if uid is not None:
-            os.chown(d, uid, uid)
-        out, err, stdin = (st.enter_context(tempfile.TemporaryFile()) for _ in range(3))  # unlinked files
-        stdin.write(b"" if fn else test["input"].encode())
-        stdin.seek(0)
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": d, "TMPDIR": d, "LANG": "C.UTF-8",
-               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        t0 = time.monotonic()
-        p = subprocess.Popen(_argv(jail, uid, fn, timeout_s, memory_mb, output_mb), cwd=d, env=env,
-                             stdin=subprocess.PIPE if fn else stdin, stdout=out, stderr=err, start_new_session=True)
-        _LIVE.add((p.pid, d))
-        st.callback(_LIVE.discard, (p.pid, d))
-        rc, timed_out = _finish(p, mark if fn else None, timeout_s)
-        elapsed, cap = time.monotonic() - t0, output_mb << 20
-        out.seek(0)
-        err.seek(0)
-        ready = err.read(len(_READY)) == _READY
-        err.seek(max(len(_READY) if ready else 0, err.seek(0, 2) - 4000))
-        stdout, stderr = out.read(cap + 1), err.read()
-        passed, status = _verdict(rc, timed_out, ready, stdout, stderr, test, mark, cap)
-        return TestResult(passed, status, elapsed, "" if passed else stderr.decode("utf-8", "replace")[-1000:])
+    cap, notes = output_mb << 20, ()
+    want = _expected(test, timeout_s, memory_mb) if "calls" in test else None
+    if want is not None:
+        main, mode, stdin, entry = f"{test.get('prefix', '')}\n{code}\n{test.get('setup', '')}\n", "calls", repr(
+            test["calls"]).encode(), test["entry"]
+    elif "functional" in test:
+        mark, notes = os.urandom(16).hex().encode(), ("in-sandbox verdict",)
+        main, mode, stdin, entry = f"{test.get('prefix', '')}\n{code}\n{test['functional']}\n", "mark", mark, None
+    elif "calls" in test:
+        return TestResult(False, "sandbox error", detail="an expected value has no plain literal")
+    else:
+        main, mode, stdin, entry = code, "io", test["input"].encode(), None
+    rc, timed_out, ready, out, err, elapsed = _spawn(main, mode, stdin, entry, timeout_s, memory_mb, output_mb)
+    status, detail = _ending(rc, timed_out, ready, out, err, cap), err.decode("utf-8", "replace")[-1000:]
+    if status:
+        return TestResult(False, status, elapsed, detail, notes)
+    if rc != 0:
+        return TestResult(False, "wrong answer" if mode == "mark" and b"AssertionError" in err else "runtime error",
+                          elapsed, detail, notes)
+    if mode == "calls":
+        passed, status, why = _judge_calls(out, test, want)
+        return TestResult(passed, status, elapsed, "" if passed else why + "\n" + detail[-500:], notes)
+    passed = stdin in out if mode == "mark" else same_output(out.decode("utf-8", "replace"), test["output"])
+    return TestResult(passed, "pass" if passed else "wrong answer", elapsed, "" if passed else detail, notes)
 
 
 def run_tests(code: str, tests, timeout_s: float = 10.0, memory_mb: int = 1024, max_tests: int | None = 16,

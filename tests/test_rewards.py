@@ -171,15 +171,25 @@ def test_to_tests_layouts():
     assert rewards.to_tests(klear) == [{"input": "1 2\n", "output": "3\n"}, {"input": "3 4\n", "output": "7\n"}]
     assert rewards.to_tests({"reward_model": {"ground_truth": klear}}) == rewards.to_tests(klear)
     assert rewards.to_tests({"functional": "assert f(1) == 2"}) == [{"functional": "assert f(1) == 2"}]
-    call = rewards.to_tests({"inputs": [[2, 3]], "outputs": [[5]], "fn_name": "add"})
-    assert sandbox.run_tests("def add(a, b):\n    return a + b", call, timeout_s=5)[0].passed
+    call = rewards.to_tests({"inputs": [[2, 3], [1, 1]], "outputs": [[5], [2]], "fn_name": "add"})
+    assert call[0]["calls"] == ["candidate(*[2, 3])"] and call[0]["checks"] == [["eq_any", "[5]"]]
+    res = sandbox.run_tests("def add(a, b):\n    return a + b", call, timeout_s=5)
+    assert [r.passed for r in res] == [True, True] and not any(r.notes for r in res)
+    legacy = [{"functional": t["functional"]} for t in call]  # the same checks as assert code, in the sandbox
+    res = sandbox.run_tests("class Solution:\n    def add(self, a, b):\n        return (a + b,)", legacy, timeout_s=5)
+    assert [r.passed for r in res] == [True, True] and all(r.notes == ("in-sandbox verdict",) for r in res)
     lc = {"test_code": "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(\n        2) == 3\n",
           "entry_point": "f", "prompt_prefix": "import math"}
     tests = rewards.to_tests(lc)
     assert len(tests) == 2 and all(t["prefix"] == "import math" for t in tests)
     assert "candidate(1)" in tests[0]["functional"] and "candidate(1)" not in tests[1]["functional"]
-    assert rewards.to_tests({"test": "def check(candidate):\n    assert candidate(1)\n", "entry_point": "g"}) == [
-        {"functional": "def check(candidate):\n    assert candidate(1)\n\ncheck(g)\n", "prefix": ""}]
+    assert tests[1]["calls"] == ["candidate(2)"] and tests[1]["checks"] == [["eq", "3"]] and tests[1]["entry"] == "f"
+    he = "import math\ndef check(candidate):\n    assert candidate(1)\n    assert abs(candidate(2) - 0.5) < 1e-6\n"
+    assert rewards.to_tests({"test": he, "entry_point": "g"}) == [
+        {"functional": he + "\ncheck(g)\n", "prefix": "", "calls": ["candidate(1)", "candidate(2)"],
+         "checks": [["truthy"], ["abs<", "0.5", "1e-06"]], "entry": "g", "setup": "import math"}]
+    loop = "def check(candidate):\n    for x in (1, 2):\n        assert candidate(x)\n"  # no split: in-sandbox
+    assert rewards.to_tests({"test": loop, "entry_point": "g"}) == [{"functional": loop + "\ncheck(g)\n", "prefix": ""}]
     for junk in ("not json", "[1, 2]", None, 17, {"inputs": 5, "outputs": 3}, {"what": 1}, b"\xff"):
         assert rewards.to_tests(junk) == []
 

@@ -7,8 +7,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from conftest import need_shared
 
 import rewards
@@ -186,3 +188,84 @@ def test_broken_sandbox_is_a_sandbox_error(monkeypatch):
     monkeypatch.setattr(sandbox, "_BOOT", "import sys; sys.path.insert(0, '/nonexistent'); import sandbox")
     res = sandbox.run_tests("print(1)", [{"input": "", "output": "1"}, {"functional": "assert 1"}], timeout_s=5)
     assert [r.status for r in res] == ["sandbox error"] * 2 and "No module named" in res[0].detail
+
+
+# ----------------------------------------------------------------------------------------------- split function tests
+
+SPLIT = rewards.to_tests({"test_code": "def check(candidate):\n    assert candidate(3, 4) == 7\n"
+                          "    assert candidate(10, 5) == 15\n    assert not candidate(-1, 1)\n",
+                          "entry_point": "add", "prompt_prefix": ""})
+FORGERS = {  # name: program that tries to pass `add` without adding
+    "always-equal result": "class AnyEq:\n    def __eq__(self, o):\n        return True\n    __hash__ = None\n"
+                           "def add(a, b):\n    return AnyEq()",
+    "frames walked, every string found written to every fd, exit 0":
+        "import os, sys\nfound = []\nf = sys._getframe()\nwhile f:\n"
+        "    found += [v for d in (f.f_locals, f.f_globals) for v in d.values() if isinstance(v, (str, bytes))]\n"
+        "    f = f.f_back\nblob = '\\n'.join(x if isinstance(x, str) else x.decode('latin1') for x in found)\n"
+        "for fd in range(1, 64):\n    try:\n        os.write(fd, blob.encode() + b'\\n=True\\n')\n    except OSError:\n"
+        "        pass\nos._exit(0)",
+    "__eq__ raises": "class R:\n    def __eq__(self, o):\n        raise AssertionError\ndef add(a, b):\n    return R()",
+    "__class__ spoofing": "class Fake:\n    __class__ = int\n    def __eq__(self, o):\n        return True\n"
+                          "def add(a, b):\n    return Fake()",
+    "float subclass with a lying __eq__": "class F(float):\n    def __eq__(self, o):\n        return True\n"
+                                          "def add(a, b):\n    return F(0.0)",
+    "fake result lines, exit 0": "import os\nfor fd in range(1, 64):\n    try:\n"
+                                 "        os.write(fd, b'=True\\n' * 3)\n    except OSError:\n        pass\n"
+                                 "os._exit(0)",
+    "kills the parent's reader": "import os\nfor pid in (os.getppid(), -1, 1):\n    try:\n        os.kill(pid, 9)\n"
+                                 "    except OSError:\n        pass\ndef add(a, b):\n    return 1",
+    "result too large to encode": "def add(a, b):\n    return ['x' * 1000] * 20000",
+    "patched builtins": "import builtins\nclass AnyEq:\n    def __eq__(self, o):\n        return True\n"
+                        "builtins.type = lambda x: int\nbuiltins.repr = lambda x: '7'\nbuiltins.isinstance = "
+                        "lambda *a: True\ndef add(a, b):\n    return AnyEq()",
+}
+
+
+def test_split_tests_cannot_be_forged():
+    """Expected values never enter the sandbox and results come back as plain data: every forger scores 0 on
+    every split test, while the honest program scores 1."""
+    assert len(SPLIT) == 3 and all("calls" in t for t in SPLIT)
+    assert rewards.code_reward(py("def add(a, b):\n    return a + b"), SPLIT, timeout_s=5) == 1.0
+    sentinel = subprocess.Popen(["sleep", "60"])
+    with ThreadPoolExecutor(3) as pool:
+        got = dict(zip(FORGERS, pool.map(lambda c: sandbox.run_tests(c, SPLIT, timeout_s=5), FORGERS.values())))
+    for name, res in got.items():
+        assert not any(r.passed for r in res), (name, res)
+        assert all(r.status in ("wrong answer", "runtime error", "output limit") for r in res), (name, res)
+    assert "has no plain value" in got["always-equal result"][0].detail
+    assert sentinel.poll() is None
+    sentinel.kill()
+    sentinel.wait()
+
+
+def test_literal_encoding_is_type_exact():
+    enc = sandbox._encoder(1 << 20)
+    values = [0, -7, 2**80, 1.5, -0.0, float("inf"), float("-inf"), 1e-300, 2 - 3j, "", "a'\"\n\x00é", b"\xff",
+              True, False, None, [], (), (1,), [1, [2, (3, {4: "x"})]], {1: 2, "k": None, (1, 2): [3]}, set(),
+              {1, 2.5}, frozenset(), frozenset({"a"}), {"t": (True, 1, 1.0)}]
+    for v in values:
+        back = sandbox.literal(enc(v))
+        assert back == v and repr(back) == repr(v) and type(back) is type(v), (v, back)
+    assert repr(sandbox.literal(enc(float("nan")))) == "nan"
+    assert type(sandbox.literal(enc([True, 1, 1.0]))[0]) is bool  # a tuple stays a tuple, True stays a bool
+    for bad in (type("I", (int,), {})(3), object(), [1, object()], {1: range(3)}, ["x" * 600_000] * 2):
+        with pytest.raises((TypeError, ValueError)):
+            enc(bad)
+    for text in ("__import__('os')", "float('1e3')", "[x]", "(1).real", "f(1)", "1 + 2", "{**a}", "lambda: 1"):
+        with pytest.raises((ValueError, SyntaxError)):
+            sandbox.literal(text)
+
+
+def test_expected_values_need_no_program_and_odd_shapes_stay_in_the_sandbox():
+    """Non-literal expectations are evaluated once by a child that never runs the program; an assert of another
+    shape runs in the sandbox and is counted as such."""
+    prefix = "def sq_list(n):\n    return [i * i for i in range(n)]\n"
+    tests = rewards.to_tests({"test_code": "def check(candidate):\n    assert candidate(4) == sq_list(4)\n"
+                              "    assert sorted(candidate(3)) == [0, 1, 4]\n", "entry_point": "f",
+                              "prompt_prefix": prefix})
+    assert "calls" in tests[0] and "calls" not in tests[1]
+    code = "def f(n):\n    return [i * i for i in range(n)]"
+    seen = Counter()
+    assert rewards.code_reward(py(code), tests, statuses=seen, timeout_s=5) == 1.0
+    assert seen == Counter({"pass": 2, "in-sandbox verdict": 1}), seen
+    assert sandbox._EXPECT[(prefix, "", "sq_list(4)")] == ("ok", [0, 1, 4, 9])
