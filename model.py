@@ -401,13 +401,37 @@ class Qwen3(nn.Module):
 
     def _doc_mask(self, doc_ids: Tensor):
         """Causal and same-document: a FlexAttention BlockMask on CUDA, else a bool mask (B, 1, T, T)."""
-        B, T = doc_ids.shape
         if doc_ids.is_cuda and self.use_flex:
-            from torch.nn.attention.flex_attention import create_block_mask
-            mask_mod = lambda b, h, q, k: (k <= q) & (doc_ids[b, q] == doc_ids[b, k])
-            return create_block_mask(mask_mod, B, None, T, T, device=doc_ids.device)
+            return doc_block_mask(doc_ids)
+        T = doc_ids.shape[1]
         causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
         return (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]
+
+
+def doc_block_mask(doc_ids: Tensor, block: int = 128):
+    """The causal same-document BlockMask of packed rows (B, T), built at block level: memory and time grow with
+    (T / block)^2, not T^2. (create_block_mask evaluates the mask on every (query, key) pair: ~10 bytes each, 10 GiB
+    at T = 32K, uncompiled.) Documents are contiguous runs; run ids (a cumulative count of id changes) are sorted,
+    so a block pair is empty past the diagonal or when the key block's last run precedes the query block's first,
+    full below the diagonal when both blocks lie in one run, else partial (the mask_mod decides per pair)."""
+    from torch.nn.attention.flex_attention import BlockMask
+    B, T = doc_ids.shape
+    run = torch.cat([torch.zeros_like(doc_ids[:, :1]), (doc_ids[:, 1:] != doc_ids[:, :-1]).long()], 1).cumsum(1)
+    n = -(-T // block)
+    first, last = run[:, ::block], run[:, torch.arange(1, n + 1, device=run.device).mul(block).clamp(max=T) - 1]
+    q_first, q_last, k_first, k_last = first[:, :, None], last[:, :, None], first[:, None], last[:, None]  # (B, n, n)
+    below = torch.ones(n, n, dtype=torch.bool, device=run.device).tril(-1)
+    visit = (below | torch.eye(n, dtype=torch.bool, device=run.device)) & (k_last >= q_first)
+    full = below & (k_first == k_last) & (q_first == q_last) & (k_first == q_first)
+    partial = visit & ~full
+
+    def indices(blocks: Tensor) -> tuple[Tensor, Tensor]:  # (B, n, n) bool -> counts (B, 1, n), columns first
+        order = blocks.int().argsort(dim=-1, descending=True, stable=True)
+        return blocks.sum(-1).int()[:, None], order.int()[:, None]
+
+    mask_mod = lambda b, h, q, k: (k <= q) & (doc_ids[b, q] == doc_ids[b, k])
+    return BlockMask.from_kv_blocks(*indices(partial), *indices(full), BLOCK_SIZE=block, mask_mod=mask_mod,
+                                    seq_lengths=(T, T))
 
 
 def build_model(config: Qwen3Config, device="cpu", dtype: torch.dtype = torch.float32, seed: int | None = None
