@@ -331,10 +331,26 @@ def reduce_update_metrics(acc: dict, n_mini: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ set-up and run
-def load_prompts(a, tok, context: int) -> tuple[list[dict], list[list[int]]]:
-    """Tasks from --data rendered with the chat template; prompts over --max-prompt-tokens (or too long to leave
-    --max-response-tokens in the model's context) are dropped and counted."""
-    cap = min(a.max_prompt_tokens, context - a.max_response_tokens)
+def context_split(a, context: int) -> None:
+    """How the recipe spends the model's context (docs/ALGORITHM.md, section 3): responses up to
+    --max-response-tokens, by default min(32,768, the context less the prompt cap, which takes at most half of it),
+    and prompts up to min(--max-prompt-tokens, what the responses leave). Qwen3-8B-Base (max_position_embeddings
+    32,768) gets prompts <= 4,096 + responses <= 28,672. Sets both caps on `a`; no room for either is an error
+    naming both flags and the config field."""
+    if a.max_response_tokens is None:
+        a.max_response_tokens = min(32768, context - min(a.max_prompt_tokens, context // 2))
+    a.max_prompt_tokens = min(a.max_prompt_tokens, context - a.max_response_tokens)
+    if min(a.max_prompt_tokens, a.max_response_tokens) < 1:
+        raise SystemExit(f"gppo: --max-prompt-tokens {a.max_prompt_tokens} + --max-response-tokens "
+                         f"{a.max_response_tokens} do not fit the model's context (max_position_embeddings "
+                         f"{context} in its config.json): lower one of them, or extend the context with YaRN")
+    sft.print0(f"gppo: context {context} = prompts <= {a.max_prompt_tokens} + responses <= {a.max_response_tokens}")
+
+
+def load_prompts(a, tok) -> tuple[list[dict], list[list[int]]]:
+    """Tasks from --data rendered with the chat template; prompts over --max-prompt-tokens are dropped and counted
+    (context_split has made sure that prompt + response fit the model's context)."""
+    cap = a.max_prompt_tokens
     tasks, prompts, dropped = [], [], 0
     for t in rollout.load_tasks(a.data, skip_bad=a.skip_bad):
         ids = tok.encode(data.render_chat(t["messages"], add_generation_prompt=True, enable_thinking=not a.no_thinking))
@@ -345,15 +361,15 @@ def load_prompts(a, tok, context: int) -> tuple[list[dict], list[list[int]]]:
         prompts.append(ids)
     sft.print0(f"gppo: {len(tasks)} prompts from {a.data}, {dropped} dropped as longer than {cap} tokens")
     if not tasks:
-        raise SystemExit(f"gppo: no prompt of {a.data} fits {cap} tokens (--max-prompt-tokens {a.max_prompt_tokens}, "
-                         f"max_position_embeddings {context} - --max-response-tokens {a.max_response_tokens})")
+        raise SystemExit(f"gppo: no prompt of {a.data} fits --max-prompt-tokens {cap}")
     return tasks, prompts
 
 
 def setup(a, dist) -> dict:
     tok, model = sft.load_model(a, dist.rank)  # fp32 on the CPU (rank 0); shard_model shards it to the devices
     model = sft.shard_model(model, dist, checkpointing=a.checkpointing)  # gradients SUM over ranks
-    tasks, prompts = load_prompts(a, tok, model.config.max_position_embeddings)
+    context_split(a, model.config.max_position_embeddings)
+    tasks, prompts = load_prompts(a, tok)
     probe = data.render_chat([{"role": "user", "content": "x"}], add_generation_prompt=True,
                              enable_thinking=not a.no_thinking)
     reward_opts = {"correct": a.correct, "timeout_s": a.code_timeout}
@@ -419,7 +435,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--no-thinking", action="store_true", help="render prompts with enable_thinking=False "
                    "(the prompt then holds <think></think>, so the reward's <think> check is off)")
     g.add_argument("--max-prompt-tokens", type=int, default=4096, help="longer prompts are dropped")
-    g.add_argument("--max-response-tokens", type=int, default=32768, help="response cap (truncation = 'length')")
+    g.add_argument("--max-response-tokens", type=int, default=None, help="response cap (truncation = 'length'); "
+                   "default: the rest of the model's context after --max-prompt-tokens, at most 32768")
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("rollouts and rewards (RECIPE.md section 3)")
     g.add_argument("--prompts-per-step", type=int, default=128, help="groups kept per RL step over all ranks")
@@ -463,11 +480,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--save-every", type=int, default=50)
     g.add_argument("--no-export", dest="export", action="store_false", help="skip the HF export at the end")
     g.add_argument("--bench", action="store_true", help="a few steps of a tiny model, then the time split")
+    g.add_argument("--preflight", action="store_true", help="check the context split against --model's config.json "
+                   "(and that --data exists), print it, exit")
     sft.add_run_args(p)  # the flags shared with sft.py: collective timeout, experiment trackers
     a = p.parse_args(argv)
     for k, v in STAGES[a.stage].items():
         setattr(a, k, v if getattr(a, k) is None else getattr(a, k))
-    if not a.bench and not (a.model and a.data):
+    if a.preflight and not a.model:
+        p.error("--preflight checks --model's config.json: give --model")
+    if not (a.bench or a.preflight) and not (a.model and a.data):
         p.error("--model and --data are required")
     return a
 
@@ -499,8 +520,17 @@ def bench(a) -> None:
           + f" | step {step_t / len(rows):.3f}s | rollout share {(tot['t_generate'] + tot['t_reward']) / step_t:.0%}")
 
 
+def preflight(a) -> None:
+    """train.sh's check before any long work: the context split fits the model, the data file exists."""
+    context_split(a, qwen.Qwen3Config.from_json(Path(a.model) / "config.json").max_position_embeddings)
+    if a.data and not Path(a.data).is_file():
+        raise SystemExit(f"gppo: --data not found: {a.data}")
+
+
 def main(argv=None) -> None:
     a = parse_args(argv)
+    if a.preflight:
+        return preflight(a)
     with sft.distributed_run():
         bench(a) if a.bench else train(a)
 

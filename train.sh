@@ -116,6 +116,9 @@ for v in SFT_DATA MATH_DATA CODE_DATA; do
   need_file "${!v}" "$v"
 done
 [ -z "$EVAL_DATA" ] || need_file "$EVAL_DATA" EVAL_DATA
+# the context split: prompts <= 4096 + responses <= the rest of the model's context (28,672 on Qwen3-8B-Base)
+SPLIT="--max-prompt-tokens ${MAX_PROMPT:-4096} ${MAX_RESPONSE:+--max-response-tokens $MAX_RESPONSE}"
+$PY gppo.py --preflight --model "$MODEL" $SPLIT || die "the context split does not fit $MODEL/config.json"
 LAUNCH="torchrun --nnodes $NNODES --node-rank $NODE_RANK --nproc-per-node $NPROC --master-addr $MASTER_ADDR \
   --master-port $MASTER_PORT"
 
@@ -125,13 +128,12 @@ $LAUNCH sft.py --model "$MODEL" --data "$SFT_DATA" --out "$OUT/sft" --resume --c
   --tokens-per-step "${SFT_TOKENS:-4194304}"
 say "RL stage 1, math: GPPO lr 1e-6, 128 prompts x 8, mini-batch 16 prompts"
 $LAUNCH gppo.py --stage math --model "$OUT/sft/hf" --data "$MATH_DATA" --out "$OUT/rl_math" --resume --checkpointing \
-  --loss "${LOSS:-gppo}" --steps "${MATH_STEPS:-500}" --max-response-tokens "${MAX_RESPONSE:-32768}" \
-  ${EVAL_DATA:+--eval "$EVAL_DATA"}
+  --loss "${LOSS:-gppo}" --steps "${MATH_STEPS:-500}" $SPLIT ${EVAL_DATA:+--eval "$EVAL_DATA"}
 say "RL stage 2, code: GPPO lr 5e-7, mini-batch 32 prompts"
 $LAUNCH gppo.py --stage code --model "$OUT/rl_math/hf" --data "$CODE_DATA" --out "$OUT/rl_code" --resume \
-  --checkpointing --loss "${LOSS:-gppo}" --steps "${CODE_STEPS:-500}" --max-response-tokens "${MAX_RESPONSE:-32768}"
+  --checkpointing --loss "${LOSS:-gppo}" --steps "${CODE_STEPS:-500}" $SPLIT
 if [ -n "$EVAL_DATA" ]; then
   say "evaluation: temperature 0.6, top-p 0.95, avg@${EVAL_N:-64}"
   $PY rollout.py --model "$OUT/rl_code/hf" --eval "$EVAL_DATA" --n "${EVAL_N:-64}" --temperature 0.6 --top-p 0.95 \
-    --max-new-tokens "${MAX_RESPONSE:-32768}" --out "$OUT/eval.jsonl" --summary "$OUT/eval.json" --resume
+    ${MAX_RESPONSE:+--max-new-tokens $MAX_RESPONSE} --out "$OUT/eval.jsonl" --summary "$OUT/eval.json" --resume
 fi

@@ -312,6 +312,9 @@ def test_end_to_end_learns_and_resumes_after_kill(tiny_run, capsys, one_thread):
               "logp_diff", "t_generate", "t_reward", "t_old_logp", "t_update"):
         assert all(k in full[s] or "skipped" in full[s] for s in full), k
     assert max(full[s].get("logp_diff", 0.0) for s in full) < 1e-4  # sampler and trainer share model.py
+    for r in full.values():  # the engine's counters: every sampled token counted, the KV memory within its budget
+        assert r["gen/generated"] == round(r["resp_len"] * 16 * 8) and 0 < r["gen/peak_kv"] <= 1 << 20
+        assert r["gen/prefill"] > 0 and r["gen/forwards"] == 0  # one-token answers come from the prefill alone
     for r in full.values():  # a step without any learning signal is skipped, with its reason
         assert (r["groups_kept"] == 0) == ("skipped" in r) == ("t_update" not in r)
 
@@ -349,3 +352,40 @@ def test_two_ranks_gradients_and_learning(tiny_run):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "GRADCHECK OK" in p.stdout
     assert_learns(metrics(out), steps)
+
+
+def test_recipe_context_split_on_qwen3_8b_base(tmp_path, capsys):
+    from conftest import need_shared
+    config = need_shared("qwen3-configs", "Qwen3-8B-Base", "config.json")
+    aime, tokenizer = need_shared("math", "aime2024.jsonl"), need_shared("qwen3-tokenizer")
+    (tmp_path / "config.json").write_text(config.read_text())
+    gppo.main(["--preflight", "--model", str(tmp_path), "--data", str(aime)])
+    assert "context 32768 = prompts <= 4096 + responses <= 28672" in capsys.readouterr().out
+    for bad in (["--max-response-tokens", "32768"], ["--max-prompt-tokens", "0"]):
+        with pytest.raises(SystemExit, match=r"\+ --max-response-tokens \d+ do not fit the model's context \("
+                                             r"max_position_embeddings 32768"):
+            gppo.main(["--preflight", "--model", str(tmp_path)] + bad)
+    with pytest.raises(SystemExit, match="--data not found"):
+        gppo.main(["--preflight", "--model", str(tmp_path), "--data", str(tmp_path / "none.jsonl")])
+    # the prompts load with the recipe's defaults (before the split, a cap of 32768 - 32768 = 0 dropped them all)
+    a = gppo.parse_args(["--model", str(tmp_path), "--data", str(aime)])
+    gppo.context_split(a, 32768)
+    tasks, prompts = gppo.load_prompts(a, data.load_tokenizer(tokenizer))
+    assert len(tasks) == 30 and a.max_response_tokens == 28672 and max(map(len, prompts)) <= 4096
+
+
+def test_train_sh_preflight_refuses_a_split_that_does_not_fit(tmp_path):
+    cfg = dataclasses.replace(qwen.Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                               num_attention_heads=2, num_key_value_heads=1, head_dim=16),
+                              max_position_embeddings=32768)
+    qwen.save_pretrained(qwen.build_model(cfg, seed=0), tmp_path / "m")
+    data.demo_tokenizer().save(tmp_path / "m")
+    for name in ("sft", "math", "code"):
+        (tmp_path / f"{name}.jsonl").write_text("{}\n")
+    env = dict(os.environ, MODEL=str(tmp_path / "m"), SFT_DATA=str(tmp_path / "sft.jsonl"), SKIP_SETUP="1",
+               MATH_DATA=str(tmp_path / "math.jsonl"), CODE_DATA=str(tmp_path / "code.jsonl"), MAX_RESPONSE="32768",
+               OUT=str(tmp_path / "out"), PYTHON=sys.executable)
+    r = subprocess.run(["bash", str(Path(gppo.__file__).parent / "train.sh")], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "--max-response-tokens 32768 do not fit the model's context" in r.stderr
+    assert "the context split does not fit" in r.stderr and not (tmp_path / "out" / "sft").exists()
