@@ -10,12 +10,17 @@ it with the roofline formula it states.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
+import subprocess
 import sys
 import time
 from collections import defaultdict
 
 import torch
 
+import kernels
 import rollout
 from model import Qwen3Config, build_model
 
@@ -268,6 +273,204 @@ def bench_decode_gpu(argv: list[str], device: str = "cuda", batches=(1, 256), pr
         bound = batch * bandwidth / (weights + batch * kv_token * (prompt_len + new / 2))
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
         print(f"| {batch} | {rate:.0f} | {bound:.0f} | {rate / bound:.2f} | {peak:.1f} |")
+
+
+# ------------------------------------------------------------------------------------------------ model
+@bench
+def bench_model(argv: list[str]) -> None:
+    """Forward+backward tokens/s of this model vs transformers' Qwen3 on the same config, weights and inputs."""
+    from transformers import Qwen3Config as HFConfig
+    from transformers import Qwen3ForCausalLM
+    p = argparse.ArgumentParser(prog="bench.py model")
+    p.add_argument("--config", default=None, help="config.json to use (default: a tiny 4-layer Qwen3)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--iters", type=int, default=10, help="timed steps per model and mode")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (1: steadier on a shared machine)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = Qwen3Config.from_json(args.config) if args.config else Qwen3Config(
+        vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, tie_word_embeddings=True)
+    dtype = getattr(torch, args.dtype)
+    ours = build_model(cfg, args.device, dtype, seed=0)
+    theirs = Qwen3ForCausalLM(HFConfig(**cfg.to_dict(), attn_implementation="sdpa")).to(args.device, dtype)
+    theirs.load_state_dict(ours.state_dict(), strict=False)  # missing lm_head when tied: tied in HF too
+    ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), device=args.device)
+    with torch.no_grad():
+        a, b = ours.lm_head(ours(ids)).float(), theirs(ids).logits.float()
+    print(f"config {cfg}\nlogits max abs diff {(a - b).abs().max().item():.3e}, max |logit| {b.abs().max().item():.2f}")
+    steps = {"ours": lambda: ours.lm_head(ours(ids)), "transformers": lambda: theirs(ids).logits}
+    for mode in ("forward", "forward+backward"):
+        times = {k: [] for k in steps}
+        for _ in range(args.iters + 2):  # interleaved so that load from other processes hits both alike
+            for name, fn in steps.items():
+                times[name].append(_time_step(fn, ids, mode == "forward", args.device))
+        tps = {k: ids.numel() / sorted(v[2:])[len(v[2:]) // 2] for k, v in times.items()}  # median, no warm-up
+        print(f"{mode}: ours {tps['ours']:.0f} tok/s | transformers {tps['transformers']:.0f} tok/s | "
+              f"ratio {tps['ours'] / tps['transformers']:.2f}x")
+
+
+def _time_step(fn, ids: torch.Tensor, forward_only: bool, device: str) -> float:
+    t0 = time.perf_counter()
+    with torch.set_grad_enabled(not forward_only):
+        logits = fn()
+        if not forward_only:
+            torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten()).backward()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------------ kernels
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
+
+
+def _fwd_bwd(backend: str, hidden, weight, targets) -> torch.Tensor:
+    logp = kernels.token_logprobs(hidden, weight, targets, backend=backend)
+    logp.sum().backward()
+    return logp.detach()
+
+
+def _bench_case(backend: str, n: int, h: int, v: int) -> dict:
+    """One forward+backward in this (fresh) process: peak extra RSS and wall time."""
+    _fwd_bwd(backend, torch.randn(64, h, requires_grad=True), torch.randn(512, h, requires_grad=True),
+             torch.randint(0, 512, (64,)))  # warm up threads and allocator on a tiny case
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(n, h, requires_grad=True), (torch.randn(v, h) * 0.02).requires_grad_()
+    targets = torch.randint(0, v, (n,))
+    base = _rss_bytes()
+    # cap the address space so that a case too big for the machine fails here instead of waking the OOM killer
+    limit = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE") + _mem_available()
+    resource.setrlimit(resource.RLIMIT_AS, (limit - 2**30, resource.RLIM_INFINITY))
+    t0, ru0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        logp = _fwd_bwd(backend, hidden, weight, targets)
+    except (RuntimeError, MemoryError) as err:
+        return {"error": str(err).splitlines()[0][:200]}
+    wall, ru = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    user, sys_ = ru.ru_utime - ru0.ru_utime, ru.ru_stime - ru0.ru_stime  # sys: mostly page faults of fresh memory
+    return {"peak": ru.ru_maxrss * 1024 - base, "time": wall, "cpu": user + sys_, "user": user,
+            "logp_mean": logp.mean().item()}
+
+
+def _run_case(backend: str, n: int, h: int, v: int) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "kernels", "--case", backend, str(n), str(h), str(v)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    lines = out.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if out.returncode == 0 and lines else {"error": out.stderr.strip()[-300:]}
+
+
+@bench
+def bench_kernels(argv: list[str], h=1024, v=151936) -> None:
+    """CPU fp32, fused vs naive log-probs: memory and time. Every case runs in a fresh subprocess; peak extra =
+    ru_maxrss after forward+backward minus the RSS just before it (inputs allocated, warmed up on a tiny case).
+    Buffers above 32 MB are mmap'ed by glibc and unmapped on free, so RSS follows the live tensors. A naive case
+    that MemAvailable cannot hold is extrapolated linearly in N from the two largest measured ones (labelled).
+    Time: wall, process CPU seconds (fairer when other jobs share the cores) and user CPU seconds (without page
+    faults: what a machine with cheap faults, e.g. transparent huge pages, would see)."""
+    p = argparse.ArgumentParser(prog="bench.py kernels")
+    p.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 8192], help="token counts")
+    p.add_argument("--case", nargs=4, help=argparse.SUPPRESS)  # internal: BACKEND N H V, in a fresh process
+    a = p.parse_args(argv)
+    if a.case:
+        backend, *dims = a.case
+        return print(json.dumps(_bench_case(backend, *map(int, dims))))
+    sizes = a.sizes
+    print(f"fp32 CPU, H={h}, V={v}, {torch.get_num_threads()} threads; forward + backward of logp.sum(). peak = extra "
+          "RSS over the inputs, fresh process per case; cpu = process CPU seconds (robust on a shared machine); user = "
+          "cpu without the kernel's page-fault time (the FLOP-bound ratio: 4 logits GEMMs vs 3, so about 4/3)")
+    print("    N | naive peak MB | fused peak MB | mem ratio | naive wall/cpu s | fused wall/cpu s | wall ratio | "
+          "cpu ratio | user ratio | |dlogp mean|")
+    measured = []  # (n, naive result) for extrapolation
+    for n in sizes:
+        fused = _run_case("torch", n, h, v)
+        need = 3.3 * n * v * 4 + 2 * v * h * 4  # logits, log_softmax output and its gradient live together
+        naive = _run_case("naive", n, h, v) if need < _mem_available() - 2**31 else {"error": "not enough memory"}
+        label = ""
+        if "error" in naive and len(measured) >= 2:  # linear in N: extrapolate, clearly labelled
+            (n0, r0), (n1, r1) = measured[-2:]
+            label = f"  <- naive EXTRAPOLATED from N={n0},{n1} ({naive['error']})"
+            naive = {k: r1[k] + (r1[k] - r0[k]) * (n - n1) / (n1 - n0) for k in ("peak", "time", "cpu", "user")}
+            naive["logp_mean"] = float("nan")
+        elif "error" not in naive:
+            measured.append((n, naive))
+        if "error" in fused or "error" in naive:
+            print(f"{n:5d} | error: fused {fused.get('error')} naive {naive.get('error')}")
+            continue
+        print(f"{n:5d} | {naive['peak'] / 2**20:13.0f} | {fused['peak'] / 2**20:13.0f} | "
+              f"{fused['peak'] / naive['peak']:9.3f} | {naive['time']:7.1f} /{naive['cpu']:7.1f} | "
+              f"{fused['time']:7.1f} /{fused['cpu']:7.1f} | {fused['time'] / naive['time']:10.2f} | "
+              f"{fused['cpu'] / naive['cpu']:9.2f} | {fused['user'] / naive['user']:10.2f} | "
+              f"{abs(fused['logp_mean'] - naive['logp_mean']):.1e}{label}")
+
+
+def _cuda_time(fn, iters=5) -> float:
+    fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / iters
+
+
+def _gpu_case(backend: str, hidden, weight, targets) -> tuple[float, float, int]:
+    """(forward s, forward+backward s, peak extra bytes) of logp.sum() + 0.1 * entropy.sum()."""
+    def step():
+        hidden.grad = weight.grad = None
+        logp, ent = kernels.token_logprobs(hidden, weight, targets, return_entropy=True, backend=backend)
+        (logp.sum() + 0.1 * ent.sum()).backward()
+
+    with torch.no_grad():
+        fwd = lambda: kernels.token_logprobs(hidden, weight, targets, return_entropy=True, backend=backend)
+        t_fwd = _cuda_time(fwd)
+    t_step = _cuda_time(step)
+    hidden.grad = weight.grad = None
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step()
+    return t_fwd, t_step, torch.cuda.max_memory_allocated() - base
+
+
+def _gpu_check(hidden, weight, targets) -> None:
+    """Triton vs naive at the benchmark shape, temperature 0.7: relative L2 errors of both outputs and grads."""
+    outs = []
+    for backend in ("triton", "naive"):
+        h, w = hidden.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+        logp, ent = kernels.token_logprobs(h, w, targets, 0.7, return_entropy=True, backend=backend)
+        (logp.sum() + 0.1 * ent.sum()).backward()
+        outs.append([t.detach().float() for t in (logp, ent, h.grad, w.grad)])
+    errs = [((a - b).norm() / b.norm()).item() for a, b in zip(*outs)]
+    print("triton vs naive, relative L2 error: logp {:.1e} entropy {:.1e} dhidden {:.1e} dweight {:.1e}".format(*errs))
+
+
+@bench
+def bench_kernels_gpu(argv: list[str], n=8192, h=4096, v=151936, peak_tflops=989.0) -> None:
+    """CUDA bf16: the Triton kernels' TFLOP/s and memory against naive, and their error at temperature 0.7."""
+    torch.manual_seed(0)
+    hidden = torch.randn(n, h, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    weight = (torch.randn(v, h, device="cuda") * 0.02).to(torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, v, (n,), device="cuda")
+    flops = 2 * n * v * h  # one (N, H) x (H, V) GEMM; fwd+bwd counts 3 (the backward's recompute is not counted)
+    print(f"bf16 {torch.cuda.get_device_name()}, N={n}, H={h}, V={v}; TFLOP/s vs {peak_tflops:.0f} peak")
+    _gpu_check(hidden, weight, targets)
+    for backend in ("triton", "naive"):
+        t_fwd, t_step, peak = _gpu_case(backend, hidden, weight, targets)
+        print(f"{backend:6s} | fwd {t_fwd * 1e3:7.2f} ms {flops / t_fwd / 1e12:6.1f} TFLOP/s "
+              f"({flops / t_fwd / 1e10 / peak_tflops:4.1f}%) | fwd+bwd {t_step * 1e3:7.2f} ms "
+              f"{3 * flops / t_step / 1e12:6.1f} TFLOP/s ({3 * flops / t_step / 1e10 / peak_tflops:4.1f}%) | "
+              f"peak extra {peak / 2**30:6.2f} GiB")
 
 
 # ------------------------------------------------------------------------------------------------ rewards

@@ -22,27 +22,15 @@ Design
   tile and writes its dlogits into a (chunk, V) input-dtype buffer (~1 GiB), then two cuBLAS GEMMs (dh = dz @ W,
   dW += dz.T @ h).
   "naive" = full logits + log_softmax + gather (tests and benchmarks only). "auto" = triton on CUDA, else torch.
-- Benchmark memory on CPU: every case runs in a fresh subprocess; peak extra = ru_maxrss after forward+backward
-  minus the RSS just before it (inputs allocated, warmed up on a tiny case). Buffers above 32 MB are mmap'ed by
-  glibc and unmapped on free, so RSS follows the live tensors. A naive case that MemAvailable cannot hold is
-  skipped and extrapolated linearly in N from the two largest measured ones (labelled). Time is reported as
-  wall, as process CPU seconds (the fairer ratio when other jobs share the cores) and as user CPU seconds
-  (without page faults: what a machine with cheap faults, e.g. transparent huge pages, would see).
 
 Commands
-  python kernels.py --bench       # CPU: fused vs naive, N in {1024, 4096, 8192}, H=1024, V=151936, fp32
-  python kernels.py --bench-gpu   # GPU: Triton at N=8192, H=4096, V=151936, bf16: TFLOP/s and memory vs naive
+  python bench.py kernels         # CPU: fused vs naive, N in {1024, 4096, 8192}, H=1024, V=151936, fp32
+  python bench.py kernels_gpu     # GPU: Triton at N=8192, H=4096, V=151936, bf16: TFLOP/s and memory vs naive
   pytest tests/test_kernels.py    # Triton parts re-run in a subprocess under TRITON_INTERPRET=1
 """
 from __future__ import annotations  # keeps `tl.constexpr` annotations lazy, so this file imports without triton
 
-import argparse
-import json
 import os
-import resource
-import subprocess
-import sys
-import time
 
 import torch
 
@@ -327,158 +315,3 @@ def _triton_backward(hidden, weight, targets, lse, ent, gl, ge, inv_t, chunk):
         dh[s:e] = dz[: e - s] @ weight  # cuBLAS: (C, V) @ (V, H)
         dw += dz[: e - s].T @ hidden[s:e]  # (V, C) @ (C, H), fp32-accumulated inside, rounded once per chunk
     return dh, dw.to(weight.dtype)
-
-
-# ---------------------------------------------------------------- benchmarks
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _mem_available() -> int:
-    with open("/proc/meminfo") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
-
-
-def _fwd_bwd(backend: str, hidden, weight, targets) -> torch.Tensor:
-    logp = token_logprobs(hidden, weight, targets, backend=backend)
-    logp.sum().backward()
-    return logp.detach()
-
-
-def _bench_case(backend: str, n: int, h: int, v: int) -> dict:
-    """One forward+backward in this (fresh) process: peak extra RSS and wall time."""
-    _fwd_bwd(backend, torch.randn(64, h, requires_grad=True), torch.randn(512, h, requires_grad=True),
-             torch.randint(0, 512, (64,)))  # warm up threads and allocator on a tiny case
-    torch.manual_seed(0)
-    hidden, weight = torch.randn(n, h, requires_grad=True), (torch.randn(v, h) * 0.02).requires_grad_()
-    targets = torch.randint(0, v, (n,))
-    base = _rss_bytes()
-    # cap the address space so that a case too big for the machine fails here instead of waking the OOM killer
-    limit = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE") + _mem_available()
-    resource.setrlimit(resource.RLIMIT_AS, (limit - 2**30, resource.RLIM_INFINITY))
-    t0, ru0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-    try:
-        logp = _fwd_bwd(backend, hidden, weight, targets)
-    except (RuntimeError, MemoryError) as err:
-        return {"error": str(err).splitlines()[0][:200]}
-    wall, ru = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
-    user, sys_ = ru.ru_utime - ru0.ru_utime, ru.ru_stime - ru0.ru_stime  # sys: mostly page faults of fresh memory
-    return {"peak": ru.ru_maxrss * 1024 - base, "time": wall, "cpu": user + sys_, "user": user,
-            "logp_mean": logp.mean().item()}
-
-
-def _run_case(backend: str, n: int, h: int, v: int) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--bench-case", backend, str(n), str(h), str(v)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    lines = out.stdout.strip().splitlines()
-    return json.loads(lines[-1]) if out.returncode == 0 and lines else {"error": out.stderr.strip()[-300:]}
-
-
-def bench_cpu(sizes=(1024, 4096, 8192), h=1024, v=151936) -> None:
-    print(f"fp32 CPU, H={h}, V={v}, {torch.get_num_threads()} threads; forward + backward of logp.sum(). peak = extra "
-          "RSS over the inputs, fresh process per case; cpu = process CPU seconds (robust on a shared machine); user = "
-          "cpu without the kernel's page-fault time (the FLOP-bound ratio: 4 logits GEMMs vs 3, so about 4/3)")
-    print("    N | naive peak MB | fused peak MB | mem ratio | naive wall/cpu s | fused wall/cpu s | wall ratio | "
-          "cpu ratio | user ratio | |dlogp mean|")
-    measured = []  # (n, naive result) for extrapolation
-    for n in sizes:
-        fused = _run_case("torch", n, h, v)
-        need = 3.3 * n * v * 4 + 2 * v * h * 4  # logits, log_softmax output and its gradient live together
-        naive = _run_case("naive", n, h, v) if need < _mem_available() - 2**31 else {"error": "not enough memory"}
-        label = ""
-        if "error" in naive and len(measured) >= 2:  # linear in N: extrapolate, clearly labelled
-            (n0, r0), (n1, r1) = measured[-2:]
-            label = f"  <- naive EXTRAPOLATED from N={n0},{n1} ({naive['error']})"
-            naive = {k: r1[k] + (r1[k] - r0[k]) * (n - n1) / (n1 - n0) for k in ("peak", "time", "cpu", "user")}
-            naive["logp_mean"] = float("nan")
-        elif "error" not in naive:
-            measured.append((n, naive))
-        if "error" in fused or "error" in naive:
-            print(f"{n:5d} | error: fused {fused.get('error')} naive {naive.get('error')}")
-            continue
-        print(f"{n:5d} | {naive['peak'] / 2**20:13.0f} | {fused['peak'] / 2**20:13.0f} | "
-              f"{fused['peak'] / naive['peak']:9.3f} | {naive['time']:7.1f} /{naive['cpu']:7.1f} | "
-              f"{fused['time']:7.1f} /{fused['cpu']:7.1f} | {fused['time'] / naive['time']:10.2f} | "
-              f"{fused['cpu'] / naive['cpu']:9.2f} | {fused['user'] / naive['user']:10.2f} | "
-              f"{abs(fused['logp_mean'] - naive['logp_mean']):.1e}{label}")
-
-
-def _cuda_time(fn, iters=5) -> float:
-    fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / iters
-
-
-def _gpu_case(backend: str, hidden, weight, targets) -> tuple[float, float, int]:
-    """(forward s, forward+backward s, peak extra bytes) of logp.sum() + 0.1 * entropy.sum()."""
-    def step():
-        hidden.grad = weight.grad = None
-        logp, ent = token_logprobs(hidden, weight, targets, return_entropy=True, backend=backend)
-        (logp.sum() + 0.1 * ent.sum()).backward()
-
-    with torch.no_grad():
-        t_fwd = _cuda_time(lambda: token_logprobs(hidden, weight, targets, return_entropy=True, backend=backend))
-    t_step = _cuda_time(step)
-    hidden.grad = weight.grad = None
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    step()
-    return t_fwd, t_step, torch.cuda.max_memory_allocated() - base
-
-
-def _gpu_check(hidden, weight, targets) -> None:
-    """Triton vs naive at the benchmark shape, temperature 0.7: relative L2 errors of both outputs and grads."""
-    outs = []
-    for backend in ("triton", "naive"):
-        h, w = hidden.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
-        logp, ent = token_logprobs(h, w, targets, 0.7, return_entropy=True, backend=backend)
-        (logp.sum() + 0.1 * ent.sum()).backward()
-        outs.append([t.detach().float() for t in (logp, ent, h.grad, w.grad)])
-    errs = [((a - b).norm() / b.norm()).item() for a, b in zip(*outs)]
-    print("triton vs naive, relative L2 error: logp {:.1e} entropy {:.1e} dhidden {:.1e} dweight {:.1e}".format(*errs))
-
-
-def bench_gpu(n=8192, h=4096, v=151936, peak_tflops=989.0) -> None:
-    torch.manual_seed(0)
-    hidden = torch.randn(n, h, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    weight = (torch.randn(v, h, device="cuda") * 0.02).to(torch.bfloat16).requires_grad_()
-    targets = torch.randint(0, v, (n,), device="cuda")
-    flops = 2 * n * v * h  # one (N, H) x (H, V) GEMM; fwd+bwd counts 3 (the backward's recompute is not counted)
-    print(f"bf16 {torch.cuda.get_device_name()}, N={n}, H={h}, V={v}; TFLOP/s vs {peak_tflops:.0f} peak")
-    _gpu_check(hidden, weight, targets)
-    for backend in ("triton", "naive"):
-        t_fwd, t_step, peak = _gpu_case(backend, hidden, weight, targets)
-        print(f"{backend:6s} | fwd {t_fwd * 1e3:7.2f} ms {flops / t_fwd / 1e12:6.1f} TFLOP/s "
-              f"({flops / t_fwd / 1e10 / peak_tflops:4.1f}%) | fwd+bwd {t_step * 1e3:7.2f} ms "
-              f"{3 * flops / t_step / 1e12:6.1f} TFLOP/s ({3 * flops / t_step / 1e10 / peak_tflops:4.1f}%) | "
-              f"peak extra {peak / 2**30:6.2f} GiB")
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description="Fused LM-head log-probs: benchmarks (tests live in tests/)")
-    ap.add_argument("--bench", action="store_true", help="CPU fp32: fused vs naive memory and time")
-    ap.add_argument("--bench-gpu", action="store_true", help="CUDA bf16: Triton TFLOP/s and memory vs naive")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 8192], help="token counts for --bench")
-    ap.add_argument("--bench-case", nargs=4, help=argparse.SUPPRESS)  # internal: BACKEND N H V, one subprocess
-    args = ap.parse_args()
-    if args.bench_case:
-        backend, *dims = args.bench_case
-        print(json.dumps(_bench_case(backend, *map(int, dims))))
-    elif args.bench:
-        bench_cpu(args.sizes)
-    elif args.bench_gpu:
-        bench_gpu()
-    else:
-        ap.print_help()
-
-
-if __name__ == "__main__":
-    main()

@@ -19,20 +19,16 @@ Design:
 
 Run:
     python model.py --check DIR              # validate a checkpoint folder without loading it
-    python model.py --bench                  # fwd+bwd tokens/s vs transformers' Qwen3, tiny config, CPU
-    python model.py --bench --config ../shared/data/qwen3-configs/Qwen3-0.6B/config.json --device cuda \\
-        --dtype bfloat16                     # the GPU check: logits vs transformers and forward tokens/s
+    python bench.py model                    # fwd+bwd tokens/s vs transformers' Qwen3, tiny config, CPU
     python -m pytest -q tests/test_model.py
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
 import os
 import shutil
-import time
 import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -582,63 +578,12 @@ def _replace_dir(src: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def bench(argv: list[str] | None = None) -> None:
-    """Forward+backward tokens/s of this model vs transformers' Qwen3 on the same config, weights and inputs."""
-    from transformers import Qwen3Config as HFConfig
-    from transformers import Qwen3ForCausalLM
-    p = argparse.ArgumentParser(description="python model.py --bench [options]")
-    p.add_argument("--bench", action="store_true")
-    p.add_argument("--config", default=None, help="config.json to use (default: a tiny 4-layer Qwen3)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--iters", type=int, default=10, help="timed steps per model and mode")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (1: steadier on a shared machine)")
-    args = p.parse_args(argv)
-    if not args.bench:
-        p.error("nothing to do: pass --bench")
-    torch.set_num_threads(args.threads)
-    cfg = Qwen3Config.from_json(args.config) if args.config else Qwen3Config(
-        vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=32, tie_word_embeddings=True)
-    dtype = getattr(torch, args.dtype)
-    ours = build_model(cfg, args.device, dtype, seed=0)
-    theirs = Qwen3ForCausalLM(HFConfig(**cfg.to_dict(), attn_implementation="sdpa")).to(args.device, dtype)
-    theirs.load_state_dict(ours.state_dict(), strict=False)  # missing lm_head when tied: tied in HF too
-    ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), device=args.device)
-    with torch.no_grad():
-        a, b = ours.lm_head(ours(ids)).float(), theirs(ids).logits.float()
-    print(f"config {cfg}\nlogits max abs diff {(a - b).abs().max().item():.3e}, max |logit| {b.abs().max().item():.2f}")
-    steps = {"ours": lambda: ours.lm_head(ours(ids)), "transformers": lambda: theirs(ids).logits}
-    for mode in ("forward", "forward+backward"):
-        times = {k: [] for k in steps}
-        for _ in range(args.iters + 2):  # interleaved so that load from other processes hits both alike
-            for name, fn in steps.items():
-                times[name].append(_time_step(fn, ids, mode == "forward", args.device))
-        tps = {k: ids.numel() / sorted(v[2:])[len(v[2:]) // 2] for k, v in times.items()}  # median, no warm-up
-        print(f"{mode}: ours {tps['ours']:.0f} tok/s | transformers {tps['transformers']:.0f} tok/s | "
-              f"ratio {tps['ours'] / tps['transformers']:.2f}x")
-
-
-def _time_step(fn, ids: Tensor, forward_only: bool, device: str) -> float:
-    t0 = time.perf_counter()
-    with torch.set_grad_enabled(not forward_only):
-        logits = fn()
-        if not forward_only:
-            F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten()).backward()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
 if __name__ == "__main__":
     import sys
-    if sys.argv[1:2] == ["--check"] and len(sys.argv) == 3:  # preflight used by train.sh
-        try:
-            cfg = check_checkpoint(sys.argv[2])
-        except (OSError, ValueError) as e:
-            sys.exit(f"model.py --check: {e}")
-        print(f"{sys.argv[2]}: complete Qwen3 checkpoint ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size})")
-    else:
-        bench()
+    if sys.argv[1:2] != ["--check"] or len(sys.argv) != 3:
+        sys.exit("usage: python model.py --check DIR")
+    try:  # the preflight train.sh runs
+        cfg = check_checkpoint(sys.argv[2])
+    except (OSError, ValueError) as e:
+        sys.exit(f"model.py --check: {e}")
+    print(f"{sys.argv[2]}: complete Qwen3 checkpoint ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size})")
