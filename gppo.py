@@ -43,6 +43,7 @@ import json
 import math
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -53,6 +54,7 @@ import kernels
 import model as qwen
 import rewards
 import rollout
+import sandbox
 import sft
 
 KINDS = ("gppo", "only-high", "grpo", "dapo", "cispo")
@@ -190,11 +192,22 @@ def rollouts(ctx, step: int, met: dict) -> list[dict]:
     met["gen/peak_kv"] = all_reduce_max(torch.tensor(float(stats.peak_kv))).item()
     jobs = [(tok.decode(s.tokens[:-1] if s.finish_reason == "stop" else s.tokens),
              ctx["tasks"][idx[s.prompt_index]]) for s in samples]
-    scores = rewards.reward_many(jobs, workers=a.reward_workers, **ctx["reward_opts"])
+    statuses = Counter()
+    scores = rewards.reward_many(jobs, workers=a.reward_workers, statuses=statuses, **ctx["reward_opts"])
+    test_statuses(statuses, met)
     met["t_generate"], met["t_reward"] = t1 - t0, time.perf_counter() - t1
     return [{"prompt": ctx["prompts"][idx[s.prompt_index]], "tokens": s.tokens, "logprobs": s.logprobs,
              "len": len(ctx["prompts"][idx[s.prompt_index]]) + len(s.tokens) - 1,  # model input length
              "reward": float(r), "truncated": s.finish_reason == "length"} for s, r in zip(samples, scores)]
+
+
+def test_statuses(statuses: Counter, met: dict) -> None:
+    """Log the code tests' statuses of this step over all ranks (tests/<status>), and stop the run, on every rank
+    alike, when more than half of them are 'sandbox error' (rewards.check_sandbox says what failed)."""
+    names = sandbox.STATUSES + sandbox.NOTES + ("abandoned job",)
+    totals = sft.all_reduce_sum(torch.tensor([float(statuses[s]) for s in names]))
+    met.update({f"tests/{s}": v.item() for s, v in zip(names, totals) if v})
+    rewards.check_sandbox(Counter({s: int(v) for s, v in zip(names, totals.tolist())}))
 
 
 def select(ctx, items: list[dict], met: dict) -> list[list[dict]]:

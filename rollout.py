@@ -39,7 +39,7 @@ import json
 import os
 import sys
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -546,11 +546,13 @@ def evaluate(model, tokenizer, tasks: list[dict], n: int = 1, temperature: float
     todo = sorted(set(range(len(tasks))) - {r["task"] for r in done_rows})
     stops = tuple(sorted({tokenizer.eos_id, tokenizer.pad_id}))
     rows, pending, futures, t0 = list(done_rows), defaultdict(dict), [], time.perf_counter()
+    statuses = Counter()  # the code tests' statuses (sandbox.STATUSES), printed by --eval
     progress = {"tasks": 0, "tokens": 0, "shown": t0}
 
     def score(task: int, samples: list[Sample]) -> None:  # runs in the scoring thread
         texts = [tokenizer.decode(s.tokens[:-1] if s.finish_reason == "stop" else s.tokens) for s in samples]
-        scores = rewards.reward_many([(x, tasks[task]) for x in texts], workers=workers, **reward_opts)
+        scores = rewards.reward_many([(x, tasks[task]) for x in texts], workers=workers, statuses=statuses,
+                                     **reward_opts)
         new = [dict(task=task, sample=j, source=tasks[task]["source"], kind=tasks[task]["kind"], reward=r,
                     correct=r == 1.0, length=len(s.tokens), finish_reason=s.finish_reason, response=x)
                for j, (s, x, r) in enumerate(zip(samples, texts, scores))]
@@ -579,7 +581,9 @@ def evaluate(model, tokenizer, tasks: list[dict], n: int = 1, temperature: float
                      on_finish=finished, max_kv_tokens=max_kv_tokens, keys=todo, stats=stats)
         for f in futures:
             f.result()  # a scoring error surfaces here
-    return summarise(sorted(rows, key=lambda r: (r["task"], r["sample"])), n)
+    rewards.check_sandbox(statuses)  # a sandbox that cannot run programs would score every code sample wrong
+    res = summarise(sorted(rows, key=lambda r: (r["task"], r["sample"])), n)
+    return res | {f"tests/{s}": c for s, c in sorted(statuses.items())}
 
 
 def read_rows(path, n: int, tasks: list[dict]) -> list[dict]:
@@ -703,6 +707,8 @@ def _eval(model, tok, a) -> None:
     print(f"{a.eval}: avg@{a.n} {res['avg@n']:.4f} | pass@{a.n} {res['pass@n']:.4f} | tasks {res['tasks']} | "
           f"mean length {res['mean_length']:.0f} | truncated {res['truncated']:.3f}")
     print("engine: " + " | ".join(f"{k} {v}" for k, v in asdict(stats).items()))
+    if any(k.startswith("tests/") for k in res):
+        print("code tests: " + " | ".join(f"{k[6:]} {v}" for k, v in res.items() if k.startswith("tests/")))
     for key in (k for k in res if k.startswith("avg@n/")):
         src = key.split("/", 1)[1]
         print(f"  {src}: avg@{a.n} {res[key]:.4f} | pass@{a.n} {res['pass@n/' + src]:.4f} | "

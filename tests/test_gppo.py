@@ -389,3 +389,22 @@ def test_train_sh_preflight_refuses_a_split_that_does_not_fit(tmp_path):
                        timeout=120)
     assert r.returncode == 2 and "--max-response-tokens 32768 do not fit the model's context" in r.stderr
     assert "the context split does not fit" in r.stderr and not (tmp_path / "out" / "sft").exists()
+
+
+def test_rl_step_logs_test_statuses_and_stops_on_a_broken_sandbox(monkeypatch):
+    from collections import Counter
+
+    import rewards
+    import sandbox
+    task = {"kind": "code", "tests": [{"input": "1\n", "output": "2\n"}, {"input": "5\n", "output": "6\n"}]}
+    answer = lambda code: f"<think>\nok\n</think>\n```python\n{code}\n```"
+    jobs = [(answer("print(int(input()) + 1)"), task), (answer("print(2)"), task), (answer("1/0"), task)]
+    statuses, met = Counter(), {}
+    rewards.reward_many(jobs, workers=2, statuses=statuses, timeout_s=10)
+    gppo.test_statuses(statuses, met)  # a healthy sandbox: counted, the run goes on
+    assert (met["tests/pass"], met["tests/wrong answer"], met["tests/runtime error"]) == (3, 1, 2)
+    monkeypatch.setattr(sandbox, "_BOOT", "import sys; sys.path.insert(0, '/nonexistent'); import sandbox")
+    statuses = Counter()  # the sandbox's own module missing: every test is a 'sandbox error', not a wrong answer
+    rewards.reward_many(jobs, workers=2, statuses=statuses, timeout_s=10)
+    with pytest.raises(RuntimeError, match=r"6 of 6 code tests ended in 'sandbox error'"):
+        gppo.test_statuses(statuses, {})
