@@ -1,5 +1,5 @@
 """Data for the Klear-Reasoner stack: tokenizer, the Qwen3 chat template, JSONL readers, SFT examples with loss
-masks, best-fit packing, rank sharding, and the built-in demo task (DEMO.md).
+masks, best-fit packing, rank sharding, and the built-in demo task (README, the demo).
 
 Design:
 - The tokenizer is the `tokenizers` library on a checkpoint's tokenizer.json; special tokens come from
@@ -490,7 +490,7 @@ def demo_tokenizer() -> Tokenizer:
 
 
 def demo_config(tok: Tokenizer) -> dict:
-    """A 0.8M-parameter Qwen3 (DEMO.md) in HF config.json form."""
+    """The demo's 0.8M-parameter Qwen3 in HF config.json form."""
     return {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": -(-tok.vocab_size // 16) * 16,
             "hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 4,
             "num_key_value_heads": 2, "head_dim": 32, "max_position_embeddings": 512, "rms_norm_eps": 1e-6,

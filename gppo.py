@@ -1,6 +1,7 @@
-"""GPPO reinforcement learning: Klear-Reasoner's RL stage (RECIPE.md sections 2-3), on FSDP2 over any number of ranks.
+"""GPPO reinforcement learning: Klear-Reasoner's RL stage (docs/ALGORITHM.md sections 2-4), on FSDP2 over any
+number of ranks.
 
-Map to RECIPE.md:
+Map to docs/ALGORITHM.md:
 - section 2, the loss: `policy_loss` (explicit masks, dual clip, CE-GPPO betas, the ablation kinds) and the alpha *
   NLL term on correct rollouts in `accumulate`; old log-probs recomputed by the trainer in `old_logprobs`.
 - section 3, batch shaping: `group_advantages` (GRPO normalisation, zero-variance filter, truncated drop),
@@ -17,7 +18,7 @@ Design choices:
 - Kinds: gppo (default; CE-GPPO through --beta-low/--beta-high), only-high (GPPO on the upper side, F = 0 below),
   grpo (symmetric PPO clip at eps_low), dapo (clip-higher: eps_low / eps_high), cispo (F = sg(clip(r, 1-eps_low,
   1+eps_high)) on every token, no dual clip: its weight is already bounded by 1 + eps_high). Every PPO-style kind
-  has the dual clip for A < 0 with -A * c (section 6's trap is tested against).
+  has the dual clip for A < 0 with -A * c (section 7's trap is tested against).
 - Token means are exact over the whole mini-batch on all ranks: the token counts are all-reduced first, each
   micro-batch's loss is its share, and sft.shard_model sums (not averages) gradients over ranks.
 - A group of size 1 has no baseline and is always filtered. Dropped truncated rollouts are masked out of the loss;
@@ -65,7 +66,8 @@ STAGES = {"math": {"lr": 1e-6, "mini_batch_prompts": 16}, "code": {"lr": 5e-7, "
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 kind: str = "gppo", eps_low: float = 0.2, eps_high: float = 0.28, dual_clip: float = 10.0,
                 beta_low: float = 1.0, beta_high: float = 1.0, denom=None) -> tuple[torch.Tensor, dict]:
-    """Token-level policy loss sum(l * mask) / denom; d l / d theta = -F * A * grad log pi (RECIPE.md table).
+    """Token-level policy loss sum(l * mask) / denom; d l / d theta = -F * A * grad log pi (docs/ALGORITHM.md,
+    section 2: the table of F).
 
     `denom` is the token count of the whole mini-batch over all ranks and micro-batches (default: mask.sum())."""
     if kind not in KINDS:
@@ -88,7 +90,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         s_hi = beta_high * (1 + eps_high) * unit if kind in ("gppo", "only-high") else torch.full_like(r, 1 + eps_high)
         s_lo = beta_low * (1 - eps_low) * unit if kind == "gppo" else torch.full_like(r, 1 - eps_low)
         s = torch.where(hi, s_hi, torch.where(lo, s_lo, r))
-        dual = (A < 0) & (s.detach() > dual_clip)  # min(-A s, -A c) for A < 0 (section 6: -A c, not -A)
+        dual = (A < 0) & (s.detach() > dual_clip)  # min(-A s, -A c) for A < 0 (section 7: -A c, not -A)
     l = torch.where(dual, -A * dual_clip, -A * s)
     n = m.sum()
     loss = torch.where(m, l, 0.0).sum() / (n.clamp(min=1) if denom is None else denom)
@@ -451,7 +453,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--max-response-tokens", type=int, default=None, help="response cap (truncation = 'length'); "
                    "default: the rest of the model's context after --max-prompt-tokens, at most 32768")
     g.add_argument("--seed", type=int, default=0)
-    g = p.add_argument_group("rollouts and rewards (RECIPE.md section 3)")
+    g = p.add_argument_group("rollouts and rewards (docs/ALGORITHM.md sections 3-4)")
     g.add_argument("--prompts-per-step", type=int, default=128, help="groups kept per RL step over all ranks")
     g.add_argument("--oversample", type=float, default=2.0, help="prompts drawn = oversample * prompts-per-step")
     g.add_argument("--n", type=int, default=8, help="samples per prompt (group size)")
@@ -464,7 +466,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--drop-truncated", action="store_true", help="mask truncated rollouts out of the loss")
     g.add_argument("--reward-workers", type=int, default=8, help="concurrent reward jobs per rank")
     g.add_argument("--code-timeout", type=float, default=35.0, help="seconds per code test (the paper's limit)")
-    g = p.add_argument_group("loss (RECIPE.md section 2)")
+    g = p.add_argument_group("loss (docs/ALGORITHM.md section 2)")
     g.add_argument("--loss", choices=KINDS, default="gppo")
     g.add_argument("--eps-low", type=float, default=0.2)
     g.add_argument("--eps-high", type=float, default=0.28)

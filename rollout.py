@@ -25,7 +25,7 @@ Design (the vLLM / nano-vllm scheduling ideas, written for this model):
 
 Run:
     python rollout.py --model DIR --prompt "What is 17 * 23?"
-    python rollout.py --model DIR --eval ../shared/data/math/aime2024.jsonl --n 8 --temperature 0.6 --top-p 0.95 \\
+    python rollout.py --model DIR --eval aime2024.jsonl --n 8 --temperature 0.6 --top-p 0.95 \\
         --max-new-tokens 32768 --out results.jsonl [--limit 5] [--resume: after a crash, keep what --out holds]
     python bench.py engine           # the engine's schedule at 1/64 of the recipe's RL draw, projected to an H200
     python -m pytest -q tests/test_rollout.py      # includes a 2-rank torchrun (gloo) FSDP2 check
@@ -473,12 +473,12 @@ def _layout(rec: dict, source: str) -> dict | None:
     source = rec.get("data_source") or source
     task = lambda messages, kind, answer=None, tests=None: dict(messages=messages, kind=kind, answer=answer,
                                                                 tests=tests, source=source)
-    if isinstance(rec.get("prompt"), list) and isinstance(rec.get("reward_model"), dict):  # Klear RL (RECIPE.md 5)
+    if isinstance(rec.get("prompt"), list) and isinstance(rec.get("reward_model"), dict):  # Klear RL (ALGORITHM.md 5)
         gt = rec["reward_model"]["ground_truth"]
         ability = str(rec.get("ability") or "")
         code = "cod" in ability or not ability and (not isinstance(gt, str) or '"inputs"' in gt or '"functional"' in gt)
         return task(rec["prompt"], "code", tests=rewards.to_tests(gt)) if code else task(rec["prompt"], "math", str(gt))
-    if "problem" in rec and "answer" in rec:  # math: ours, the demo, ../shared/data/math
+    if "problem" in rec and "answer" in rec:  # math: ours, the demo, AIME / MATH-500
         return task(user(str(rec["problem"])), "math", answer=str(rec["answer"]))
     if "problem" in rec and "test_code" in rec and "entry_point" in rec:  # shared leetcode_function
         return task(user(FUNCTION_PROMPT.format(problem=rec["problem"], code=rec.get("starter_code", ""))), "code",
@@ -721,7 +721,7 @@ def main(argv=None) -> None:
     g.add_argument("--model", help="checkpoint folder: config.json, *.safetensors, tokenizer.json(+_config)")
     g.add_argument("--prompt", help="chat: render this user message with the Qwen3 template, stream the answer")
     g.add_argument("--eval", help="JSONL of tasks (Klear RL layout, problem+answer, problem+tests, shared sets)")
-    g = p.add_argument_group("sampling (defaults: the recipe's evaluation settings, RECIPE.md section 1)")
+    g = p.add_argument_group("sampling (defaults: the recipe's evaluation settings, docs/ALGORITHM.md section 1)")
     g.add_argument("--n", type=int, default=1, help="samples per prompt (avg@n, pass@n)")
     g.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
     g.add_argument("--top-p", type=float, default=0.95, help="nucleus mass kept")

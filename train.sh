@@ -4,9 +4,9 @@
 #   bash train.sh                          # built-in demo: a tiny Qwen3 from scratch on CPU, ~9 minutes
 #   LOSS=grpo bash train.sh                # demo ablation: RL again from the same SFT checkpoint with another loss
 #   RL_SEED=1 bash train.sh                # the RL stages again with another seed (same SFT checkpoint)
-#   CONTROL=0 bash train.sh                # without the continued-SFT control (DEMO.md)
+#   CONTROL=0 bash train.sh                # without the continued-SFT control
 #   MODEL=/path/to/Qwen3-8B-Base SFT_DATA=sft.jsonl MATH_DATA=math.jsonl CODE_DATA=code.jsonl \
-#     EVAL_DATA=aime24.jsonl NPROC=8 bash train.sh          # the real recipe (RECIPE.md) on a GPU node
+#     EVAL_DATA=aime24.jsonl NPROC=8 bash train.sh          # the real recipe on a GPU node
 #
 # Every knob is an environment variable whose default is the recipe's value (demo values when MODEL is unset).
 set -euo pipefail
@@ -63,7 +63,7 @@ EOF
   say "evaluate the RL model (held-out)"
   evaluate "$OUT/$RUN/code/hf" "$RUN"
   if [ "${CONTROL:-1}" = 1 ] && [ ! -f "$OUT/eval_sft_more_code_t1.json" ]; then
-    # DEMO.md's control: more SFT (at the schedule's final lr) for as long as both RL stages ran, so that the RL
+    # the control: more SFT (at the schedule's final lr) for as long as both RL stages ran, so that the RL
     # gain is claimed over the better of two baselines, not over a model that merely trained less
     secs=$($PY -c 'import json, sys; print(round(sum({(f, m["step"]): m["t_step"] for f in sys.argv[1:]
       for m in map(json.loads, open(f))}.values())))' "$OUT/$RUN/math/metrics.jsonl" "$OUT/$RUN/code/metrics.jsonl")
@@ -103,7 +103,7 @@ EOF
   exit 0
 fi
 
-# ---------------- the real recipe: Qwen3-8B-Base on a GPU node (RECIPE.md) ----------------
+# ---------------- the real recipe: Qwen3-8B-Base on a GPU node (docs/ALGORITHM.md) ----------------
 OUT=${OUT:-runs/klear}; NPROC=${NPROC:-8}; NNODES=${NNODES:-1}; NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}; MASTER_PORT=${MASTER_PORT:-29500}
 SFT_DATA=${SFT_DATA:-}; MATH_DATA=${MATH_DATA:-}; CODE_DATA=${CODE_DATA:-}; EVAL_DATA=${EVAL_DATA:-}

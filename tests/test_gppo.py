@@ -1,4 +1,4 @@
-"""gppo.py: the loss against the RECIPE.md section 2 table, advantages, token means, end-to-end RL and resume."""
+"""gppo.py: the loss against the table of docs/ALGORITHM.md section 2, advantages, token means, RL and resume."""
 import copy
 import dataclasses
 import itertools
@@ -92,7 +92,7 @@ def test_beta_one_value_equals_dapo_clip():
 
 
 def test_dual_clip_trap_not_reproduced():
-    """RECIPE.md section 6: min(l, -A) instead of min(l, -A c) zeroed every A < 0 token with r > 1."""
+    """docs/ALGORITHM.md section 7: min(l, -A) instead of min(l, -A c) zeroed every A < 0 token with r > 1."""
     for kind in ("gppo", "dapo", "grpo", "only-high"):
         g, ls, _, _ = grad_factor(kind, [1.5, 3.0, 9.0], -1.0)
         assert g.tolist() == pytest.approx([1.5, 3.0, 9.0], rel=1e-4)
