@@ -5,9 +5,9 @@ Map to docs/ALGORITHM.md:
 - section 2, the loss: `policy_loss` (explicit masks, dual clip, CE-GPPO betas, the ablation kinds) and the alpha *
   NLL term on correct rollouts in `accumulate`; old log-probs recomputed by the trainer in `old_logprobs`.
 - section 3, batch shaping: `group_advantages` (GRPO normalisation, zero-variance filter, truncated drop),
-  `select` + `cap_groups` (oversampled draw, at most --prompts-per-step groups kept), `build_plan` (mini-batches,
-  one optimizer step each, one epoch), optimizer and lr in `setup` / `rl_step` (AdamW 0.9/0.999, wd 0.1, clip 1.0,
-  constant lr after 10 warmup steps).
+  `advantages_filter_cap` + `cap_groups` (oversampled draw, at most --prompts-per-step groups kept),
+  `build_plan` (mini-batches, one optimizer step each, one epoch), optimizer and lr in `setup` / `rl_step`
+  (AdamW 0.9/0.999, wd 0.1, clip 1.0, constant lr after 10 warmup steps); `context_split` (prompt/response caps).
 - section 4, rewards: rewards.reward_many (never raises: a crashed or hung job scores `wrong`).
 
 One RL step (`rl_step`): draw prompts, each rank its share -> rollout.generate (n = 8, eval mode, no grad) ->
@@ -45,6 +45,7 @@ import math
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -60,6 +61,42 @@ import sft
 
 KINDS = ("gppo", "only-high", "grpo", "dapo", "cispo")
 STAGES = {"math": {"lr": 1e-6, "mini_batch_prompts": 16}, "code": {"lr": 5e-7, "mini_batch_prompts": 32}}
+
+
+@dataclass
+class Context:
+    """What one RL run holds from step to step (built by setup)."""
+    args: argparse.Namespace
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer | None = None
+    dist: sft.Dist | None = None
+    tok: data.Tokenizer | None = None
+    tasks: list[dict] = field(default_factory=list)  # RL tasks and their rendered prompts, index-aligned
+    prompts: list[list[int]] = field(default_factory=list)
+    sampler: data.ShardedSampler | None = None
+    draw: int = 0  # prompts drawn per rank and step (oversampled)
+    stop_ids: tuple = ()
+    reward_opts: dict = field(default_factory=dict)
+    eval_tasks: list[dict] | None = None
+    bad_in_row: int = 0  # non-finite optimizer steps in a row
+
+
+@dataclass
+class UpdateSums:
+    """This rank's sums over one RL step's micro-batches and optimizer steps (reduce_update_metrics averages)."""
+    clip_low: float = 0.0  # clipped-token counts and ratios, weighted by tokens
+    clip_high: float = 0.0
+    dual_clip: float = 0.0
+    ratio_mean: float = 0.0
+    entropy: float = 0.0
+    tokens: float = 0.0
+    nll: float = 0.0
+    ratio_min: float = math.inf
+    ratio_max: float = -math.inf
+    grad_norm: float = 0.0  # summed over optimizer steps
+    loss: float = 0.0
+    opt_steps: int = 0
+    bad_steps: int = 0
 
 
 # ----------------------------------------------------------------------------------------------- section 2: loss
@@ -177,29 +214,29 @@ def forward_logp(model, b: dict, temperature: float) -> tuple[torch.Tensor, torc
 
 
 # ---------------------------------------------------------------------------------------------- the RL step
-def rollouts(ctx, step: int, met: dict) -> list[dict]:
+def rollouts(ctx: Context, step: int, met: dict) -> list[dict]:
     """Sample n responses per drawn prompt on this rank and score them (section 3 steps 1-2)."""
-    a, model, tok = ctx["args"], ctx["model"], ctx["tok"]
-    idx = ctx["sampler"].next_indices(ctx["draw"])
+    a, model, tok = ctx.args, ctx.model, ctx.tok
+    idx = ctx.sampler.next_indices(ctx.draw)
     t0 = time.perf_counter()
     model.eval()
     stats = rollout.EngineStats()  # the whole draw in one call: the engine schedules it within the KV budget
-    samples = rollout.generate(model, [ctx["prompts"][i] for i in idx], n=a.n, max_new_tokens=a.max_response_tokens,
-                               temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, stop_ids=ctx["stop_ids"],
-                               seed=a.seed * 1_000_003 + step * 1009 + ctx["dist"].rank,
+    samples = rollout.generate(model, [ctx.prompts[i] for i in idx], n=a.n, max_new_tokens=a.max_response_tokens,
+                               temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, stop_ids=ctx.stop_ids,
+                               seed=a.seed * 1_000_003 + step * 1009 + ctx.dist.rank,
                                max_kv_tokens=a.max_kv_tokens, stats=stats)
     t1 = time.perf_counter()
     totals = sft.all_reduce_sum(torch.tensor(list(stats.as_dict().values()), dtype=torch.float64))
     met.update({k: v.item() for k, v in zip(stats.as_dict(), totals)})  # summed over ranks
     met["gen/peak_kv"] = all_reduce_max(torch.tensor(float(stats.peak_kv))).item()
     jobs = [(tok.decode(s.tokens[:-1] if s.finish_reason == "stop" else s.tokens),
-             ctx["tasks"][idx[s.prompt_index]]) for s in samples]
+             ctx.tasks[idx[s.prompt_index]]) for s in samples]
     statuses = Counter()
-    scores = rewards.reward_many(jobs, workers=a.reward_workers, statuses=statuses, **ctx["reward_opts"])
+    scores = rewards.reward_many(jobs, workers=a.reward_workers, statuses=statuses, **ctx.reward_opts)
     test_statuses(statuses, met)
     met["t_generate"], met["t_reward"] = t1 - t0, time.perf_counter() - t1
-    return [{"prompt": ctx["prompts"][idx[s.prompt_index]], "tokens": s.tokens, "logprobs": s.logprobs,
-             "len": len(ctx["prompts"][idx[s.prompt_index]]) + len(s.tokens) - 1,  # model input length
+    return [{"prompt": ctx.prompts[idx[s.prompt_index]], "tokens": s.tokens, "logprobs": s.logprobs,
+             "len": len(ctx.prompts[idx[s.prompt_index]]) + len(s.tokens) - 1,  # model input length
              "reward": float(r), "truncated": s.finish_reason == "length"} for s, r in zip(samples, scores)]
 
 
@@ -212,9 +249,10 @@ def test_statuses(statuses: Counter, met: dict) -> None:
     rewards.check_sandbox(Counter({s: int(v) for s, v in zip(names, totals.tolist())}))
 
 
-def select(ctx, items: list[dict], met: dict) -> list[list[dict]]:
-    """Advantages, filter, cap to --prompts-per-step groups over ranks; returns this rank's kept groups."""
-    a, W = ctx["args"], ctx["dist"].world_size
+def advantages_filter_cap(ctx: Context, items: list[dict], met: dict) -> list[list[dict]]:
+    """Advantages, the zero-variance filter, then a cap of --prompts-per-step groups over all ranks (section 3);
+    returns this rank's kept groups."""
+    a, W = ctx.args, ctx.dist.world_size
     adv, keep = group_advantages([it["reward"] for it in items], a.n, a.correct,
                                  [it["truncated"] for it in items], a.drop_truncated)
     groups = []
@@ -227,16 +265,16 @@ def select(ctx, items: list[dict], met: dict) -> list[list[dict]]:
         if any(it["weight"] for it in grp):
             groups.append([it for it in grp if it["weight"]])
     counts = torch.zeros(W)
-    counts[ctx["dist"].rank] = len(groups)
+    counts[ctx.dist.rank] = len(groups)
     kept = [int(c) for c in sft.all_reduce_sum(counts).round().tolist()]  # kept groups of every rank
     quota = cap_groups(kept, a.prompts_per_step)
-    met["groups_kept"], met["filtered"] = float(sum(quota)), 1.0 - sum(kept) / max(ctx["draw"] * W, 1)
-    return groups[:quota[ctx["dist"].rank]]
+    met["groups_kept"], met["filtered"] = float(sum(quota)), 1.0 - sum(kept) / max(ctx.draw * W, 1)
+    return groups[:quota[ctx.dist.rank]]
 
 
-def build_plan(ctx, groups: list[list[dict]], dummy: dict) -> list[list[list[dict]]]:
+def build_plan(ctx: Context, groups: list[list[dict]], dummy: dict) -> list[list[list[dict]]]:
     """Mini-batches (list of micro-batches) identical in count on every rank; empty slots get a zero-weight dummy."""
-    a = ctx["args"]
+    a = ctx.args
     n_mini = math.ceil(sft.all_reduce_sum(float(len(groups))).item() / a.mini_batch_prompts)
     cuts = [round(i * len(groups) / n_mini) for i in range(n_mini + 1)]
     minis = [plan_micro([it for g in groups[cuts[i]:cuts[i + 1]] for it in g], a.micro_tokens) for i in range(n_mini)]
@@ -245,15 +283,15 @@ def build_plan(ctx, groups: list[list[dict]], dummy: dict) -> list[list[list[dic
     return [mb + [[dummy]] * (k - len(mb)) for mb, k in zip(minis, n_micro)]
 
 
-def old_logprobs(ctx, plan: list, met: dict) -> list[list[dict]]:
+def old_logprobs(ctx: Context, plan: list, met: dict) -> list[list[dict]]:
     """Collate the plan and add old_logp (section 2): the training model's log-probs right before the update, at
     the sampling temperature, no grad. Logs the mean |sampler - trainer| log-prob difference."""
     t0, diff, cnt, out = time.perf_counter(), 0.0, 0.0, []
     with torch.no_grad():
         for mb in plan:
-            out.append([collate(micro, ctx["tok"].pad_id, ctx["dist"].device) for micro in mb])
+            out.append([collate(micro, ctx.tok.pad_id, ctx.dist.device) for micro in mb])
             for b in out[-1]:
-                b["old_logp"] = forward_logp(ctx["model"], b, ctx["args"].temperature)[0]
+                b["old_logp"] = forward_logp(ctx.model, b, ctx.args.temperature)[0]
                 diff += ((b["old_logp"] - b["sampler_logp"]).abs() * b["mask"]).sum().item()
                 cnt += b["mask"].sum().item()
     totals = sft.all_reduce_sum(torch.tensor([diff, cnt]))
@@ -262,10 +300,10 @@ def old_logprobs(ctx, plan: list, met: dict) -> list[list[dict]]:
     return out
 
 
-def accumulate(ctx, mini: list[dict], acc: dict) -> float:
+def accumulate(ctx: Context, mini: list[dict], acc: UpdateSums) -> float:
     """Forward/backward of one mini-batch's micro-batches: GPPO + alpha * NLL(correct rollouts), each an exact
     token mean over the whole mini-batch on all ranks (denominators all-reduced first). Returns the global loss."""
-    a, model = ctx["args"], ctx["model"]
+    a, model = ctx.args, ctx.model
     den = sft.all_reduce_sum(torch.stack([sum(b["mask"].sum() for b in mini), sum(b["sft"].sum() for b in mini)]))
     den_pg, den_sft = max(den[0].item(), 1.0), max(den[1].item(), 1.0)
     local = 0.0
@@ -277,72 +315,71 @@ def accumulate(ctx, mini: list[dict], acc: dict) -> float:
         loss = pg + a.sft_alpha * nll
         loss.backward()  # the local share of a global mean: sft.shard_model sums gradients over ranks
         local += loss.item()
-        for k in ("clip_low", "clip_high", "dual_clip", "ratio_mean"):
-            acc[k] = acc.get(k, 0.0) + (m[k] * m["tokens"]).item()
-        acc["entropy"] = acc.get("entropy", 0.0) + (ent.detach() * b["mask"]).sum().item()
-        acc["tokens"] = acc.get("tokens", 0.0) + m["tokens"].item()
-        acc["nll"] = acc.get("nll", 0.0) + nll.item()
-        acc["ratio_min"] = min(acc.get("ratio_min", math.inf), m["ratio_min"].item())
-        acc["ratio_max"] = max(acc.get("ratio_max", -math.inf), m["ratio_max"].item())
+        acc.clip_low += (m["clip_low"] * m["tokens"]).item()
+        acc.clip_high += (m["clip_high"] * m["tokens"]).item()
+        acc.dual_clip += (m["dual_clip"] * m["tokens"]).item()
+        acc.ratio_mean += (m["ratio_mean"] * m["tokens"]).item()
+        acc.entropy += (ent.detach() * b["mask"]).sum().item()
+        acc.tokens += m["tokens"].item()
+        acc.nll += nll.item()
+        acc.ratio_min = min(acc.ratio_min, m["ratio_min"].item())
+        acc.ratio_max = max(acc.ratio_max, m["ratio_max"].item())
     return sft.all_reduce_sum(local).item()
 
 
-def update(ctx, mini: list[dict], acc: dict) -> None:
+def update(ctx: Context, mini: list[dict], acc: UpdateSums) -> None:
     """One optimizer step per mini-batch; a non-finite loss or grad norm skips it (--max-bad-steps in a row stop)."""
-    a, model, opt = ctx["args"], ctx["model"], ctx["opt"]
+    a, model, opt = ctx.args, ctx.model, ctx.opt
     model.train()
     opt.zero_grad(set_to_none=True)
     loss = accumulate(ctx, mini, acc)
     grad_norm, finite = sft.clip_and_check(model, a.grad_clip)
-    acc["grad_norm"] = acc.get("grad_norm", 0.0) + (grad_norm if math.isfinite(grad_norm) else 0.0)
-    acc["loss"] = acc.get("loss", 0.0) + loss
+    acc.grad_norm += grad_norm if math.isfinite(grad_norm) else 0.0
+    acc.loss += loss
     if finite and math.isfinite(loss):
         opt.step()
-        ctx["bad_in_row"], acc["opt_steps"] = 0, acc.get("opt_steps", 0) + 1
+        ctx.bad_in_row, acc.opt_steps = 0, acc.opt_steps + 1
         return
-    ctx["bad_in_row"], acc["bad_steps"] = ctx["bad_in_row"] + 1, acc.get("bad_steps", 0) + 1
+    ctx.bad_in_row, acc.bad_steps = ctx.bad_in_row + 1, acc.bad_steps + 1
     opt.zero_grad(set_to_none=True)
     sft.print0(f"gppo: skipped an optimizer step: loss {loss}, grad norm {grad_norm}")
-    if ctx["bad_in_row"] >= a.max_bad_steps:
-        raise SystemExit(f"gppo: {ctx['bad_in_row']} optimizer steps in a row had a non-finite loss or grad norm; "
+    if ctx.bad_in_row >= a.max_bad_steps:
+        raise SystemExit(f"gppo: {ctx.bad_in_row} optimizer steps in a row had a non-finite loss or grad norm; "
                          f"stopping (--max-bad-steps {a.max_bad_steps})")
 
 
-def rl_step(ctx, step: int) -> dict:
+def rl_step(ctx: Context, step: int) -> dict:
     """One RL step (section 3); returns the metrics logged for it."""
-    a, met = ctx["args"], {}
+    a, met = ctx.args, {}
     lr = sft.lr_at(step, a.lr, a.lr, a.warmup_steps, a.steps, kind="constant")
-    for grp in ctx["opt"].param_groups:
+    for grp in ctx.opt.param_groups:
         grp["lr"] = lr
     items = rollouts(ctx, step, met)
-    stats = sft.all_reduce_sum(torch.tensor([[it["reward"], it["reward"] == a.correct, len(it["tokens"]),
-                                              it["truncated"], 1.0] for it in items]).sum(0))
-    n = stats[4].item()
-    met.update(lr=lr, reward=stats[0].item() / n, acc=stats[1].item() / n, resp_len=stats[2].item() / n,
-               trunc=stats[3].item() / n)
+    sums = sft.all_reduce_sum(torch.tensor([[it["reward"], it["reward"] == a.correct, len(it["tokens"]),
+                                             it["truncated"], 1.0] for it in items]).sum(0))
+    reward, correct, length, truncated, n = sums.tolist()  # over all ranks
+    met.update(lr=lr, reward=reward / n, acc=correct / n, resp_len=length / n, trunc=truncated / n)
     met["resp_len_max"] = all_reduce_max(torch.tensor(float(max(len(it["tokens"]) for it in items)))).item()
-    groups = select(ctx, items, met)
+    groups = advantages_filter_cap(ctx, items, met)
     if met["groups_kept"] == 0:
         met["skipped"] = "every group filtered (zero-variance accuracy)"
         return met
     plan = old_logprobs(ctx, build_plan(ctx, groups, min(items, key=lambda it: it["len"])), met)
-    t0, acc = time.perf_counter(), {}
+    t0, acc = time.perf_counter(), UpdateSums()
     for mini in plan:
         update(ctx, mini, acc)
     met["t_update"] = time.perf_counter() - t0
     return met | reduce_update_metrics(acc, len(plan))
 
 
-def reduce_update_metrics(acc: dict, n_mini: int) -> dict:
+def reduce_update_metrics(acc: UpdateSums, n_mini: int) -> dict:
     """Token-weighted means over all ranks and mini-batches; ratio min/max over all; grad norm and loss averaged."""
-    keys = ("clip_low", "clip_high", "dual_clip", "ratio_mean", "entropy", "tokens")
-    tot = sft.all_reduce_sum(torch.tensor([acc.get(k, 0.0) for k in keys]))
-    out = {k: (tot[i] / tot[-1].clamp(min=1)).item() for i, k in enumerate(keys[:-1])}
-    mm = all_reduce_max(torch.tensor([-acc.get("ratio_min", math.inf), acc.get("ratio_max", -math.inf)]))
-    out.update(ratio_min=-mm[0].item(), ratio_max=mm[1].item(), grad_norm=acc["grad_norm"] / n_mini,
-               loss=acc["loss"] / n_mini, nll=sft.all_reduce_sum(acc["nll"]).item() / n_mini,
-               opt_steps=acc.get("opt_steps", 0), bad_steps=acc.get("bad_steps", 0))
-    return out
+    keys = ("clip_low", "clip_high", "dual_clip", "ratio_mean", "entropy", "nll", "tokens")
+    tot = dict(zip(keys, sft.all_reduce_sum(torch.tensor([getattr(acc, k) for k in keys])).tolist()))
+    out = {k: tot[k] / max(tot["tokens"], 1.0) for k in keys[:5]}
+    low, high = all_reduce_max(torch.tensor([-acc.ratio_min, acc.ratio_max])).tolist()
+    return out | dict(ratio_min=-low, ratio_max=high, grad_norm=acc.grad_norm / n_mini, loss=acc.loss / n_mini,
+                      nll=tot["nll"] / n_mini, opt_steps=acc.opt_steps, bad_steps=acc.bad_steps)
 
 
 # ------------------------------------------------------------------------------------------------ set-up and run
@@ -380,7 +417,7 @@ def load_prompts(a, tok) -> tuple[list[dict], list[list[int]]]:
     return tasks, prompts
 
 
-def setup(a, dist) -> dict:
+def setup(a, dist) -> Context:
     tok, model = sft.load_model(a, dist.rank)  # fp32 on the CPU (rank 0); shard_model shards it to the devices
     model = sft.shard_model(model, dist, checkpointing=a.checkpointing)  # gradients SUM over ranks
     context_split(a, model.config.max_position_embeddings)
@@ -393,18 +430,19 @@ def setup(a, dist) -> dict:
         reward_opts["check_think"] = False
     if "</think>" in probe:
         reward_opts["no_close_think"] = None
-    return {"args": a, "dist": dist, "tok": tok, "tasks": tasks, "prompts": prompts, "model": model,
-            "opt": sft.build_optimizer(model, a.lr, a.weight_decay, (0.9, 0.999)),
-            "sampler": data.ShardedSampler(len(tasks), dist.rank, dist.world_size, a.seed),
-            "draw": math.ceil(a.prompts_per_step * a.oversample / dist.world_size),
-            "stop_ids": (tok.eos_id, tok.pad_id), "reward_opts": reward_opts, "bad_in_row": 0}
+    return Context(args=a, model=model, opt=sft.build_optimizer(model, a.lr, a.weight_decay, (0.9, 0.999)),
+                   dist=dist, tok=tok, tasks=tasks, prompts=prompts,
+                   sampler=data.ShardedSampler(len(tasks), dist.rank, dist.world_size, a.seed),
+                   draw=math.ceil(a.prompts_per_step * a.oversample / dist.world_size),
+                   stop_ids=(tok.eos_id, tok.pad_id), reward_opts=reward_opts,
+                   eval_tasks=rollout.load_tasks(a.eval) if a.eval else None)
 
 
-def evaluate(ctx, step: int) -> dict:
-    a = ctx["args"]
-    res = rollout.evaluate(ctx["model"], ctx["tok"], ctx["eval_tasks"], n=a.eval_n, temperature=a.eval_temperature,
+def evaluate(ctx: Context, step: int) -> dict:
+    a = ctx.args
+    res = rollout.evaluate(ctx.model, ctx.tok, ctx.eval_tasks, n=a.eval_n, temperature=a.eval_temperature,
                            top_p=a.eval_top_p, max_new_tokens=a.eval_max_tokens or a.max_response_tokens,
-                           workers=a.reward_workers, seed=a.seed + step, **ctx["reward_opts"])
+                           workers=a.reward_workers, seed=a.seed + step, **ctx.reward_opts)
     return {f"eval/{k}": v for k, v in res.items() if isinstance(v, (int, float))}
 
 
@@ -412,28 +450,27 @@ def train(a) -> None:
     dist = sft.init_distributed(a.dist_timeout_min)
     sft.print0("gppo config: " + json.dumps(vars(a), sort_keys=True))
     ctx = setup(a, dist)
-    ctx["eval_tasks"] = rollout.load_tasks(a.eval) if a.eval else None
     run, step = sft.RunDir(a.out, dist.rank, a), 0
     ckpt = run.latest() if a.resume else None
-    if ckpt is None and ctx["eval_tasks"]:
+    if ckpt is None and ctx.eval_tasks:
         run.log(0, evaluate(ctx, 0))  # the starting point of the held-out curve
     if ckpt is not None:
-        state = run.load(ckpt, ctx["model"], ctx["opt"])
-        step, ctx["bad_in_row"] = state["step"], state["bad_in_row"]
-        ctx["sampler"].load_state_dict(state["sampler"])
+        state = run.load(ckpt, ctx.model, ctx.opt)
+        step, ctx.bad_in_row = state["step"], state["bad_in_row"]
+        ctx.sampler.load_state_dict(state["sampler"])
         sft.print0(f"gppo: resumed from {ckpt} at step {step}")
     while step < a.steps:
         t0 = time.perf_counter()
         met = rl_step(ctx, step)
         step += 1
         run.log(step, met | {"t_step": time.perf_counter() - t0})
-        if ctx["eval_tasks"] and (step % a.eval_every == 0 or step == a.steps):
+        if ctx.eval_tasks and (step % a.eval_every == 0 or step == a.steps):
             run.log(step, evaluate(ctx, step))
         if step % a.save_every == 0 or step == a.steps:
-            state = {"step": step, "bad_in_row": ctx["bad_in_row"], "sampler": ctx["sampler"].state_dict()}
-            run.save(step, ctx["model"], ctx["opt"], state)
+            state = {"step": step, "bad_in_row": ctx.bad_in_row, "sampler": ctx.sampler.state_dict()}
+            run.save(step, ctx.model, ctx.opt, state)
     if a.export:
-        run.export_hf(ctx["model"], ctx["tok"], Path(a.out) / "hf")
+        run.export_hf(ctx.model, ctx.tok, Path(a.out) / "hf")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -53,13 +53,13 @@ def reference_grads(model, items: list[dict], a) -> dict:
 
 def gppo_grads(model, items: list[dict], a) -> dict:
     """gppo's own path: build_plan (micro-batches, dummies for equal counts over ranks), collate, accumulate."""
-    ctx = {"args": a, "model": model}
+    ctx = gppo.Context(args=a, model=model)
     plan = gppo.build_plan(ctx, [[it] for it in items], items[0])
     assert len(plan) == 1
     mini = [gppo.collate(m, 0, "cpu") for m in plan[0]]
     for b in mini:
         b["old_logp"] = b["sampler_logp"]
-    gppo.accumulate(ctx, mini, {})
+    gppo.accumulate(ctx, mini, gppo.UpdateSums())
     full = lambda t: t.full_tensor() if hasattr(t, "full_tensor") else t
     return {k: full(p.grad).clone() for k, p in model.named_parameters()}, len(mini)
 

@@ -210,15 +210,15 @@ def test_nonfinite_steps_are_skipped_then_stop(one_thread):
     b = gppo.collate(gppo_dist.make_items(model, n=4), 0, "cpu")
     b["old_logp"] = b["sampler_logp"]
     bad = dict(b, adv=b["adv"] * math.nan)  # nan loss and gradients
-    ctx, acc = {"args": a, "model": model, "opt": sft.build_optimizer(model, 1e-2, 0.1), "bad_in_row": 0}, {}
+    ctx, acc = gppo.Context(args=a, model=model, opt=sft.build_optimizer(model, 1e-2, 0.1)), gppo.UpdateSums()
     params = lambda: [p.detach().clone() for p in model.parameters()]
     gppo.update(ctx, [b], acc)
     before = params()
     gppo.update(ctx, [bad], acc)
-    assert acc["bad_steps"] == 1 and ctx["bad_in_row"] == 1 and acc["opt_steps"] == 1
+    assert acc.bad_steps == 1 and ctx.bad_in_row == 1 and acc.opt_steps == 1
     assert all(torch.equal(x, y) for x, y in zip(before, params()))  # skipped: no update, no weight decay
     gppo.update(ctx, [b], acc)
-    assert ctx["bad_in_row"] == 0 and acc["opt_steps"] == 2 and all(torch.isfinite(x).all() for x in params())
+    assert ctx.bad_in_row == 0 and acc.opt_steps == 2 and all(torch.isfinite(x).all() for x in params())
     gppo.update(ctx, [bad], acc)
     with pytest.raises(SystemExit, match="max-bad-steps 2"):
         gppo.update(ctx, [bad], acc)
