@@ -229,10 +229,9 @@ def rollouts(ctx: Context, step: int, met: dict) -> list[dict]:
     totals = sft.all_reduce_sum(torch.tensor(list(stats.as_dict().values()), dtype=torch.float64))
     met.update({k: v.item() for k, v in zip(stats.as_dict(), totals)})  # summed over ranks
     met["gen/peak_kv"] = all_reduce_max(torch.tensor(float(stats.peak_kv))).item()
-    jobs = [(tok.decode(s.tokens[:-1] if s.finish_reason == "stop" else s.tokens),
-             ctx.tasks[idx[s.prompt_index]]) for s in samples]
     statuses = Counter()
-    scores = rewards.reward_many(jobs, workers=a.reward_workers, statuses=statuses, **ctx.reward_opts)
+    _, scores = rollout.decode_and_score(tok, samples, [ctx.tasks[idx[s.prompt_index]] for s in samples],
+                                         a.reward_workers, statuses, **ctx.reward_opts)
     test_statuses(statuses, met)
     met["t_generate"], met["t_reward"] = t1 - t0, time.perf_counter() - t1
     return [{"prompt": ctx.prompts[idx[s.prompt_index]], "tokens": s.tokens, "logprobs": s.logprobs,

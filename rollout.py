@@ -527,6 +527,14 @@ def summarise(rows: list[dict], n: int) -> dict:
     return {**out, "rows": rows}
 
 
+def decode_and_score(tokenizer, samples: list[Sample], tasks: list[dict], workers: int, statuses: Counter,
+                     **reward_opts) -> tuple[list[str], list[float]]:
+    """Each sample's text (its stop token dropped) and reward against its task (rewards.reward_many); the code
+    tests' statuses are added to `statuses`. The one path from samples to rewards, for RL and evaluation alike."""
+    texts = [tokenizer.decode(s.tokens[:-1] if s.finish_reason == "stop" else s.tokens) for s in samples]
+    return texts, rewards.reward_many(list(zip(texts, tasks)), workers=workers, statuses=statuses, **reward_opts)
+
+
 def evaluate(model, tokenizer, tasks: list[dict], n: int = 1, temperature: float = 0.6, top_p: float = 0.95,
              top_k: int = 0, max_new_tokens: int | None = None, workers: int = 4, seed: int = 0,
              done_rows: list[dict] = (), on_rows=None, max_kv_tokens: int | None = None,
@@ -550,9 +558,7 @@ def evaluate(model, tokenizer, tasks: list[dict], n: int = 1, temperature: float
     progress = {"tasks": 0, "tokens": 0, "shown": t0}
 
     def score(task: int, samples: list[Sample]) -> None:  # runs in the scoring thread
-        texts = [tokenizer.decode(s.tokens[:-1] if s.finish_reason == "stop" else s.tokens) for s in samples]
-        scores = rewards.reward_many([(x, tasks[task]) for x in texts], workers=workers, statuses=statuses,
-                                     **reward_opts)
+        texts, scores = decode_and_score(tokenizer, samples, [tasks[task]] * n, workers, statuses, **reward_opts)
         new = [dict(task=task, sample=j, source=tasks[task]["source"], kind=tasks[task]["kind"], reward=r,
                     correct=r == 1.0, length=len(s.tokens), finish_reason=s.finish_reason, response=x)
                for j, (s, x, r) in enumerate(zip(samples, texts, scores))]
