@@ -9,7 +9,8 @@
   approximates an exact answer (3.1416 vs \\pi) is wrong, degrees are not radians, i is a symbol.
 - Time bound: Math-Verify (sympy) only runs in helper processes (`python rewards.py --serve`, started on demand,
   at most one per core), never in the caller, where it cannot be interrupted. A check that outlives timeout_s
-  (default 1 s) kills its helper and is False; a warm replacement starts at once. Works from any thread.
+  (default 3 s; honest checks take up to ~0.4 s on a loaded core) kills its helper and is False; a warm
+  replacement starts at once. Works from any thread.
 - Code: the last ```python block after `</think>`; tests come from to_tests (Klear, TACO, LeetCode, HumanEval
   layouts) and run in sandbox.py. `reward_many(..., statuses=Counter())` counts each code test's status
   (sandbox.STATUSES) and `check_sandbox(statuses)` raises when more than half of them are 'sandbox error'.
@@ -180,7 +181,7 @@ def _serve() -> None:
 _INT = re.compile(r"\s*(?:\$?\\boxed\{\s*(-?\d{1,50})\s*\}\$?|(-?\d{1,50}))\s*")
 
 
-def math_equal(pred: str, gold: str, timeout_s: float = 1.0) -> bool:
+def math_equal(pred: str, gold: str, timeout_s: float = 3.0) -> bool:
     """Whether pred (an answer or a whole response) is equivalent to gold; never raises, never hangs. An integer
     (alone or alone in a box) against an integer gold is decided here, as Math-Verify would, without a helper."""
     if pred is None or gold is None or not str(pred).strip() or not str(gold).strip():
