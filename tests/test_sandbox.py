@@ -3,12 +3,15 @@ package set, a broken sandbox, and every shared reference solution through the r
 import gzip
 import json
 import os
+import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from conftest import need_shared
@@ -67,7 +70,9 @@ def test_output_comparison():
 
 def test_fallback_without_privileges(monkeypatch):
     """Where neither uid switching nor namespaces are available the audit hook is the guard; check it bites."""
-    monkeypatch.setattr(sandbox, "_jail", lambda: {"root": False, "prefix": [], "keeper": None})
+    child = sandbox._jail()["child"]
+    monkeypatch.setattr(sandbox, "_jail", lambda: {"root": False, "prefix": [], "keeper": None, "view": None,
+                                                   "child": child})
     ok = "import sortedcontainers\na, b = map(int, input().split())\nprint(sum(sortedcontainers.SortedList([a, b])))"
     runs = [ok, "import socket\nsocket.socket()", "import os\nos.fork()", "import os\nos.kill(os.getpid(), 0)",
             "import subprocess\nsubprocess.run(['true'])", "open('/tmp/rewards-fallback-test', 'w')"]
@@ -142,6 +147,8 @@ def test_hostile_programs(tmp_path, monkeypatch):
 
     with ThreadPoolExecutor(len(programs)) as pool:
         results = dict(zip(programs, pool.map(run, programs.values())))
+    view = sandbox._jail()["view"]
+    sandboxes = Path(view["work"]) if view else sandboxes  # the tests' folders live there when it exists
     try:
         conn = listener.accept()[0]
         conn.settimeout(0.5)
@@ -269,3 +276,53 @@ def test_expected_values_need_no_program_and_odd_shapes_stay_in_the_sandbox():
     assert rewards.code_reward(py(code), tests, statuses=seen, timeout_s=5) == 1.0
     assert seen == Counter({"pass": 2, "in-sandbox verdict": 1}), seen
     assert sandbox._EXPECT[(prefix, "", "sq_list(4)")] == ("ok", [0, 1, 4, 9])
+
+
+# ----------------------------------------------------------------------------------------------- private filesystem
+
+PEEK = """import os, sys
+for p in sys.argv[1:] or {paths!r}:
+    try:
+        got = os.listdir(p) if os.path.isdir(p) else open(p).read(1)
+        print(p, 'read', len(got))
+    except OSError:
+        print(p, 'refused')
+"""
+
+
+def test_private_filesystem_view():
+    """Open or list the project folder, its parent, a 0644 file outside the sandbox folder, /etc/passwd, /home,
+    /root and this process's /proc entries: all fail inside, all succeed outside (so the test can fail)."""
+    if not sandbox._jail()["view"]:
+        pytest.skip("no private filesystem view here (needs root and mount namespaces): " + sandbox.sandbox_info())
+    shared = Path(tempfile.mkdtemp(prefix="rewards-view-"))  # in /tmp: world-readable on the host, like RL data
+    shared.chmod(0o755)
+    secret = shared / "expected_output.txt"
+    secret.write_text("42\n")
+    secret.chmod(0o644)
+    root = Path(sandbox.__file__).resolve().parent
+    paths = [str(root), str(root / "sandbox.py"), str(root.parent), str(secret), "/etc/passwd", "/home", "/root",
+             f"/proc/{os.getpid()}/status", f"/proc/{os.getpid()}/cwd"]
+    code = PEEK.format(paths=paths)
+    outside = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30).stdout
+    assert outside.count(" read ") == len(paths), outside
+    res = sandbox.run_tests(code, [{"input": "", "output": "\n".join(f"{p} refused" for p in paths)}], timeout_s=10)
+    shutil.rmtree(shared)
+    assert res[0].passed and not res[0].notes, res  # every attempt refused inside
+
+
+def test_without_mount_namespaces_the_fallback_says_so(monkeypatch, capfd):
+    """Where the private view cannot be built, children still run (pid/net namespaces, uid switch), one line
+    says so, and every test counts 'no private filesystem'."""
+    if not sandbox._jail()["view"]:
+        pytest.skip("no private filesystem view to lose here")
+    monkeypatch.setattr(sandbox, "_JAIL", {})
+    monkeypatch.setattr(sandbox, "_view_script", lambda root, work: "echo 'mount: permission denied' >&2; exit 1")
+    res = sandbox.run_tests("print(input())", [{"input": "1\n", "output": "1"}] * 2, timeout_s=10)
+    assert [r.status for r in res] == ["pass"] * 2 and all(r.notes == ("no private filesystem",) for r in res)
+    assert capfd.readouterr().err.count("sandbox: no private filesystem view (mount namespace refused: mount: "
+                                        "permission denied)") == 1
+    jail = sandbox._jail()
+    assert jail["prefix"] and jail["view"] is None
+    jail["keeper"].kill()  # this stand-in jail goes with the test; the module's own one comes back
+    os.remove(jail["child"])
