@@ -559,30 +559,31 @@ def _bare(code: str, tests: list[dict], flags: list[str]) -> None:
 
 
 def _bench_sandbox(a) -> None:
-    """Per-test cost of the sandbox against a bare `python -I -S file` on TACO reference solutions."""
+    """Per-test cost of the sandbox against a bare `python -I -S file`: TACO reference solutions, then a trivial
+    program (the sandbox's fixed cost laid bare)."""
     import json
     import os
 
     import sandbox
     probs = [json.loads(x) for x in open(os.path.join(a.data, "code", "taco_stdin.jsonl"))]
-    jobs = [(p["solution"], [p["tests"][j % len(p["tests"])] for j in range(a.tests)])
+    taco = [(p["solution"], [p["tests"][j % len(p["tests"])] for j in range(a.tests)])
             for p in (probs[i % len(probs)] for i in range(a.programs))]
+    trivial = [("print(sum(map(int, input().split())))", [{"input": "1 2\n", "output": "3"}] * a.tests)] * a.programs
     print(sandbox.sandbox_info(), f"| workers {a.workers} | cpus {os.cpu_count()} | load {os.getloadavg()[0]:.1f}")
-    rows = {}
-    for name in ("bare", "sandbox", "bare again"):  # the baseline twice: machine drift shows as their difference
-        fn = (lambda j: sandbox.run_tests(j[0], j[1], max_tests=0)) if name == "sandbox" else (
-            lambda j: _bare(j[0], j[1], ["-I", "-S"]))
-        res, wall, cpu = _timed_pool(fn, jobs, a.workers)
-        rows[name] = (wall / len(jobs) / a.tests, cpu / len(jobs) / a.tests)
-        if name == "sandbox":
-            bad = [r.status for rs in res for r in rs if not r.passed]
-            print(f"sandbox: {len(jobs)} programs x {a.tests} tests, failed {len(bad)}", bad[:5] or "")
-    base = [(x + y) / 2 for x, y in zip(rows["bare"], rows["bare again"])]
-    print("| run | ms wall / test | ms CPU / test |\n|---|---|---|")
-    for name, (w, c) in rows.items():
-        print(f"| {name} | {w * 1e3:.1f} | {c * 1e3:.1f} |")
-    (w, c) = rows["sandbox"]
-    print(f"sandbox / bare python -I -S: wall {w / base[0]:.2f}x, CPU {c / base[1]:.2f}x")
+    print("| programs | run | ms wall / test | ms CPU / test |\n|---|---|---|---|")
+    for label, jobs in (("TACO solutions", taco), ("trivial", trivial)):
+        rows = {}
+        for name in ("bare", "sandbox", "bare again"):  # the baseline twice: machine drift shows as their difference
+            fn = (lambda j: sandbox.run_tests(j[0], j[1], max_tests=0)) if name == "sandbox" else (
+                lambda j: _bare(j[0], j[1], ["-I", "-S"]))
+            res, wall, cpu = _timed_pool(fn, jobs, a.workers)
+            rows[name] = (wall / len(jobs) / a.tests, cpu / len(jobs) / a.tests)
+            bad = [r.status for rs in res for r in rs or [] if not r.passed] if name == "sandbox" else []
+            print(f"| {label} | {name} | {rows[name][0] * 1e3:.1f} | {rows[name][1] * 1e3:.1f} |"
+                  + (f" failed: {bad[:3]}" if bad else ""))
+        base = [(x + y) / 2 for x, y in zip(rows["bare"], rows["bare again"])]
+        (w, c) = rows["sandbox"]
+        print(f"{label}: sandbox / bare python -I -S: wall {w / base[0]:.2f}x, CPU {c / base[1]:.2f}x (aim < 1.3x)")
 
 
 def _bench_verdicts(a) -> None:
