@@ -15,14 +15,20 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
+import data
+import demo
+import gppo
 import kernels
 import rollout
-from model import Qwen3Config, build_model
+import sft
+from model import Qwen3Config, build_model, save_pretrained
 
 BENCHES: dict = {}  # name -> function(argv: list[str]) -> None
 
@@ -471,6 +477,85 @@ def bench_kernels_gpu(argv: list[str], n=8192, h=4096, v=151936, peak_tflops=989
               f"({flops / t_fwd / 1e10 / peak_tflops:4.1f}%) | fwd+bwd {t_step * 1e3:7.2f} ms "
               f"{3 * flops / t_step / 1e12:6.1f} TFLOP/s ({3 * flops / t_step / 1e10 / peak_tflops:4.1f}%) | "
               f"peak extra {peak / 2**30:6.2f} GiB")
+
+
+# ------------------------------------------------------------------------------------------------ trainers
+@bench
+def bench_sft(argv: list[str]) -> None:
+    """Training tokens/s of our stack vs transformers' Qwen3 + a plain AdamW loop on the same packed demo rows
+    (CPU, one thread, the demo config), and the packing efficiency of the demo SFT set."""
+    from transformers import Qwen3Config as HFConfig
+    from transformers import Qwen3ForCausalLM
+    torch.set_num_threads(1)  # shared 2-core machines: threads spinning against other jobs make timings noise
+    d = sft.init_distributed()
+    with tempfile.TemporaryDirectory() as tmp:
+        demo.write_demo(tmp, n_rl=1, n_eval=1)
+        tok, cfg = data.load_tokenizer(tmp), Qwen3Config.from_json(Path(tmp) / "config.json")
+        packed = sft.load_rows([str(Path(tmp) / "sft.jsonl")], tok, cfg.max_position_embeddings,
+                               Path(tmp) / "tokens")
+        rows, stats = packed.batch(range(len(packed))), packed.stats
+    T = cfg.max_position_embeddings
+    print(f"packing: {stats['docs']} demo SFT examples into {stats['rows']} rows of {T} tokens: "
+          f"{100 * (1 - stats['pad_fraction']):.2f}% non-padding")
+    ours = sft.shard_model(build_model(cfg, seed=0), d)
+    theirs = Qwen3ForCausalLM(HFConfig(**cfg.to_dict(), attn_implementation="sdpa"))
+    theirs.load_state_dict(ours.state_dict(), strict=False)  # lm_head is tied on both sides
+    opt_ours = sft.build_optimizer(ours, 1e-4)
+    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+
+    def step_theirs(b: dict) -> float:  # HF shifts labels itself (labels[t + 1] = our targets[t])
+        labels = torch.cat([torch.full_like(b["targets"][:, :1], kernels.IGNORE_INDEX), b["targets"][:, :-1]], 1)
+        same_doc = b["doc_ids"][:, :, None] == b["doc_ids"][:, None, :]  # the same packed-document mask as ours
+        mask = (torch.ones(T, T, dtype=torch.bool).tril() & same_doc)[:, None]  # (B, 1, T, T)
+        loss = theirs(b["input_ids"], position_ids=b["position_ids"], attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
+        opt_theirs.step()
+        opt_theirs.zero_grad(set_to_none=True)
+        return loss.item()
+
+    n = 8  # rows per step, one micro-batch on both sides
+    steps = {"ours": lambda b: sft.train_step(ours, opt_ours, b, n, 1e-4, 1.0)["loss"], "transformers": step_theirs}
+    times, losses = {k: [] for k in steps}, {k: [] for k in steps}
+    for it in range(10):  # interleaved, so load from other processes hits both alike
+        batch = {k: v[it * n:(it + 1) * n] for k, v in rows.items()}
+        for name, fn in steps.items():
+            t0 = time.perf_counter()
+            losses[name].append(fn(batch))
+            times[name].append(time.perf_counter() - t0)
+    tps = {k: n * T / sorted(v[2:])[len(v[2:]) // 2] for k, v in times.items()}  # median after 2 warm-up steps
+    print("loss, steps 1-3: ours " + ", ".join(f"{x:.6f}" for x in losses["ours"][:3]) +
+          " | transformers " + ", ".join(f"{x:.6f}" for x in losses["transformers"][:3]))
+    print(f"training (fwd+bwd+clip+AdamW, {n} x {T} tokens, 1 thread): ours {tps['ours']:.0f} tok/s | "
+          f"transformers {tps['transformers']:.0f} tok/s | ratio {tps['ours'] / tps['transformers']:.2f}x")
+
+
+@bench
+def bench_gppo(argv: list[str]) -> None:
+    """A few steps of the demo's tiny Qwen3 on a one-token task ("answer 7": learnable from a random init, so every
+    stage runs): the time per stage and the rollout share (generate + reward). Step 1 (reward helper start-up,
+    first calls) is left out of the totals. Responses are one token, so the rollout share is a lower bound."""
+    torch.set_num_threads(1)  # stable numbers on a shared CPU (two threads fighting for a core are much slower)
+    steps, tmp = 6, tempfile.TemporaryDirectory(prefix="gppo-bench-")
+    d = Path(tmp.name)
+    demo.write_demo(d / "demo", n_sft=2, n_rl=2, n_eval=2)
+    cfg = Qwen3Config.from_json(d / "demo" / "config.json")
+    save_pretrained(build_model(cfg, "cpu", torch.float32, seed=0), d / "model")
+    data.load_tokenizer(d / "demo").save(d / "model")
+    (d / "seven.jsonl").write_text("".join(json.dumps({"problem": f"{i}: answer 7", "answer": "7"}) + "\n"
+                                           for i in range(256)))
+    gppo.train(gppo.parse_args(["--model", str(d / "model"), "--data", str(d / "seven.jsonl"), "--out", str(d / "run"),
+                      "--steps", str(steps), "--prompts-per-step", "32", "--n", "8", "--mini-batch-prompts", "8",
+                      "--lr", "4e-3", "--warmup-steps", "1", "--no-thinking", "--max-response-tokens", "1",
+                      "--reward-workers", "2", "--save-every", "1000", "--no-export"]))
+    rows = [json.loads(line) for line in open(d / "run" / "metrics.jsonl")][1:]
+    tmp.cleanup()
+    tot = {k: sum(r.get(k, 0.0) for r in rows) for k in ("t_generate", "t_reward", "t_old_logp", "t_update")}
+    step_t = sum(r["t_step"] for r in rows)
+    print(f"gppo bench: {cfg.num_hidden_layers} layers x {cfg.hidden_size}, 64 prompts x 8 samples drawn per step, "
+          f"steps 2-{steps}, {torch.get_num_threads()} thread(s)")
+    print(" | ".join(f"{k[2:]} {v / len(rows):.3f}s ({v / step_t:.0%})" for k, v in tot.items())
+          + f" | step {step_t / len(rows):.3f}s | rollout share {(tot['t_generate'] + tot['t_reward']) / step_t:.0%}")
 
 
 # ------------------------------------------------------------------------------------------------ rewards

@@ -465,149 +465,16 @@ class ShardedSampler:
         self._epoch, self._offset = state["epoch"], state["offset"]
 
 
-# ----------------------------------------------------------------------------------------------- demo task
-DEMO_CHARS = "\t\n" + "".join(chr(c) for c in range(32, 127))  # printable ASCII, newline, tab; one token each
-DEMO_ADDED = [("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
-              ("<think>", False), ("</think>", False), ("\\boxed{", False)]  # (token, special) as in Qwen3
-MATH_SOURCE, CODE_SOURCE = "math_longcot_math_verify", "coder1_longcot"
-MATH_WIDTH = 3  # demo operands have at most this many digits and are shown zero-padded to it
-
-
-def demo_tokenizer() -> Tokenizer:
-    """Character-level: every char its own token (unknown chars map to <unk>), plus Qwen3's special tokens."""
-    vocab = {c: i for i, c in enumerate(list(DEMO_CHARS) + ["<unk>"])}  # "<unk>" text itself splits into chars
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Split(tokenizers.Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = tokenizers.decoders.Fuse()  # join the characters back without spaces
-    for text, special in DEMO_ADDED:
-        added = tokenizers.AddedToken(text, special=special, normalized=False)
-        tok.add_special_tokens([added]) if special else tok.add_tokens([added])
-    decoder = {str(i): {"content": a.content, "special": a.special} for i, a in tok.get_added_tokens_decoder().items()}
-    config = {"added_tokens_decoder": decoder, "bos_token": None, "eos_token": "<|im_end|>",
-              "pad_token": "<|endoftext|>", "unk_token": None, "add_bos_token": False, "model_max_length": 512,
-              "clean_up_tokenization_spaces": False, "tokenizer_class": "PreTrainedTokenizerFast"}
-    return Tokenizer(tok, config, source="demo tokenizer")
-
-
-def demo_config(tok: Tokenizer) -> dict:
-    """The demo's 0.8M-parameter Qwen3 in HF config.json form."""
-    return {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": -(-tok.vocab_size // 16) * 16,
-            "hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "head_dim": 32, "max_position_embeddings": 512, "rms_norm_eps": 1e-6,
-            "rope_theta": 10000.0, "rope_scaling": None, "tie_word_embeddings": True, "hidden_act": "silu",
-            "attention_bias": False, "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": True,
-            "bos_token_id": tok.pad_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id,
-            "torch_dtype": "float32"}
-
-
-def math_trace(ops: list[int], flawed: bool = False) -> tuple[str, int, bool]:
-    """Units-first column trace `carry+digits=sum` over MATH_WIDTH columns, the sum, and whether a column (carry
-    included) sums to exactly 10. Fixed widths (zero-padded operands, two-digit sums) put every digit a tiny
-    model must read at a fixed distance from where it writes. flawed: the teacher's bug, the carry out of such a
-    column is dropped (trace and answer both wrong)."""
-    lines, digits, carry, ten = [], [], 0, False
-    for col in range(MATH_WIDTH):
-        ds = [o // 10**col % 10 for o in ops]
-        s = carry + sum(ds)
-        lines.append("+".join(map(str, [carry] + ds)) + f"={s:02d}")
-        digits.append(s % 10)
-        ten |= s == 10
-        carry = 0 if flawed and s == 10 else s // 10
-    return "\n".join(lines), int(str(carry) + "".join(map(str, reversed(digits)))), ten
-
-
-def math_problem(rng: random.Random, p_ten: float = 0.4, max_digits: int = MATH_WIDTH) -> list[int]:
-    """2-3 operands of 1..max_digits digits; a share p_ten has a column summing to 10 (where the flaw bites)."""
-    want = rng.random() < p_ten
-    while True:  # rejection: about a quarter of uniform problems have such a column
-        ds = [rng.randint(1, max_digits) for _ in range(rng.randint(2, 3))]
-        ops = [rng.randint(10 ** (d - 1) if d > 1 else 0, 10 ** d - 1) for d in ds]
-        if math_trace(ops)[2] == want:
-            return ops
-
-
-def code_problem(rng: random.Random) -> tuple[int, int]:
-    """f(x) = a*x + b with a in +-1..15, b in -99..99; the flawed sub-class is b < 0."""
-    return rng.choice([a for a in range(-15, 16) if a]), rng.randint(-99, 99)
-
-
-def code_text(a: int, b: int) -> tuple[str, str, str]:
-    """(prompt, reasoning, program) for f(x) = a*x + b."""
-    ax, bx = {1: "x", -1: "-x"}.get(a, f"{a}*x"), (f"+{b}" if b > 0 else f"-{-b}" if b < 0 else "")
-    prompt = f"Read an integer x, print f(x)={ax.replace('*', '')}{bx}"
-    return prompt, f"a={a}, b={b}", f"x=int(input())\nprint({ax}{bx})"
-
-
-def demo_record(kind: str, problem, split: str, rng: random.Random, flaw_rate: float) -> tuple[dict, bool]:
-    """One record of a split ("sft" | "rl" | "eval") and whether the teacher's flaw was applied (sft only)."""
-    if kind == "math":
-        prompt = "+".join(f"{o:0{MATH_WIDTH}d}" for o in problem)
-        flawed = split == "sft" and math_trace(problem)[2] and rng.random() < flaw_rate
-        trace, answer, _ = math_trace(problem, flawed)
-        content, gold, ability = f"\\boxed{{{answer}}}", str(answer), "math"
-    else:
-        a, b = problem
-        flawed = split == "sft" and b < 0 and rng.random() < flaw_rate  # the teacher misreads the sign of b
-        prompt, (_, trace, program) = code_text(a, b)[0], code_text(a, -b if flawed else b)
-        content, ability = f"```python\n{program}\n```", "code"
-        xs = [rng.randint(-99, -1), rng.randint(0, 9), rng.randint(10, 99), rng.randint(-999, 999)]
-        tests = [{"input": f"{x}\n", "output": f"{a * x + b}\n"} for x in xs]
-        gold = json.dumps({"inputs": [t["input"] for t in tests], "outputs": [t["output"] for t in tests]})
-    user = {"role": "user", "content": prompt}
-    if split == "sft":
-        return {"messages": [user, {"role": "assistant", "reasoning_content": trace, "content": content}]}, flawed
-    if split == "rl":
-        source = MATH_SOURCE if kind == "math" else CODE_SOURCE
-        return {"data_source": source, "prompt": [user], "ability": ability,
-                "reward_model": {"style": "rule", "ground_truth": gold}}, False
-    return ({"problem": prompt, "answer": gold} if kind == "math" else {"problem": prompt, "tests": tests}), False
-
-
-def _fresh(draw, seen: set):
-    """A problem not drawn before (the splits must not overlap)."""
-    for _ in range(100_000):
-        problem = draw()
-        if str(problem) not in seen:
-            seen.add(str(problem))
-            return problem
-    raise ValueError("write_demo: ran out of distinct problems; lower the counts")
-
-
-def write_demo(folder, seed: int = 0, n_sft: int = 2000, n_rl: int = 1000, n_eval: int = 200,
-               flaw_rate: float = 0.6, p_ten: float = 0.4) -> dict:
-    """Tokenizer, config.json and the JSONL files of the demo; counts are per flavour, problems are distinct
-    across all splits (eval is held out from SFT and RL). Returns counts, including how many traces are flawed."""
-    folder, rng = Path(folder), random.Random(seed)
-    tok = demo_tokenizer()
-    tok.save(folder)
-    (folder / "config.json").write_text(json.dumps(demo_config(tok), indent=2))
-    draw = {"math": lambda: math_problem(rng, p_ten), "code": lambda: code_problem(rng)}
-    seen, stats = set(), {}
-    files = {"sft": [], "rl_math": [], "rl_code": [], "eval_math": [], "eval_code": []}  # RL: one file per stage
-    for split, n in (("eval", n_eval), ("rl", n_rl), ("sft", n_sft)):
-        for kind in ("math", "code"):
-            recs = [demo_record(kind, _fresh(draw[kind], seen), split, rng, flaw_rate) for _ in range(n)]
-            files[split if split == "sft" else f"{split}_{kind}"] += [r for r, _ in recs]
-            stats[f"{split}_{kind}"], stats[f"{split}_{kind}_flawed"] = n, sum(bad for _, bad in recs)
-    for name, recs in files.items():
-        if name == "sft":
-            rng.shuffle(recs)  # interleave the flavours
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    return stats
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--demo", help="write the demo task into this folder")
-    p.add_argument("--seed", type=int, default=0, help="demo seed")
     p.add_argument("--sft", nargs="+", help="SFT JSONL file(s) to tokenise and pack (prints packing statistics)")
     p.add_argument("--tokenizer", help="tokenizer folder for --sft")
     p.add_argument("--cache", help="write the token store here (sft.py --data-cache reuses it); default: temporary")
     p.add_argument("--seq-len", type=int, default=8192, help="packed row length for --sft")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad lines instead of failing")
     args = p.parse_args()
-    if args.demo:
-        print(json.dumps(write_demo(args.demo, seed=args.seed)))
+    if not args.sft:
+        p.error("nothing to do: give --sft FILE.jsonl (the demo's data: python demo.py data FOLDER)")
     if args.sft:
         tok = load_tokenizer(args.tokenizer or Path(args.sft[0]).parent)
         with tempfile.TemporaryDirectory() as tmp:

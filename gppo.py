@@ -36,13 +36,12 @@ Run (defaults = the math stage; `--stage code` = lr 5e-7 and 32-prompt mini-batc
   torchrun --nproc_per_node 8 gppo.py --model runs/sft/hf --data math.jsonl --out runs/rl-math \\
       --eval aime2024.jsonl --eval-every 50 --eval-n 8 [--resume]
   torchrun --nproc_per_node 8 gppo.py --stage code --model runs/rl-math/hf --data code.jsonl --out runs/rl-code
-  python gppo.py --bench        # a few steps of the demo's tiny model: time per stage and the rollout share
+  python bench.py gppo          # a few steps of the demo's tiny model: time per stage and the rollout share
   python -m pytest -q tests/test_gppo.py
 """
 import argparse
 import json
 import math
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ import torch.distributed as tdist
 
 import data
 import kernels
-import model as qwen
+import model as qwen3
 import rewards
 import rollout
 import sandbox
@@ -521,7 +520,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--steps", type=int, default=500, help="RL steps")
     g.add_argument("--max-bad-steps", type=int, default=5, help="stop after this many non-finite steps in a row")
     g.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
-    g = p.add_argument_group("evaluation, checkpoints, benchmark")
+    g = p.add_argument_group("evaluation and checkpoints")
     g.add_argument("--eval", default=None, help="held-out JSONL evaluated with rollout.evaluate")
     g.add_argument("--eval-every", type=int, default=50)
     g.add_argument("--eval-n", type=int, default=1, help="samples per eval prompt (avg@n, pass@n)")
@@ -530,7 +529,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--eval-max-tokens", type=int, default=None, help="default: --max-response-tokens")
     g.add_argument("--save-every", type=int, default=50)
     g.add_argument("--no-export", dest="export", action="store_false", help="skip the HF export at the end")
-    g.add_argument("--bench", action="store_true", help="a few steps of a tiny model, then the time split")
     g.add_argument("--preflight", action="store_true", help="check the context split against --model's config.json "
                    "(and that --data exists), print it, exit")
     sft.add_run_args(p)  # the flags shared with sft.py: collective timeout, experiment trackers
@@ -539,41 +537,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         setattr(a, k, v if getattr(a, k) is None else getattr(a, k))
     if a.preflight and not a.model:
         p.error("--preflight checks --model's config.json: give --model")
-    if not (a.bench or a.preflight) and not (a.model and a.data):
+    if not a.preflight and not (a.model and a.data):
         p.error("--model and --data are required")
     return a
 
 
-def bench(a) -> None:
-    """A few steps of the demo's tiny Qwen3 on a one-token task ("answer 7": learnable from a random init, so every
-    stage runs): the time per stage and the rollout share (generate + reward). Step 1 (reward helper start-up,
-    first calls) is left out of the totals. Responses are one token, so the rollout share is a lower bound."""
-    torch.set_num_threads(1)  # stable numbers on a shared CPU (two threads fighting for a core are much slower)
-    steps, tmp = 6, tempfile.TemporaryDirectory(prefix="gppo-bench-")
-    d = Path(tmp.name)
-    data.write_demo(d / "demo", n_sft=2, n_rl=2, n_eval=2)
-    cfg = qwen.Qwen3Config.from_json(d / "demo" / "config.json")
-    qwen.save_pretrained(qwen.build_model(cfg, "cpu", torch.float32, seed=0), d / "model")
-    data.load_tokenizer(d / "demo").save(d / "model")
-    (d / "seven.jsonl").write_text("".join(json.dumps({"problem": f"{i}: answer 7", "answer": "7"}) + "\n"
-                                           for i in range(256)))
-    train(parse_args(["--model", str(d / "model"), "--data", str(d / "seven.jsonl"), "--out", str(d / "run"),
-                      "--steps", str(steps), "--prompts-per-step", "32", "--n", "8", "--mini-batch-prompts", "8",
-                      "--lr", "4e-3", "--warmup-steps", "1", "--no-thinking", "--max-response-tokens", "1",
-                      "--reward-workers", "2", "--save-every", "1000", "--no-export"]))
-    rows = [json.loads(line) for line in open(d / "run" / "metrics.jsonl")][1:]
-    tmp.cleanup()
-    tot = {k: sum(r.get(k, 0.0) for r in rows) for k in ("t_generate", "t_reward", "t_old_logp", "t_update")}
-    step_t = sum(r["t_step"] for r in rows)
-    print(f"gppo bench: {cfg.num_hidden_layers} layers x {cfg.hidden_size}, 64 prompts x 8 samples drawn per step, "
-          f"steps 2-{steps}, {torch.get_num_threads()} thread(s)")
-    print(" | ".join(f"{k[2:]} {v / len(rows):.3f}s ({v / step_t:.0%})" for k, v in tot.items())
-          + f" | step {step_t / len(rows):.3f}s | rollout share {(tot['t_generate'] + tot['t_reward']) / step_t:.0%}")
-
-
 def preflight(a) -> None:
     """train.sh's check before any long work: the context split fits the model, the data file exists."""
-    context_split(a, qwen.Qwen3Config.from_json(Path(a.model) / "config.json").max_position_embeddings)
+    context_split(a, qwen3.Qwen3Config.from_json(Path(a.model) / "config.json").max_position_embeddings)
     if a.data and not Path(a.data).is_file():
         raise SystemExit(f"gppo: --data not found: {a.data}")
 
@@ -583,7 +554,7 @@ def main(argv=None) -> None:
     if a.preflight:
         return preflight(a)
     with sft.distributed_run():
-        bench(a) if a.bench else train(a)
+        train(a)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ Run:
   torchrun --nproc_per_node 8 sft.py --model Qwen3-8B-Base --data sft.jsonl --out runs/sft --checkpointing
   torchrun --nproc_per_node 8 sft.py --model Qwen3-8B-Base --data sft.jsonl --out runs/sft --resume
   torchrun --nproc_per_node 8 sft.py ... --wandb klear-sft [--wandb-offline] --tensorboard   # + an experiment tracker
-  python sft.py --bench                  # CPU tokens/s vs transformers + AdamW, packing efficiency (demo data)
+  python bench.py sft                    # CPU tokens/s vs transformers + AdamW, packing efficiency (demo data)
   python -m pytest -q tests/test_sft.py
 """
 from __future__ import annotations
@@ -56,7 +56,6 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 import weakref
 from dataclasses import dataclass
@@ -542,55 +541,6 @@ def train(args) -> None:
     print0(f"exported {run.export_hf(model, tok, run.path / 'hf', getattr(torch, args.export_dtype))}")
 
 
-# ------------------------------------------------------------------------------------------ benchmark
-def bench(args) -> None:
-    """Training tokens/s of our stack vs transformers' Qwen3 + a plain AdamW loop on the same packed demo rows
-    (CPU, one thread, the demo config), and the packing efficiency of the demo SFT set."""
-    from transformers import Qwen3Config as HFConfig
-    from transformers import Qwen3ForCausalLM
-    torch.set_num_threads(1)  # shared 2-core machines: threads spinning against other jobs make timings noise
-    d = init_distributed()
-    with tempfile.TemporaryDirectory() as tmp:
-        data.write_demo(tmp, n_rl=1, n_eval=1)
-        tok, cfg = data.load_tokenizer(tmp), qwen3.Qwen3Config.from_json(Path(tmp) / "config.json")
-        packed = load_rows([str(Path(tmp) / "sft.jsonl")], tok, cfg.max_position_embeddings, Path(tmp) / "tokens")
-        rows, stats = packed.batch(range(len(packed))), packed.stats
-    T = cfg.max_position_embeddings
-    print(f"packing: {stats['docs']} demo SFT examples into {stats['rows']} rows of {T} tokens: "
-          f"{100 * (1 - stats['pad_fraction']):.2f}% non-padding")
-    ours = shard_model(qwen3.build_model(cfg, seed=0), d)
-    theirs = Qwen3ForCausalLM(HFConfig(**cfg.to_dict(), attn_implementation="sdpa"))
-    theirs.load_state_dict(ours.state_dict(), strict=False)  # lm_head is tied on both sides
-    opt_ours = build_optimizer(ours, 1e-4)
-    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-
-    def step_theirs(b: dict) -> float:  # HF shifts labels itself (labels[t + 1] = our targets[t])
-        labels = torch.cat([torch.full_like(b["targets"][:, :1], IGNORE_INDEX), b["targets"][:, :-1]], 1)
-        same_doc = b["doc_ids"][:, :, None] == b["doc_ids"][:, None, :]  # the same packed-document mask as ours
-        mask = (torch.ones(T, T, dtype=torch.bool).tril() & same_doc)[:, None]  # (B, 1, T, T)
-        loss = theirs(b["input_ids"], position_ids=b["position_ids"], attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
-        opt_theirs.step()
-        opt_theirs.zero_grad(set_to_none=True)
-        return loss.item()
-
-    n = 8  # rows per step, one micro-batch on both sides
-    steps = {"ours": lambda b: train_step(ours, opt_ours, b, n, 1e-4, 1.0)["loss"], "transformers": step_theirs}
-    times, losses = {k: [] for k in steps}, {k: [] for k in steps}
-    for it in range(10):  # interleaved, so load from other processes hits both alike
-        batch = {k: v[it * n:(it + 1) * n] for k, v in rows.items()}
-        for name, fn in steps.items():
-            t0 = time.perf_counter()
-            losses[name].append(fn(batch))
-            times[name].append(time.perf_counter() - t0)
-    tps = {k: n * T / sorted(v[2:])[len(v[2:]) // 2] for k, v in times.items()}  # median after 2 warm-up steps
-    print("loss, steps 1-3: ours " + ", ".join(f"{x:.6f}" for x in losses["ours"][:3]) +
-          " | transformers " + ", ".join(f"{x:.6f}" for x in losses["transformers"][:3]))
-    print(f"training (fwd+bwd+clip+AdamW, {n} x {T} tokens, 1 thread): ours {tps['ours']:.0f} tok/s | "
-          f"transformers {tps['transformers']:.0f} tok/s | ratio {tps['ours'] / tps['transformers']:.2f}x")
-
-
 # ------------------------------------------------------------------------------------------ command line
 class _NeedsPackage(argparse.Action):
     """A flag that needs an optional package: a one-line error at parse time when it is not installed."""
@@ -659,10 +609,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--export-every", type=int, default=0, help="also export a HF folder every N steps")
     g.add_argument("--export-dtype", choices=["float32", "bfloat16"], default="float32", help="HF export dtype")
     g.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (0: from the GPU name)")
-    g.add_argument("--bench", action="store_true", help="benchmark against transformers on CPU and exit")
     add_run_args(p)
     args = p.parse_args(argv)
-    if not args.bench and not (args.data and (args.model or (args.config and args.tokenizer))):
+    if not (args.data and (args.model or (args.config and args.tokenizer))):
         p.error("need --data and either --model DIR or --config config.json --tokenizer DIR")
     return args
 
@@ -670,7 +619,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with distributed_run():
-        bench(args) if args.bench else train(args)
+        train(args)
 
 
 if __name__ == "__main__":

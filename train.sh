@@ -28,7 +28,7 @@ if [ -z "${MODEL:-}" ]; then
   RUN=$LOSS${RL_SEED:+_seed$RL_SEED}
   mkdir -p "$OUT"
   say "demo data and tokenizer -> $D"
-  $PY data.py --demo "$D" --seed "$SEED"
+  $PY demo.py data "$D" --seed "$SEED"
   if [ ! -f "$OUT/sft/hf/config.json" ]; then
     say "SFT from scratch: tiny Qwen3 ($D/config.json) learns to think before answering"
     $PY sft.py --config "$D/config.json" --tokenizer "$D" --data "$D/sft.jsonl" --out "$OUT/sft" \
@@ -36,21 +36,7 @@ if [ -z "${MODEL:-}" ]; then
       --lr "${SFT_LR:-2e-3}" --min-lr "${SFT_MIN_LR:-2e-4}" --warmup-ratio 0.03 --weight-decay 0 \
       --seed "$SEED" --save-every 100 --resume
   fi
-  evaluate() {  # evaluate MODEL_DIR NAME: held-out accuracy of both flavours, greedy and at temperature 1
-    $PY - "$1" "$2" "$D" "$OUT" "${EVAL_LIMIT:-}" <<'EOF'
-import os, sys, rollout
-model, name, d, out, limit = sys.argv[1:]
-for f in ("math", "code"):
-    for t, suffix in (("0", ""), ("1", "_t1")):  # one sample per problem at temperature 1, top-p 1 (RL's sampling)
-        rows = f"{out}/eval_{name}_{f}{suffix}.jsonl"  # a few seconds each: redone from scratch, never resumed
-        for old in (rows, rows + ".settings.json"):
-            if os.path.exists(old):
-                os.remove(old)
-        rollout.main(["--model", model, "--eval", f"{d}/eval_{f}.jsonl", "--temperature", t, "--top-p", "1",
-                      "--max-new-tokens", "96", "--out", rows, "--summary", f"{out}/eval_{name}_{f}{suffix}.json",
-                      "--workers", "2"] + (["--limit", limit] if limit else []))
-EOF
-  }
+  evaluate() { $PY demo.py eval "$1" "$2" "$D" "$OUT" "${EVAL_LIMIT:-}"; }  # held-out, greedy and temperature 1
   [ -f "$OUT/eval_sft_code_t1.json" ] || { say "evaluate the SFT model (held-out)"; evaluate "$OUT/sft/hf" sft; }
   RL="--loss $LOSS --seed ${RL_SEED:-$SEED} --n 8 --lr ${RL_LR:-5e-5} --warmup-steps 2 --max-response-tokens 96 \
     --reward-workers 2 --save-every 10 --resume"
@@ -65,36 +51,14 @@ EOF
   if [ "${CONTROL:-1}" = 1 ] && [ ! -f "$OUT/eval_sft_more_code_t1.json" ]; then
     # the control: more SFT (at the schedule's final lr) for as long as both RL stages ran, so that the RL
     # gain is claimed over the better of two baselines, not over a model that merely trained less
-    secs=$($PY -c 'import json, sys; print(round(sum({(f, m["step"]): m["t_step"] for f in sys.argv[1:]
-      for m in map(json.loads, open(f))}.values())))' "$OUT/$RUN/math/metrics.jsonl" "$OUT/$RUN/code/metrics.jsonl")
+    secs=$($PY demo.py seconds "$OUT/$RUN/math/metrics.jsonl" "$OUT/$RUN/code/metrics.jsonl")
     say "control: the SFT model trained further with SFT for the RL stages' wall time (${secs} s)"
     $PY sft.py --model "$OUT/sft/hf" --data "$D/sft.jsonl" --out "$OUT/sft_more" --max-length 512 \
       --tokens-per-step 4096 --micro-batch 8 --epochs 1000 --lr "${SFT_MIN_LR:-2e-4}" --min-lr "${SFT_MIN_LR:-2e-4}" \
       --warmup-ratio 0 --weight-decay 0 --seed "$SEED" --save-every 0 --max-seconds "$secs"
     evaluate "$OUT/sft_more/hf" sft_more
   fi
-  $PY - "$OUT" "$RUN" <<'EOF'
-import json, os, sys
-out, run = sys.argv[1:]
-path = f"{out}/summary.json"
-old = json.load(open(path)) if os.path.exists(path) else {}
-summary = {}
-for stage in dict.fromkeys(["sft", "sft_more", *old.get("math", {}), run]):  # earlier runs' columns stay
-    for f in ("math", "code"):
-        for key, suffix in ((f, ""), (f + "@t1", "_t1")):  # flavour: greedy; flavour@t1: temperature 1
-            if os.path.exists(p := f"{out}/eval_{stage}_{f}{suffix}.json"):
-                summary.setdefault(key, {})[stage] = json.load(open(p))["avg@n"]
-json.dump(summary, open(path, "w"), indent=1)
-stages = list(summary["math"])
-w = [max(9, len(s) + 2) for s in stages]
-print(f"\nheld-out accuracy ({path}; @t1: one sample at temperature 1, otherwise greedy)")
-print(f"{'':8s}" + "".join(f"{s:>{n}s}" for s, n in zip(stages, w)))
-for f, accs in summary.items():
-    print(f"{f:8s}" + "".join(f"{accs[s]:{n}.3f}" if s in accs else " " * n for s, n in zip(stages, w)))
-for f in ("math", "code"):
-    base = max(v for s, v in summary[f].items() if s in ("sft", "sft_more"))
-    print(f"{run} over the better of sft and sft_more (greedy), {f}: {100 * (summary[f][run] - base):+.1f} points")
-EOF
+  $PY demo.py summary "$OUT" "$RUN"
   if $PY -c "import matplotlib" 2>/dev/null; then  # the curves of every stage (plot.py), when matplotlib is there
     runs=("$OUT/sft" "$OUT/$RUN/math" "$OUT/$RUN/code")
     [ ! -f "$OUT/sft_more/metrics.jsonl" ] || runs+=("$OUT/sft_more")

@@ -12,15 +12,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gppo  # noqa: E402
 import kernels  # noqa: E402
-import model as qwen  # noqa: E402
+import model as qwen3  # noqa: E402
 import sft  # noqa: E402
 
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
             num_key_value_heads=1, head_dim=16, max_position_embeddings=128, tie_word_embeddings=True)
 
 
-def tiny_model(seed: int = 0) -> qwen.Qwen3:
-    return qwen.build_model(qwen.Qwen3Config.from_dict(TINY), "cpu", torch.float32, seed=seed)
+def tiny_model(seed: int = 0) -> qwen3.Qwen3:
+    return qwen3.build_model(qwen3.Qwen3Config.from_dict(TINY), "cpu", torch.float32, seed=seed)
 
 
 def make_items(model, n: int = 10, seed: int = 0) -> list[dict]:

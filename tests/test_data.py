@@ -9,6 +9,7 @@ import torch
 from conftest import need_shared
 
 import data
+import demo
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 2+2?"}],
@@ -40,9 +41,9 @@ def hf():
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo_set(tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo")
-    stats = data.write_demo(folder, seed=1, n_sft=400, n_rl=100, n_eval=100)
+    stats = demo.write_demo(folder, seed=1, n_sft=400, n_rl=100, n_eval=100)
     return folder, stats, data.load_tokenizer(folder)
 
 
@@ -62,11 +63,11 @@ def test_qwen_tokenizer_matches_transformers(qwen, hf):
 def test_missing_or_inconsistent_tokenizer(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope" / "tokenizer.json")):
         data.load_tokenizer(tmp_path / "nope")
-    data.demo_tokenizer().save(tmp_path)
+    demo.demo_tokenizer().save(tmp_path)
     (tmp_path / "tokenizer_config.json").unlink()
     with pytest.raises(FileNotFoundError, match="tokenizer_config.json"):
         data.load_tokenizer(tmp_path)
-    cfg = data.demo_tokenizer().config
+    cfg = demo.demo_tokenizer().config
     cfg["added_tokens_decoder"]["3"] = {"content": "<think>", "special": False}
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="'<think>' id 3"):
@@ -111,8 +112,8 @@ def test_read_jsonl_errors(tmp_path, capsys):
         data.read_jsonl(tmp_path / "missing.jsonl")
 
 
-def test_sft_example_hand_checked_mask(demo):
-    tok = demo[2]  # one token per character makes the span easy to count by hand
+def test_sft_example_hand_checked_mask(demo_set):
+    tok = demo_set[2]  # one token per character makes the span easy to count by hand
     record = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "hi"},
                            {"role": "assistant", "reasoning_content": "r", "content": "ok"}]}
     ids, mask = data.sft_example(record, tok)
@@ -137,8 +138,8 @@ def test_sft_example_matches_official_ids(qwen, hf):
     assert qwen.decode([t for t, m in zip(ids, mask) if m]) == "<think>\nthink ü\n</think>\n\nHi! 👋<|im_end|>"
 
 
-def test_sft_example_errors(demo, tmp_path):
-    tok = demo[2]
+def test_sft_example_errors(demo_set, tmp_path):
+    tok = demo_set[2]
     with pytest.raises(ValueError, match="missing field 'response'"):
         data.sft_example({"prompt": "x"}, tok)
     with pytest.raises(ValueError, match="missing field 'prompt'"):
@@ -183,8 +184,8 @@ def test_pack_overlong_and_best_fit():
     assert [d for d in docs if d] == sorted(e[0] for e in exs)  # every document once, intact
 
 
-def test_token_store_packs_like_memory_and_is_built_once(demo, tmp_path, monkeypatch):
-    folder, _, tok = demo
+def test_token_store_packs_like_memory_and_is_built_once(demo_set, tmp_path, monkeypatch):
+    folder, _, tok = demo_set
     src = tmp_path / "sft.jsonl"
     src.write_text("".join((folder / "sft.jsonl").read_text().splitlines(keepends=True)[:60]))
     store = data.build_token_store([src], tok, tmp_path / "tokens")
@@ -204,8 +205,8 @@ def test_token_store_packs_like_memory_and_is_built_once(demo, tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sft.jsonl", "tokens"]  # no temp or old folders left
 
 
-def test_token_store_bad_input_and_crash_keep_the_old_store(demo, tmp_path, monkeypatch):
-    tok = demo[2]
+def test_token_store_bad_input_and_crash_keep_the_old_store(demo_set, tmp_path, monkeypatch):
+    tok = demo_set[2]
     src = tmp_path / "sft.jsonl"
     src.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n{"prompt": "c", "response": "d"}\n')
     with pytest.raises(ValueError, match=f"{src}:2: missing field 'response'"):
@@ -226,8 +227,8 @@ def test_token_store_bad_input_and_crash_keep_the_old_store(demo, tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sft.jsonl", "tokens"]
 
 
-def test_token_store_waiters_and_racing_builders(demo, tmp_path):
-    tok = demo[2]
+def test_token_store_waiters_and_racing_builders(demo_set, tmp_path):
+    tok = demo_set[2]
     src = tmp_path / "sft.jsonl"
     src.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": "dd"}\n')
     key = data._store_key([src], tok, False)
@@ -261,14 +262,14 @@ def test_sampler_shards_and_resume():
         data.ShardedSampler(101, 1, 2, seed=4).load_state_dict(b.state_dict())
 
 
-def test_demo_tokenizer_and_config(demo):
-    folder, _, tok = demo
-    text = data.DEMO_CHARS + "<|im_start|>user\n  1+2\t<think>\n\\boxed{3}</think><|im_end|>\n"
+def test_demo_tokenizer_and_config(demo_set):
+    folder, _, tok = demo_set
+    text = demo.DEMO_CHARS + "<|im_start|>user\n  1+2\t<think>\n\\boxed{3}</think><|im_end|>\n"
     assert tok.decode(tok.encode(text)) == text
-    assert len(tok.encode(data.DEMO_CHARS)) == len(data.DEMO_CHARS)
-    for name, _ in data.DEMO_ADDED:
+    assert len(tok.encode(demo.DEMO_CHARS)) == len(demo.DEMO_CHARS)
+    for name, _ in demo.DEMO_ADDED:
         assert len(tok.encode(name)) == 1
-    assert tok.decode(tok.encode("é")) == "<unk>" and tok.vocab_size == len(data.DEMO_CHARS) + 1 + 6
+    assert tok.decode(tok.encode("é")) == "<unk>" and tok.vocab_size == len(demo.DEMO_CHARS) + 1 + 6
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["vocab_size"] % 16 == 0 and cfg["vocab_size"] >= tok.vocab_size and cfg["eos_token_id"] == tok.eos_id
     transformers = pytest.importorskip("transformers")
@@ -278,13 +279,13 @@ def test_demo_tokenizer_and_config(demo):
 
 
 def test_math_and_code_generators():
-    assert data.MATH_WIDTH == 3  # the expected traces below have three fixed-width columns
-    assert data.math_trace([347, 589, 12]) == ("0+7+9+2=18\n1+4+8+1=14\n1+3+5+0=09", 948, False)
-    assert data.math_trace([55, 5]) == ("0+5+5=10\n1+5+0=06\n0+0+0=00", 60, True)
-    assert data.math_trace([55, 5], flawed=True) == ("0+5+5=10\n0+5+0=05\n0+0+0=00", 50, True)  # carry lost
-    assert data.math_trace([5, 5], flawed=True)[1:] == (0, True)
-    assert data.code_text(3, -7) == ("Read an integer x, print f(x)=3x-7", "a=3, b=-7", "x=int(input())\nprint(3*x-7)")
-    assert data.code_text(1, 0)[2].endswith("print(x)") and data.code_text(-1, 5)[2].endswith("print(-x+5)")
+    assert demo.MATH_WIDTH == 3  # the expected traces below have three fixed-width columns
+    assert demo.math_trace([347, 589, 12]) == ("0+7+9+2=18\n1+4+8+1=14\n1+3+5+0=09", 948, False)
+    assert demo.math_trace([55, 5]) == ("0+5+5=10\n1+5+0=06\n0+0+0=00", 60, True)
+    assert demo.math_trace([55, 5], flawed=True) == ("0+5+5=10\n0+5+0=05\n0+0+0=00", 50, True)  # carry lost
+    assert demo.math_trace([5, 5], flawed=True)[1:] == (0, True)
+    assert demo.code_text(3, -7) == ("Read an integer x, print f(x)=3x-7", "a=3, b=-7", "x=int(input())\nprint(3*x-7)")
+    assert demo.code_text(1, 0)[2].endswith("print(x)") and demo.code_text(-1, 5)[2].endswith("print(-x+5)")
 
 
 def _add(problem: str) -> int:  # "012+5" -> 17 (zero-padded operands are not Python literals)
@@ -297,8 +298,8 @@ def _run(program: str, stdin: str) -> str:
     return "".join(out)
 
 
-def test_demo_files(demo, tmp_path):
-    folder, stats, tok = demo
+def test_demo_files(demo_set, tmp_path):
+    folder, stats, tok = demo_set
     read = {n: data.read_jsonl(folder / f"{n}.jsonl") for n in ("sft", "rl_math", "rl_code", "eval_math", "eval_code")}
     read["rl"] = read.pop("rl_math") + read.pop("rl_code")
     assert len(read["sft"]) == 800 and len(read["rl"]) == 200 and len(read["eval_math"]) == 100
@@ -308,15 +309,15 @@ def test_demo_files(demo, tmp_path):
     assert not held_out & (prompts["sft"] | prompts["rl"]) and not prompts["sft"] & prompts["rl"]
     for r in read["eval_math"]:
         assert int(r["answer"]) == _add(r["problem"])
-    tens = sum(data.math_trace([int(x) for x in r["problem"].split("+")])[2] for r in read["eval_math"])
+    tens = sum(demo.math_trace([int(x) for x in r["problem"].split("+")])[2] for r in read["eval_math"])
     assert 0.3 <= tens / 100 <= 0.5  # the flaw matters on a good share of held-out problems
     for r in read["eval_code"][:20]:
         a, b = _coeffs(r["problem"])
-        program = data.code_text(a, b)[2]
+        program = demo.code_text(a, b)[2]
         assert all(_run(program, t["input"]) == t["output"] for t in r["tests"]) and len(r["tests"]) == 4
         assert any(int(t["input"]) < 0 for t in r["tests"])
     rl_math = [r for r in read["rl"] if r["ability"] == "math"]
-    assert all(r["data_source"] == data.MATH_SOURCE and int(r["reward_model"]["ground_truth"]) ==
+    assert all(r["data_source"] == demo.MATH_SOURCE and int(r["reward_model"]["ground_truth"]) ==
                _add(r["prompt"][0]["content"]) for r in rl_math)
     gt = json.loads(next(r for r in read["rl"] if r["ability"] == "code")["reward_model"]["ground_truth"])
     assert len(gt["inputs"]) == len(gt["outputs"]) == 4
@@ -325,11 +326,11 @@ def test_demo_files(demo, tmp_path):
     wrong = sum(turn["content"] != f"\\boxed{{{_add(q)}}}" for q, turn in math)
     assert len(math) == 400 and wrong == stats["sft_math_flawed"] and 0.1 < wrong / 400 < 0.4
     code = [(_coeffs(r["messages"][0]["content"]), r["messages"][1]) for r in read["sft"] if "f(x)" in str(r)]
-    bugged = [(a, b) for (a, b), turn in code if data.code_text(a, b)[2] not in turn["content"]]
-    assert all(b < 0 and data.code_text(a, -b)[2] in turn["content"] for (a, b), turn in code if (a, b) in bugged)
+    bugged = [(a, b) for (a, b), turn in code if demo.code_text(a, b)[2] not in turn["content"]]
+    assert all(b < 0 and demo.code_text(a, -b)[2] in turn["content"] for (a, b), turn in code if (a, b) in bugged)
     assert len(bugged) == stats["sft_code_flawed"] and 0.15 < len(bugged) / 400 < 0.45
     assert max(len(data.sft_example(r, tok)[0]) for r in read["sft"]) < 160
-    data.write_demo(tmp_path, seed=1, n_sft=400, n_rl=100, n_eval=100)  # seeded: the same bytes again
+    demo.write_demo(tmp_path, seed=1, n_sft=400, n_rl=100, n_eval=100)  # seeded: the same bytes again
     assert all((tmp_path / f).read_bytes() == (folder / f).read_bytes() for f in
                ("sft.jsonl", "rl_math.jsonl", "rl_code.jsonl", "eval_code.jsonl", "tokenizer.json",
                 "tokenizer_config.json", "config.json"))

@@ -4,7 +4,7 @@ import os
 import subprocess
 from pathlib import Path
 
-import data
+import demo
 import model as qwen3
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +50,6 @@ def test_real_recipe_names_a_missing_data_file(tmp_path):
     cfg = qwen3.Qwen3Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                             num_attention_heads=2, num_key_value_heads=1, head_dim=8)
     qwen3.save_pretrained(qwen3.build_model(cfg, seed=0), tmp_path / "ckpt")
-    data.demo_tokenizer().save(tmp_path / "ckpt")
+    demo.demo_tokenizer().save(tmp_path / "ckpt")
     p = train_sh(tmp_path, MODEL=str(tmp_path / "ckpt"), SFT_DATA=str(tmp_path / "nope.jsonl"))
     assert p.returncode == 2 and "SFT_DATA not found" in p.stderr and "nope.jsonl" in p.stderr

@@ -19,8 +19,9 @@ import pytest
 import torch
 
 import data
+import demo
 import gppo
-import model as qwen
+import model as qwen3
 import sft
 
 EL, EH, C = 0.2, 0.28, 10.0
@@ -233,10 +234,10 @@ def tiny_run(tmp_path_factory):
     """Demo tokenizer + a fresh tiny Qwen3 saved in HF layout; the task: answer 7 (reward +1 iff the reply is 7).
     One response token (about 1% chance at init), so every group with a 7 carries the learning signal."""
     d = tmp_path_factory.mktemp("gppo")
-    data.write_demo(d / "demo", n_sft=2, n_rl=2, n_eval=2)
-    cfg = dataclasses.replace(qwen.Qwen3Config.from_json(d / "demo" / "config.json"), hidden_size=64,
+    demo.write_demo(d / "demo", n_sft=2, n_rl=2, n_eval=2)
+    cfg = dataclasses.replace(qwen3.Qwen3Config.from_json(d / "demo" / "config.json"), hidden_size=64,
                               intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
-    qwen.save_pretrained(qwen.build_model(cfg, "cpu", torch.float32, seed=0), d / "model")
+    qwen3.save_pretrained(qwen3.build_model(cfg, "cpu", torch.float32, seed=0), d / "model")
     data.load_tokenizer(d / "demo").save(d / "model")
     for name, n in (("train", 64), ("eval", 8)):
         (d / f"{name}.jsonl").write_text("".join(json.dumps({"problem": str(i), "answer": "7"}) + "\n"
@@ -335,7 +336,7 @@ def test_end_to_end_learns_and_resumes_after_kill(tiny_run, capsys, one_thread):
             assert not {"loss", "grad_norm", "ratio_max"} & (set(full[s]) | set(resumed[s])), s
         for k in keys:
             assert resumed[s][k] == pytest.approx(full[s][k], rel=1e-5, abs=1e-7), (s, k)
-    hf = qwen.load_pretrained(part / "hf")  # the final HF export (model + tokenizer) loads back
+    hf = qwen3.load_pretrained(part / "hf")  # the final HF export (model + tokenizer) loads back
     assert hf.config.num_hidden_layers == 2 and data.load_tokenizer(part / "hf").eos_id is not None
 
 
@@ -375,11 +376,10 @@ def test_recipe_context_split_on_qwen3_8b_base(tmp_path, capsys):
 
 
 def test_train_sh_preflight_refuses_a_split_that_does_not_fit(tmp_path):
-    cfg = dataclasses.replace(qwen.Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                               num_attention_heads=2, num_key_value_heads=1, head_dim=16),
-                              max_position_embeddings=32768)
-    qwen.save_pretrained(qwen.build_model(cfg, seed=0), tmp_path / "m")
-    data.demo_tokenizer().save(tmp_path / "m")
+    cfg = qwen3.Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=32768)
+    qwen3.save_pretrained(qwen3.build_model(cfg, seed=0), tmp_path / "m")
+    demo.demo_tokenizer().save(tmp_path / "m")
     for name in ("sft", "math", "code"):
         (tmp_path / f"{name}.jsonl").write_text("{}\n")
     env = dict(os.environ, MODEL=str(tmp_path / "m"), SFT_DATA=str(tmp_path / "sft.jsonl"), SKIP_SETUP="1",

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import ROOT, need_shared
 
-import data
+import demo
 import rollout
 from model import Qwen3Config, build_model, save_pretrained
 
@@ -278,7 +278,7 @@ def test_load_tasks_shared(name, kind, count):
 
 
 def test_evaluate_metrics(monkeypatch):
-    tok = data.demo_tokenizer()
+    tok = demo.demo_tokenizer()
     m = tiny_model(vocab_size=-(-tok.vocab_size // 16) * 16)
     answers = ["<think>\nok\n</think>\n\n\\boxed{4}", "<think>\nok\n</think>\n\n\\boxed{5}"]
     fake = [rollout.Sample(i // 2, tok.encode(answers[i % 2 or i > 1]) + [tok.eos_id], [0.0], "stop")
@@ -297,7 +297,7 @@ def test_evaluate_metrics(monkeypatch):
 
 
 def test_evaluate_runs(tmp_path):
-    tok = data.demo_tokenizer()
+    tok = demo.demo_tokenizer()
     m = tiny_model(vocab_size=-(-tok.vocab_size // 16) * 16, max_position_embeddings=128)
     tasks = rollout.load_tasks(write_jsonl(tmp_path / "t.jsonl", [{"problem": "1+2", "answer": "3"}] * 3))
     parts, stats = [], rollout.EngineStats()  # what --out receives, task by task, as soon as each is scored
@@ -357,7 +357,7 @@ def test_gzip_tasks(tmp_path):
 
 
 def test_eval_out_is_written_per_task_and_resumes(tmp_path, capsys):
-    tok = data.demo_tokenizer()
+    tok = demo.demo_tokenizer()
     save_pretrained(tiny_model(vocab_size=-(-tok.vocab_size // 16) * 16, max_position_embeddings=128), tmp_path / "m")
     tok.save(tmp_path / "m")
     tasks = write_jsonl(tmp_path / "tπ.jsonl", [{"problem": f"{i}+1", "answer": str(i + 1)} for i in range(5)])

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import data
+import demo
 import gppo
 import model as qwen3
 import sft
@@ -31,7 +32,7 @@ def setup(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 2 shared cores: more threads only spin against each other
     d = tmp_path_factory.mktemp("sft")
-    data.write_demo(d / "demo", n_sft=40, n_rl=1, n_eval=1)
+    demo.write_demo(d / "demo", n_sft=40, n_rl=1, n_eval=1)
     _even_rows(d / "demo", 256)
     cfg = json.loads((d / "demo" / "config.json").read_text())
     cfg.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
@@ -213,7 +214,7 @@ def test_schedule():
 def test_dist_timeout_flag_reaches_the_process_group(monkeypatch):
     """NCCL's default 10 minutes would end an RL job whose ranks wait for one rank's 32K-token rollouts."""
     assert sft.DIST_TIMEOUT_MIN >= 120  # the arithmetic in sft.py: ~110 minutes of the worst RL wait
-    assert sft.parse_args(["--bench"]).dist_timeout_min == sft.DIST_TIMEOUT_MIN
+    assert sft.parse_args(["--data", "-", "--model", "-"]).dist_timeout_min == sft.DIST_TIMEOUT_MIN
     assert gppo.parse_args(["--model", "-", "--data", "-"]).dist_timeout_min == sft.DIST_TIMEOUT_MIN
     seen = []
 

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 import data
+import demo
 import gppo
-import model as qwen
+import model as qwen3
 import plot
 import sft
 
@@ -29,8 +30,8 @@ def runs(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("trackers")
-    data.write_demo(d / "demo", n_sft=12, n_rl=2, n_eval=2)
-    cfg = dataclasses.replace(qwen.Qwen3Config.from_json(d / "demo" / "config.json"), hidden_size=64,
+    demo.write_demo(d / "demo", n_sft=12, n_rl=2, n_eval=2)
+    cfg = dataclasses.replace(qwen3.Qwen3Config.from_json(d / "demo" / "config.json"), hidden_size=64,
                               intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                               head_dim=32, max_position_embeddings=256)
     (d / "tiny.json").write_text(json.dumps(cfg.to_dict()))
@@ -38,7 +39,7 @@ def runs(tmp_path_factory):
                 str(d / "demo" / "sft.jsonl"), "--max-length", "256", "--tokens-per-step", "512", "--lr", "3e-3",
                 "--epochs", "1", "--save-every", "1", "--seed", "0"]
     sft.main(sft_args + ["--out", str(d / "sft"), "--max-steps", "3", "--tensorboard"])
-    qwen.save_pretrained(qwen.build_model(cfg, "cpu", torch.float32, seed=0), d / "model")
+    qwen3.save_pretrained(qwen3.build_model(cfg, "cpu", torch.float32, seed=0), d / "model")
     data.load_tokenizer(d / "demo").save(d / "model")
     for name, n in (("train", 16), ("eval", 4)):  # "answer 7": one response token, rewards from the start
         (d / f"{name}.jsonl").write_text("".join(json.dumps({"problem": str(i), "answer": "7"}) + "\n"
