@@ -9,7 +9,7 @@
 #   3. one-GPU end to end through torchrun, NCCL, FSDP2 bf16 mixed precision and DCP checkpoints: sft.py on the
 #      demo data for 6 steps and again as 3 steps + --resume (the same curve), then GPPO on the demo config
 #      (a one-token task, so rewards come from the first step) for 4 steps + --resume to 6;
-#   4. the benchmarks, which print (rollout, kernels, model at the Qwen3-0.6B shape).
+#   4. the benchmarks, which print (bench.py: the engine and decode at the Qwen3-0.6B shape, kernels, model).
 # It installs nothing: it uses a python3 that already holds a CUDA build of torch (GPU nodes may be offline). Each
 # step has a time limit; a failed step is reported and the later ones still run; the exit status is 1 if any
 # failed. Logs go to $OUT (when set) or runs/gpu/, one NAME.log per step. The README's "GPU checks" paragraph says
@@ -55,7 +55,7 @@ export TORCHRUN="$PY -m torch.distributed.run --standalone --nproc_per_node 1"
 rm -rf "$E2E"
 sft_e2e() {  # the demo SFT: 6 steps straight, and 3 steps + --resume to 6; the same curve, an HF export
   set -e
-  $PY data.py --demo "$E2E/data" --seed 0 > /dev/null
+  $PY demo.py data "$E2E/data" --seed 0 > /dev/null
   local sft="sft.py --config $E2E/data/config.json --tokenizer $E2E/data --data $E2E/data/sft.jsonl --max-length 512
     --tokens-per-step 4096 --micro-batch 4 --epochs 1 --lr 2e-3 --min-lr 2e-4 --weight-decay 0 --save-every 3"
   $TORCHRUN $sft --out "$E2E/sft" --max-steps 6
@@ -113,10 +113,11 @@ step sft-e2e 150 bash -c sft_e2e
 step gppo-e2e 150 bash -c gppo_e2e
 
 # ---- 4. the benchmarks (they print; a crash still fails the step)
-# the 0.6B config: ../shared's file when it is there, else the published shape (rollout.qwen3_0_6b)
-$PY -c "import json, rollout; print(json.dumps(rollout.qwen3_0_6b().to_dict()))" > "$LOG/qwen3-0.6b.json" || failed=1
-step rollout 120 $PY rollout.py --bench-gpu
-step kernels 60 $PY kernels.py --bench-gpu
-step model 60 $PY model.py --bench --config "$LOG/qwen3-0.6b.json" --device cuda --dtype bfloat16
+# the 0.6B config: its published shape (bench.qwen3_0_6b)
+$PY -c "import json, bench; print(json.dumps(bench.qwen3_0_6b().to_dict()))" > "$LOG/qwen3-0.6b.json" || failed=1
+step engine 150 $PY bench.py engine_gpu
+step decode 90 $PY bench.py decode_gpu
+step kernels 60 $PY bench.py kernels_gpu
+step model 60 $PY bench.py model --config "$LOG/qwen3-0.6b.json" --device cuda --dtype bfloat16
 [ "$failed" = 0 ] && echo "== gpu.sh: every step passed" || echo "== gpu.sh: some step FAILED (see the '== NAME: exit' lines)"
 exit $failed
