@@ -542,29 +542,29 @@ def _expected(test: dict, timeout_s: float, memory_mb: int) -> list | None:
     """Values of a split test's expectation expressions: literals parsed here, others evaluated (and cached) by
     a sandboxed child that runs the test's prefix and setup but never the program. None: some expectation has
     no plain value, and the test takes the in-sandbox path."""
-    exprs = [e for chk in test["checks"] for e in chk[1:]]
+    exprs, got = [e for chk in test["checks"] for e in chk[1:]], {}
     key = lambda e: (test.get("prefix", ""), test.get("setup", ""), e)
-    todo = []
     for e in exprs:
-        if key(e) not in _EXPECT:
-            try:
-                _EXPECT[key(e)] = ("ok", literal(e))
-            except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
-                todo.append(e)
+        try:
+            got[e] = ("ok", literal(e))
+        except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
+            got[e] = _EXPECT.get(key(e))
+    todo = [e for e in exprs if got[e] is None]
     if todo:
         code = f"{test.get('prefix', '')}\n{test.get('setup', '')}\n"
-        run = _spawn(code, "calls", repr(todo).encode(), None, timeout_s, memory_mb, 16)
-        lines = run[3].decode("utf-8", "replace").splitlines() if run[2] else []
-        with _EXPECT_LOCK:
-            if len(_EXPECT) > 100_000:
-                _EXPECT.clear()
-            for e, line in zip(todo, lines + [""] * len(todo)):
-                try:
-                    _EXPECT[key(e)] = ("ok", literal(line[1:])) if line.startswith("=") else ("no", line)
-                except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
-                    _EXPECT[key(e)] = ("no", line[:100])
-    got = [_EXPECT.get(key(e), ("no", "")) for e in exprs]
-    return [v for _, v in got] if all(k == "ok" for k, _ in got) else None
+        _, _, ready, out, _, _ = _spawn(code, "calls", repr(todo).encode(), None, timeout_s, memory_mb, 16)
+        lines = out.decode("utf-8", "replace").split("\n")
+        for e, line in zip(todo, lines + [""] * len(todo)):
+            try:
+                got[e] = ("ok", literal(line[1:])) if line.startswith("=") else ("no", line[:100])
+            except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
+                got[e] = ("no", line[:100])
+        if ready:  # a sandbox that failed to start says nothing about the expectations: ask again next time
+            with _EXPECT_LOCK:
+                if len(_EXPECT) > 100_000:
+                    _EXPECT.clear()
+                _EXPECT.update((key(e), got[e]) for e in todo)
+    return [got[e][1] for e in exprs] if all(got[e][0] == "ok" for e in exprs) else None
 
 
 def _judge_calls(out: bytes, test: dict, want: list) -> tuple[bool, str, str]:
@@ -576,7 +576,7 @@ def _judge_calls(out: bytes, test: dict, want: list) -> tuple[bool, str, str]:
     for line, call, check in zip(lines, test["calls"], test["checks"]):
         w, k = want[k:k + len(check) - 1], k + len(check) - 1
         if line[:1] == "!":
-            return False, "runtime error", f"{call[:200]} raised {line[1:]}"
+            return False, "memory" if line == "!'MemoryError'" else "runtime error", f"{call[:200]} raised {line[1:]}"
         if line[:1] == "?":
             return False, "wrong answer", f"{call[:200]} returned a {line[1:]}, which has no plain value"
         try:
