@@ -599,6 +599,7 @@ def _bench_math(a) -> None:
     import json
     import os
     import random
+    import time
 
     import rewards
     answers = sorted({str(json.loads(x)["answer"]) for x in open(os.path.join(a.data, "math", "math500.jsonl"))})
@@ -617,6 +618,13 @@ def _bench_math(a) -> None:
     print(f"math: {len(pairs)} pairs of distinct MATH-500 answers, {a.workers} threads: {rate:.1f} checks/s wall, "
           f"{per_core:.1f} checks per CPU second; called equal: {sum(got)}; integer golds (decided without a "
           f"helper): {ints:.0%}")
+    demo = [(f"<think>\n1 + 2 = 3, carry 0\n</think>\\boxed{{{k % 97 + (k % 3 == 0)}}}", {"kind": "math",
+             "answer": str(k % 97)}) for k in range(512)]  # the demo's form: 64 prompts x 8, integer answers
+    t0 = time.perf_counter()
+    rewards.reward_many(demo, workers=a.workers)
+    t_demo = time.perf_counter() - t0
+    print(f"  demo RL step (512 responses '</think>\\boxed{{n}}', integer golds): graded in {t_demo:.3f} s (every "
+          f"one through a helper instead: {512 / rate:.1f} s); compare the step's generate time, bench.py gppo")
     g, n = _GEN, _GEN["responses"]
     per_gpu, L = n // g["gpus"], a.mean_tokens
     t_gen = (L * g["weights"] + per_gpu * g["kv_per_token"] * L * L / 2) / g["hbm"]
