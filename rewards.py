@@ -376,30 +376,29 @@ def _reference(p: dict) -> str | None:
 
 def filter_problems(problems, min_tests: int = 16, workers: int = 8, **run_opts) -> tuple[list, dict]:
     """Keep problems with >= min_tests tests whose reference solution (when present) passes all of them.
-    Report: total, kept, dropped per reason, unverified (kept, no reference solution), and the index of each
-    dropped problem per reason."""
+    Report: total, kept, dropped per reason, unverified (kept, no reference solution), and per dropped problem
+    (its index, reason, detail) under 'dropped_list'."""
     problems = list(problems)
     run_opts.setdefault("max_tests", 0)
 
-    def why(p) -> str | None:
-        try:
-            tests = to_tests(p)
-            if len(tests) < min_tests:
-                return "too few tests"
-            sol = _reference(p)
-            if sol is None:
-                return "unverified"
-            return None if all(r.passed for r in run_tests(sol, tests, **run_opts)) else "reference fails"
-        except Exception:
-            return "unreadable"
+    def why(p) -> tuple[str | None, str]:
+        tests = to_tests(p)
+        if len(tests) < min_tests:
+            return "too few tests", f"{len(tests)} < {min_tests}"
+        sol = _reference(p) if isinstance(p, dict) else None
+        if sol is None:
+            return "unverified", ""
+        bad = Counter(r.status for r in run_tests(sol, tests, **run_opts) if not r.passed)
+        return ("reference fails", f"{sum(bad.values())} of {len(tests)} tests: " + ", ".join(
+            f"{n} {s}" for s, n in bad.most_common())) if bad else (None, "")
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         reasons = list(pool.map(why, problems))
-    kept = [p for p, r in zip(problems, reasons) if r in (None, "unverified")]
-    dropped = Counter(r for r in reasons if r not in (None, "unverified"))
-    where = {r: [i for i, x in enumerate(reasons) if x == r] for r in dropped}
+    kept = [p for p, (r, _) in zip(problems, reasons) if r in (None, "unverified")]
+    dropped = Counter(r for r, _ in reasons if r not in (None, "unverified"))
+    listed = [(i, r, d) for i, (r, d) in enumerate(reasons) if r in dropped]
     return kept, {"total": len(problems), "kept": len(kept), "dropped": dict(dropped),
-                  "unverified": reasons.count("unverified"), "dropped_index": where}
+                  "unverified": sum(r == "unverified" for r, _ in reasons), "dropped_list": listed}
 
 
 def _filter_cli(a: argparse.Namespace) -> None:
@@ -415,12 +414,11 @@ def _filter_cli(a: argparse.Namespace) -> None:
     kept, report = filter_problems([p for _, p in problems], a.min_tests, a.workers, timeout_s=a.timeout)
     with open(a.out, "w") as f:
         f.writelines(json.dumps(p) + "\n" for p in kept)
-    for reason, idx in report.pop("dropped_index").items():
-        for i in idx:
-            n, p = problems[i]
-            name = next((f" ({p[k]})" for k in ("id", "question_id", "task_id") if k in p), "") if isinstance(
-                p, dict) else ""
-            print(f"dropped {a.filter}:{n}{name}: {reason}")
+    for i, reason, detail in report.pop("dropped_list"):
+        n, p = problems[i]
+        name = next((f" ({p[k]})" for k in ("id", "question_id", "task_id") if k in p), "") if isinstance(
+            p, dict) else ""
+        print(f"dropped {a.filter}:{n}{name}: {reason} ({detail})")
     print(json.dumps(report), f"-> {a.out}")
 
 

@@ -259,8 +259,10 @@ def test_filter_problems():
     no_ref = {"id": "noref", "tests": ADD}
     kept, report = rewards.filter_problems(probs[2:] + [broken, few, no_ref], min_tests=2, workers=2, timeout_s=10.0)
     assert [p["id"] for p in kept] == [p["id"] for p in probs[2:]] + ["noref"]
+    n_tests = len(probs[0]["tests"])
     assert report == {"total": 5, "kept": 3, "dropped": {"reference fails": 1, "too few tests": 1}, "unverified": 1,
-                      "dropped_index": {"reference fails": [2], "too few tests": [3]}}
+                      "dropped_list": [(2, "reference fails", f"{n_tests} of {n_tests} tests: {n_tests} wrong answer"),
+                                       (3, "too few tests", "1 < 2")]}
 
 
 def test_filter_command_line(tmp_path):
@@ -270,7 +272,8 @@ def test_filter_command_line(tmp_path):
     cmd = [sys.executable, "rewards.py", "--filter", str(data), "--out", str(out), "--min-tests", "2", "--workers", "2"]
     run = subprocess.run(cmd, cwd=Path(rewards.__file__).parent, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert f"dropped {data}:2 (bad): reference fails" in run.stdout and '"kept": 1' in run.stdout
+    assert f"dropped {data}:2 (bad): reference fails (4 of 4 tests: 4 wrong answer)" in run.stdout
+    assert '"kept": 1' in run.stdout
     assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["good"]
     data.write_text(json.dumps(good) + "\n{oops\n")
     run = subprocess.run(cmd, cwd=Path(rewards.__file__).parent, capture_output=True, text=True, timeout=120)
