@@ -181,9 +181,9 @@ class Attention(nn.Module):
         k = self.k_norm(self.k_proj(x).view(B, T, self.nkv, self.hd)).transpose(1, 2)  # (B, nkv, T, hd)
         v = self.v_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if kv is not None:  # kv = (cache, layer index, slots written (B, T), slots read (B, S) or None = all)
-            cache, i, written, read = kv
-            k, v = cache.write(i, k, v, written, read)  # (B, nkv, S, hd): the rows' slots, or the whole pool
+        if kv is not None:  # kv = (cache, layer index, slots written (B, T), positions read: end, or None = all)
+            cache, i, written, end = kv
+            k, v = cache.write(i, k, v, written, end)  # (B, nkv, S, hd): the rows' positions, or the whole pool
         gqa, sdpa = self.nh != self.nkv, F.scaled_dot_product_attention
         if mask is None:  # plain causal: flash kernels take GQA directly
             o = sdpa(q, k, v, is_causal=True, enable_gqa=gqa)  # (B, nh, T, hd)
@@ -282,15 +282,20 @@ class KVCache:
         for buf in self.k + self.v:
             buf[:, b:b + ps] = buf[:, a:a + ps]
 
-    def write(self, i: int, k: Tensor, v: Tensor, where: Tensor, read: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Write k, v (B, n_kv, T, hd) of layer i into slots `where` (B, T); return the slots `read` (B, S) as
-        (B, n_kv, S, hd) tensors, or with read None the whole pool as a (B, n_kv, slots, hd) view (no copy)."""
+    def write(self, i: int, k: Tensor, v: Tensor, where: Tensor, end: int | None) -> tuple[Tensor, Tensor]:
+        """Write k, v (B, n_kv, T, hd) of layer i into slots `where` (B, T); return each row's positions < end as
+        (B, n_kv, end, hd) tensors, gathered page by page (contiguous page_size x hd blocks), or with end None the
+        whole pool as a (B, n_kv, slots, hd) view (no copy)."""
         flat = where.flatten()
         self.k[i].index_copy_(1, flat, k.transpose(0, 1).flatten(1, 2).to(self.k[i].dtype))
         self.v[i].index_copy_(1, flat, v.transpose(0, 1).flatten(1, 2).to(self.v[i].dtype))
-        if read is None:
-            return self.k[i][None].expand(k.shape[0], -1, -1, -1), self.v[i][None].expand(k.shape[0], -1, -1, -1)
-        return self.k[i][:, read].transpose(0, 1), self.v[i][:, read].transpose(0, 1)
+        B = k.shape[0]
+        if end is None:
+            return self.k[i][None].expand(B, -1, -1, -1), self.v[i][None].expand(B, -1, -1, -1)
+        pages = self.block_table[:, :-(-end // self.page_size)].flatten()  # (B * n,)
+        read = lambda pool: pool.view(pool.shape[0], -1, self.page_size, pool.shape[-1]).index_select(1, pages)
+        return tuple(read(p).view(p.shape[0], B, -1, p.shape[-1])[:, :, :end].transpose(0, 1)
+                     for p in (self.k[i], self.v[i]))
 
     def decode_mask(self):
         """The FlexAttention BlockMask of one decode step over the whole pool: row b visits only its own pages
@@ -373,10 +378,9 @@ class Qwen3(nn.Module):
                                  f"{cache.max_len}")
             if cache.flex and T == 1:  # each row reads its own pages in place
                 mask, kv_slots = cache.decode_mask(), (cache.slots(pos), None)
-            else:  # gather the rows' slots 0..end-1, mask what lies past each row's own length
-                keys = torch.arange(end, device=dev)
-                mask = keys <= pos[:, None, :, None]  # (B, 1, T, end): key position <= query position
-                kv_slots = (cache.slots(pos), cache.slots(keys.expand(B, end)))  # written (B, T), read (B, end)
+            else:  # gather the rows' positions 0..end-1, mask what lies past each row's own length
+                mask = torch.arange(end, device=dev) <= pos[:, None, :, None]  # (B, 1, T, end): key <= query
+                kv_slots = (cache.slots(pos), end)  # slots written (B, T), positions read
             position_ids = pos if position_ids is None else position_ids
         elif doc_ids is not None:
             mask = self._doc_mask(doc_ids)

@@ -742,7 +742,7 @@ def main(argv=None) -> None:
     g.add_argument("--limit", type=int, default=None, help="only the first K tasks")
     g.add_argument("--workers", type=int, default=4, help="reward worker processes")
     g.add_argument("--max-kv-tokens", type=int, default=None, help="KV cache budget in token slots (default: "
-                   f"{CUDA_KV_SHARE:.0%} of free GPU memory; {CPU_KV_TOKENS} on CPU)")
+                   f"{CUDA_KV_SHARE:.0%}% of free GPU memory; {CPU_KV_TOKENS} on CPU)")
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: bf16 on CUDA, else fp32")
