@@ -1,5 +1,6 @@
 """Data for the Klear-Reasoner stack: tokenizer, the Qwen3 chat template, JSONL readers, SFT examples with loss
-masks, best-fit packing, rank sharding, and the built-in demo task (README, the demo).
+masks, the token store, best-fit packing and rank sharding: the data path of the real recipe (the built-in demo's
+task lives in demo.py).
 
 Design:
 - The tokenizer is the `tokenizers` library on a checkpoint's tokenizer.json; special tokens come from
@@ -16,12 +17,8 @@ Design:
   positions restart, targets are already shifted (-100 where the next token is not learned).
 - ShardedSampler: one seeded permutation per epoch, strided over ranks; the n_items % world_size tail of
   each epoch's permutation is dropped (so all ranks take equal steps; a different tail each shuffled epoch).
-- The demo: a character tokenizer with Qwen3's special tokens, a tiny Qwen3 config, and two tasks (multi-operand
-  addition with a carry trace; tiny stdin programs) whose SFT traces carry a systematic teacher bug that RL can
-  fix while eval/RL gold answers are clean.
 
 Commands:
-  python data.py --demo runs/demo/data [--seed 0]                        # write the demo folder
   python data.py --sft FILE.jsonl --tokenizer DIR --seq-len 8192        # packing statistics of an SFT file
   python data.py --sft FILE.jsonl --tokenizer DIR --cache DIR           # tokenise ahead (sft.py --data-cache DIR)
 """
