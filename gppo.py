@@ -229,8 +229,9 @@ def rollouts(ctx: Context, step: int, met: dict) -> list[dict]:
     met.update({k: v.item() for k, v in zip(stats.as_dict(), totals)})  # summed over ranks
     met["gen/peak_kv"] = all_reduce_max(torch.tensor(float(stats.peak_kv))).item()
     statuses = Counter()
+    # the tests sampled per problem (at most 16) change from step to step; a step's n samples share them
     _, scores = rollout.decode_and_score(tok, samples, [ctx.tasks[idx[s.prompt_index]] for s in samples],
-                                         a.reward_workers, statuses, **ctx.reward_opts)
+                                         a.reward_workers, statuses, **ctx.reward_opts, seed=a.seed * 100_003 + step)
     test_statuses(statuses, met)
     met["t_generate"], met["t_reward"] = t1 - t0, time.perf_counter() - t1
     return [{"prompt": ctx.prompts[idx[s.prompt_index]], "tokens": s.tokens, "logprobs": s.logprobs,

@@ -408,3 +408,16 @@ def test_rl_step_logs_test_statuses_and_stops_on_a_broken_sandbox(monkeypatch):
     rewards.reward_many(jobs, workers=2, statuses=statuses, timeout_s=10)
     with pytest.raises(RuntimeError, match=r"6 of 6 code tests ended in 'sandbox error'"):
         gppo.test_statuses(statuses, {})
+
+
+def test_code_tests_are_sampled_afresh_each_step(tiny_run, monkeypatch, one_thread):
+    import rewards
+    d, args = tiny_run
+    seeds, reward_many = [], rewards.reward_many
+
+    def spy(jobs, **opts):  # the seed that picks each problem's (at most 16) tests this step
+        seeds.append(opts["seed"])
+        return reward_many(jobs, **opts)
+    monkeypatch.setattr(rewards, "reward_many", spy)
+    run_in_process(args + ["--out", str(d / "seeds"), "--steps", "3", "--save-every", "1000", "--seed", "5"])
+    assert len(seeds) == 3 and len(set(seeds)) == 3  # one per step, never the same sample twice in a row
