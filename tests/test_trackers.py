@@ -143,7 +143,7 @@ def test_missing_optional_package_is_a_one_line_error(monkeypatch, capsys):
 
 
 def test_no_product_file_imports_an_optional_package():
-    code = ("import sys, sft, gppo, rollout, data, model, kernels, rewards; "
+    code = ("import sys, sft, gppo, rollout, data, model, kernels, rewards, sandbox, demo; "
             "print(sorted({'wandb', 'tensorboard', 'matplotlib', 'plot'} & set(sys.modules)))")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr
