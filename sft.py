@@ -567,7 +567,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    "(KV-bound on an H200) = 87 min, + 19 min of code rewards, with headroom (sft.DIST_TIMEOUT_MIN)")
     g.add_argument("--wandb", metavar="PROJECT", action=_NeedsPackage, package="wandb", help="log metrics and the "
                    "config to this wandb project (rank 0; the wandb package is optional)")
-    g.add_argument("--wandb-name", help="wandb run name (default: wandb's)")
+    g.add_argument("--wandb-name", help="wandb run name (unset: wandb picks one)")
     g.add_argument("--wandb-offline", action="store_true", help="wandb offline mode: the run's files stay in "
                    "OUT/wandb for `wandb sync` (WANDB_MODE=offline does the same)")
     g.add_argument("--tensorboard", nargs=0, default=False, action=_NeedsPackage, package="tensorboard",
