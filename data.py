@@ -446,6 +446,11 @@ class ShardedSampler:
                 self._epoch, self._offset = self._epoch + 1, 0
         return out
 
+    def __iter__(self):  # the rest of the current epoch
+        epoch = self._epoch
+        while self._epoch == epoch:
+            yield self.next_indices(1)[0]
+
     def state_dict(self) -> dict:
         return {"epoch": self._epoch, "offset": self._offset, "n_items": self.n_items,
                 "world_size": self.world_size, "seed": self.seed, "shuffle": self.shuffle}
