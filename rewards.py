@@ -1,4 +1,4 @@
-"""Rewards for RL: the Klear reward scheme (RECIPE.md 4), math grading with Math-Verify, code tests in sandbox.py.
+"""Rewards for RL: the Klear reward scheme (docs/ALGORITHM.md 4), math grading with Math-Verify, code tests in sandbox.py.
 
 - Scheme: no `<think>` -2, no `</think>` -0.5, else +1 / -1 for the text after the last `</think>` (math: that text
   is equivalent to the gold answer; code: soft = 2 * pass rate - 1 over sampled tests, hard = all pass).
@@ -14,7 +14,7 @@
 - Code: the last ```python block after `</think>`; tests come from to_tests (Klear, TACO, LeetCode, HumanEval
   layouts) and run in sandbox.py. `reward_many(..., statuses=Counter())` counts each code test's status
   (sandbox.STATUSES) and `check_sandbox(statuses)` raises when more than half of them are 'sandbox error'.
-- `filter_problems` drops problems with too few tests or whose reference solution fails them (RECIPE.md 4).
+- `filter_problems` drops problems with too few tests or whose reference solution fails them (docs/ALGORITHM.md 4).
 
 Run: pytest tests/test_rewards.py tests/test_sandbox.py
      python rewards.py --filter data.jsonl --out clean.jsonl [--min-tests 16]
@@ -254,7 +254,7 @@ def _check_tests(code: str, entry: str, prefix: str = "", per_assert: bool = Tru
 
 def to_tests(ground_truth) -> list[dict]:
     """sandbox tests from Klear ground truth ({"inputs","outputs"[,"fn_name"]} / {"functional"}, as a JSON
-    string or dict), a Klear RL record, a list of tests, or a ../shared/data/code record (TACO, LeetCode,
+    string or dict), a Klear RL record, a list of tests, or a record of the public code sets (TACO, LeetCode,
     HumanEval). Unreadable input gives []."""
     g = ground_truth
     try:
@@ -423,7 +423,7 @@ def _filter_cli(a: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="Rewards; --filter drops faulty code problems (RECIPE.md 4).")
+    ap = argparse.ArgumentParser(description="Rewards; --filter drops faulty code problems (docs/ALGORITHM.md 4).")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # math helper process
     ap.add_argument("--filter", metavar="DATA.jsonl", help="code problems, one JSON object a line")
     ap.add_argument("--out", metavar="CLEAN.jsonl", help="where the kept problems go")

@@ -51,7 +51,7 @@ evaluated once per problem by a child that runs the data's helpers but never a p
 - kill or starve the reader: results are files read after the child is dead; other processes cannot be
   signalled (uid switch, pid namespace); an oversized or deeply nested result is refused by the encoder's cap.
 
-Run: pytest tests/test_sandbox.py ; python bench.py rewards --data ../shared/data
+Run: pytest tests/test_sandbox.py ; python bench.py rewards --data DIR
 """
 from __future__ import annotations
 

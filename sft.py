@@ -23,7 +23,7 @@ Design:
   per-epoch permutation of rows; a step takes --tokens-per-step tokens globally.
 - Checkpoints: DCP-sharded model + optimizer, per-rank data position + RNG, meta and args JSON, written into
   `step_N.tmp` with a COMPLETE marker last, then renamed; latest() only sees complete folders; --keep kept.
-- Klear SFT defaults (RECIPE.md): lr 8e-5 -> 4e-5 cosine, 4 epochs, 32K tokens. Not published, chosen here:
+- Klear SFT defaults (docs/ALGORITHM.md 1): lr 8e-5 -> 4e-5 cosine, 4 epochs, 32K tokens. Not published, chosen here:
   3% linear warmup, 4M tokens per step (128 rows of 32K), AdamW betas (0.9, 0.95), weight decay 0.1 (matrices
   only), grad clip 1.0 (a step whose norm is not finite is skipped).
 - --max-steps stops early without changing the schedule (it still spans --epochs): a long run can be split into
