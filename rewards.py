@@ -1,4 +1,4 @@
-"""Rewards for RL: the Klear reward scheme (docs/ALGORITHM.md 4), math grading with Math-Verify, code tests in sandbox.py.
+"""Rewards for RL: the Klear reward scheme (docs/ALGORITHM.md 4), Math-Verify math grading, code tests in sandbox.py.
 
 - Scheme: no `<think>` -2, no `</think>` -0.5, else +1 / -1 for the text after the last `</think>` (math: that text
   is equivalent to the gold answer; code: soft = 2 * pass rate - 1 over sampled tests, hard = all pass).
