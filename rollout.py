@@ -227,7 +227,7 @@ class Engine:
         self.graphs = {} if graphs else None  # rows -> a captured decode step (CUDA)
         self.refs = [0] * (pages + 1)
         self.free = list(range(pages, 0, -1))  # pop() hands out low pages first
-        self.watermark = max(1, pages // 20)  # 5%: half the evictions of 1% for +0.6% forwards (bench.py engine)
+        self.watermark = max(1, pages // 20)  # 5%: half the evictions of 1%, +0.6% projected time (bench.py engine)
         self.waiting = deque((p, [_Seq(i * n + j, p) for j in range(n)]) for i, p in enumerate(prompts))
         self.running: list[_Seq] = []
         self.out: list[Sample | None] = [None] * (len(prompts) * n)
