@@ -15,7 +15,8 @@ Design:
   transformers uses); the inverse frequencies are a plain fp32 tensor, not a buffer, so `.to(bf16)` cannot
   round them.
 - Build on the meta device, then `to_empty` + `init_weights` (fresh model) or `load_state_dict(assign=True)`.
-- `save_pretrained` writes into a sibling temp folder and renames it into place: never a half checkpoint.
+- `save_pretrained` writes into a sibling temp folder and renames it into place: never a half checkpoint
+  (replace_dir, fsync_dir, atomic_write: the stack's one copy of each, used by sft.py and rollout.py too).
 
 Run:
     python model.py --check DIR              # validate a checkpoint folder without loading it
@@ -547,8 +548,8 @@ def save_pretrained(model: Qwen3, path: str | Path, max_shard_size: int = 5 * 2*
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     dtype = str(next(iter(sd.values())).dtype).removeprefix("torch.")
     (tmp / "config.json").write_text(json.dumps({**model.config.to_dict(), "torch_dtype": dtype}, indent=2))
-    _fsync_dir(tmp)
-    _replace_dir(tmp, path)
+    fsync_dir(tmp)
+    replace_dir(tmp, path)
 
 
 def _shards(sd: dict[str, Tensor], max_bytes: int) -> list[dict[str, Tensor]]:
@@ -564,16 +565,28 @@ def _shards(sd: dict[str, Tensor], max_bytes: int) -> list[dict[str, Tensor]]:
     return shards
 
 
-def _fsync_dir(folder: Path) -> None:
+def atomic_write(path: str | Path, text: str) -> None:
+    """Write a file whole or not at all: a sibling temp file, flushed to disk, renamed into place."""
+    tmp = Path(f"{path}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's files (not its subfolders) and the folder itself to disk."""
     for f in folder.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     fd = os.open(folder, os.O_RDONLY)
     os.fsync(fd)
     os.close(fd)
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
+def replace_dir(src: Path, dst: Path) -> None:
     """Rename the complete folder src to dst; an existing dst is moved aside first and removed after."""
     old = dst.parent / f".{dst.name}.old-{os.getpid()}"
     if dst.exists():

@@ -48,7 +48,7 @@ import torch
 
 import data
 import rewards
-from model import KVCache, Qwen3Config, _checkpoint_files, load_pretrained
+from model import KVCache, Qwen3Config, _checkpoint_files, atomic_write, load_pretrained
 
 PAGE_SIZE = 16  # tokens per KV page: small pages waste little at a sequence's end
 PREFILL_TOKENS = 32768  # prompt tokens per prefill forward: bounds activation memory for long prompts
@@ -683,13 +683,8 @@ def _open_out(a, model, tasks: list[dict]) -> tuple[list[dict], object]:
             raise ValueError(f"{out} was written with other settings ({meta}: {', '.join(diff)} differ)")
         done = read_rows(out, a.n, tasks)
         print(f"resuming: {len({r['task'] for r in done})} of {len(tasks)} tasks already in {out}", file=sys.stderr)
-    for path, text in ((meta, json.dumps(settings, indent=1) + "\n"),  # atomic rewrites; out less a cut task
-                       (out, _json_lines(done))):
-        with open(f"{path}.tmp", "w", encoding="utf-8") as tmp:
-            tmp.write(text)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(f"{path}.tmp", path)
+    atomic_write(meta, json.dumps(settings, indent=1) + "\n")
+    atomic_write(out, _json_lines(done))  # less a task a crash cut
     return done, open(out, "a", encoding="utf-8")
 
 

@@ -229,13 +229,6 @@ def token_nll(model: qwen3.Qwen3, batch: dict, temperature: float = 1.0) -> torc
 
 
 # ------------------------------------------------------------------------------------------ run folder
-def _write(path: Path, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
@@ -286,7 +279,8 @@ class Trackers:
             self.wandb = wandb.init(project=self.args["wandb"], name=self.args.get("wandb_name"),
                                     id=id_file.read_text().strip() if resume else None, resume="allow",
                                     dir=str(self.path), mode="offline" if self.args.get("wandb_offline") else None)
-            _write(id_file, self.wandb.id)  # mode None: wandb's own settings (WANDB_MODE=offline, `wandb offline`)
+            # mode None: wandb's own settings (WANDB_MODE=offline, `wandb offline`)
+            qwen3.atomic_write(id_file, self.wandb.id)
             self.wandb.config.update(self.config, allow_val_change=True)  # a resume may change --steps and such
             self.wandb.define_metric("step")
             self.wandb.define_metric("*", step_metric="step")
@@ -308,7 +302,7 @@ class RunDir:
         self.ckpts = self.path / "checkpoints"
         if rank == 0:
             self.ckpts.mkdir(parents=True, exist_ok=True)
-            _write(self.path / "args.json", json.dumps(self.args, indent=2, default=str))
+            qwen3.atomic_write(self.path / "args.json", json.dumps(self.args, indent=2, default=str))
         tracked = rank == 0 and (self.args.get("wandb") or self.args.get("tensorboard"))
         self.trackers = Trackers(self.path, self.args) if tracked else None
         if self.trackers is not None:  # closed when the run folder's object goes (train returns), or at exit
@@ -342,12 +336,12 @@ class RunDir:
             os.fsync(f.fileno())
         _barrier()  # every rank's shards are on disk before the folder can count as complete
         if self.rank == 0:
-            _write(tmp / "meta.json", json.dumps({"step": step, "world_size": dist.get_world_size()}))
-            _write(tmp / "args.json", json.dumps(self.args, indent=2, default=str))
-            _write(tmp / "COMPLETE", "")
+            qwen3.atomic_write(tmp / "meta.json", json.dumps({"step": step, "world_size": dist.get_world_size()}))
+            qwen3.atomic_write(tmp / "args.json", json.dumps(self.args, indent=2, default=str))
+            qwen3.atomic_write(tmp / "COMPLETE", "")
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            _fsync_dir(self.ckpts)
+            qwen3.fsync_dir(self.ckpts)
             debris = list(self.ckpts.glob("step_*.tmp"))  # folders of writes that crashed (saves run in order)
             for old in debris + (self._complete()[:-self.keep] if self.keep > 0 else []):
                 shutil.rmtree(old, ignore_errors=True)
@@ -387,12 +381,8 @@ class RunDir:
             tmp = out.with_name(f".{out.name}.export-tmp")
             qwen3.save_pretrained(model, tmp, state_dict=sd)  # itself atomic; the tokenizer joins before rename
             tokenizer.save(tmp)
-            _fsync_dir(tmp)
-            old = out.with_name(f".{out.name}.export-old")
-            if out.exists():
-                os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
+            qwen3.fsync_dir(tmp)
+            qwen3.replace_dir(tmp, out)
         _barrier()
         return out
 
@@ -401,11 +391,6 @@ def _sharded_state(model, optimizer) -> dict:
     """This rank's DTensor shards (or plain tensors) under FQN keys: what DCP saves and loads in place."""
     return {"model": dcp_sd.get_model_state_dict(model), "optim": dcp_sd.get_optimizer_state_dict(model, optimizer)}
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
 
 
 # ------------------------------------------------------------------------------------------ SFT
