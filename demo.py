@@ -17,6 +17,7 @@ Run (train.sh does all of this):
     python demo.py eval MODEL NAME DATA OUT [LIMIT]  # held-out accuracy, greedy and at temperature 1
     python demo.py seconds METRICS.jsonl ...         # the RL stages' wall time (the control's budget)
     python demo.py summary OUT RUN                   # summary.json and the table
+    python demo.py ablate-loss OUT [--regime default|offpolicy]  # loss kinds x seeds -> docs/ablation.json, RESULTS.md
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -205,6 +207,93 @@ def summary(out: str, run: str) -> None:
         print(f"{run} over the better of sft and sft_more (greedy), {f}: {100 * (table[f][run] - base):+.1f} points")
 
 
+# ------------------------------------------------------------------------------------------------ experiments
+# the loss kinds compared (docs/ALGORITHM.md section 2): name -> (--loss, --beta-low, --beta-high)
+LOSS_KINDS = {"gppo": ("gppo", 1.0, 1.0), "ce-gppo": ("gppo", 0.75, 1.0), "grpo": ("grpo", 1.0, 1.0),
+              "dapo": ("dapo", 1.0, 1.0), "cispo": ("cispo", 1.0, 1.0)}
+REGIMES = {"default": 2, "offpolicy": 8}  # optimizer steps (mini-batches) per RL step of 16 prompts
+
+
+def held_out(model_dir: str, folder: str, temperature: float, limit: int | None = None) -> float:
+    """Held-out math accuracy (avg@1) of a model: greedy, or one sample at temperature 1, top-p 1."""
+    import model as qwen3
+    m, tok = qwen3.load_pretrained(model_dir).eval(), data.load_tokenizer(model_dir)
+    tasks = rollout.load_tasks(f"{folder}/eval_math.jsonl")[:limit]
+    return rollout.evaluate(m, tok, tasks, 1, temperature, 1.0, 0, 96, workers=2)["avg@n"]
+
+
+def save_rows(path: str, rows: list[dict], key=("experiment", "kind", "beta_low", "seed", "mini_batches")) -> list:
+    """Add rows to the JSON list at `path`, replacing rows with the same key; returns the whole list."""
+    from model import atomic_write
+    old = json.loads(Path(path).read_text()) if Path(path).is_file() else []
+    new = {tuple(r.get(k) for k in key) for r in rows}
+    out = [r for r in old if tuple(r.get(k) for k in key) not in new] + rows
+    out.sort(key=lambda r: tuple(str(r.get(k)) for k in key))
+    atomic_write(path, json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def loss_kinds_table(rows: list[dict]) -> str:
+    """The markdown table of the loss-kinds experiment: per regime and kind, the mean over seeds +- half their
+    range (max - min); a difference from gppo within either range is called a tie."""
+    groups: dict = {}
+    for r in (r for r in rows if r["experiment"] == "loss-kinds"):
+        groups.setdefault((r["mini_batches"], r["kind"]), []).append(r)
+    stat = lambda rs, k: (sum(r[k] for r in rs) / len(rs), max(r[k] for r in rs) - min(r[k] for r in rs))
+    lines = ["| mini-batches / RL step | kind | seeds | math greedy | math temp. 1 | vs gppo (greedy) | clipped tokens "
+             "| entropy (end) | seconds |", "|---|---|---|---|---|---|---|---|---|"]
+    for (mb, kind), rs in sorted(groups.items(), key=lambda x: (x[0][0], list(LOSS_KINDS).index(x[0][1]))):
+        (g, gs), (t, ts) = stat(rs, "math"), stat(rs, "math@t1")
+        ref = groups.get((mb, "gppo"))
+        vs = "-"
+        if ref and kind != "gppo":
+            rg, rgs = stat(ref, "math")
+            diff = g - rg
+            vs = f"{100 * diff:+.1f} pts" + (" (tie)" if abs(diff) <= max(gs, rgs) else "")
+        lines.append(f"| {mb} | {kind} | {len(rs)} | {g:.3f} ± {gs / 2:.3f} | {t:.3f} ± {ts / 2:.3f} | {vs} | "
+                     f"{100 * stat(rs, 'clip_fraction')[0]:.2f}% | {stat(rs, 'entropy')[0]:.3f} | "
+                     f"{stat(rs, 'seconds')[0]:.0f} |")
+    return "\n".join(lines)
+
+
+def ablate_loss(out: str, regime: str, kinds: list[str], seeds: list[int], steps: int, lr: float, results: str,
+                table: str, limit: int | None = None) -> None:
+    """The math RL stage from out/sft/hf for each loss kind and seed (docs/RESULTS.md, the loss kinds): held-out
+    accuracy, the share of clipped tokens over the run, the final entropy, the RL seconds; rows to `results`
+    (JSON), the table between markers in `table` (markdown), the curves of seed 0 next to it."""
+    import gppo
+    for name in kinds:
+        kind, beta_low, beta_high = LOSS_KINDS[name]
+        for seed in seeds:
+            run = f"{out}/ablation/loss-kinds-{regime}/{name}_s{seed}"
+            gppo.main(["--model", f"{out}/sft/hf", "--data", f"{out}/data/rl_math.jsonl", "--out", run, "--loss", kind,
+                       "--beta-low", str(beta_low), "--beta-high", str(beta_high), "--seed", str(seed), "--n", "8",
+                       "--lr", str(lr), "--warmup-steps", "2", "--max-response-tokens", "96", "--reward-workers", "2",
+                       "--save-every", "1000", "--steps", str(steps), "--prompts-per-step", "16",
+                       "--mini-batch-prompts", str(16 // REGIMES[regime]), "--resume"])
+            steps_ = {m["step"]: m for m in map(json.loads, open(f"{run}/metrics.jsonl")) if "t_step" in m}
+            trained = [m for m in steps_.values() if "pg_tokens" in m]
+            tokens = sum(m["pg_tokens"] for m in trained) or 1.0
+            clip = sum((m["clip_low"] + m["clip_high"] + m["dual_clip"]) * m["pg_tokens"] for m in trained) / tokens
+            save_rows(results, [dict(experiment="loss-kinds", kind=name, beta_low=beta_low, beta_high=beta_high,
+                                     seed=seed, mini_batches=REGIMES[regime], steps=steps, lr=lr,
+                                     math=held_out(f"{run}/hf", f"{out}/data", 0.0, limit),
+                                     **{"math@t1": held_out(f"{run}/hf", f"{out}/data", 1.0, limit)},
+                                     clip_fraction=clip, entropy=trained[-1]["entropy"] if trained else float("nan"),
+                                     seconds=round(sum(m["t_step"] for m in steps_.values()), 1))])
+    rows = json.loads(Path(results).read_text())
+    begin, end = "<!-- loss-kinds: begin -->", "<!-- loss-kinds: end -->"
+    text = Path(table).read_text() if Path(table).is_file() else ""
+    block = f"{begin}\n{loss_kinds_table(rows)}\n{end}"
+    text = text[:text.index(begin)] + block + text[text.index(end) + len(end):] if begin in text else \
+        text + f"\n## The loss kinds (`python demo.py ablate-loss`)\n\n{block}\n"
+    Path(table).write_text(text)
+    runs = [f"{out}/ablation/loss-kinds-{regime}/{k}_s{seeds[0]}" for k in kinds]
+    curves = str(Path(table).parent / f"loss-kinds-{regime}.png")
+    if subprocess.run([sys.executable, "-c", "import matplotlib"], capture_output=True).returncode == 0:
+        subprocess.run([sys.executable, str(Path(__file__).parent / "plot.py"), *runs, "--out", curves], check=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -220,6 +309,17 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("summary", help="summary.json and the table")
     s.add_argument("out")
     s.add_argument("run")
+    s = sub.add_parser("ablate-loss", help="the loss kinds from one SFT checkpoint (math stage)")
+    s.add_argument("out", help="train.sh's demo folder: OUT/sft/hf and OUT/data")
+    s.add_argument("--regime", choices=tuple(REGIMES), default="default", help="mini-batches per RL step: "
+                   + ", ".join(f"{k} {v}" for k, v in REGIMES.items()))
+    s.add_argument("--kinds", nargs="+", choices=tuple(LOSS_KINDS), default=list(LOSS_KINDS))
+    s.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    s.add_argument("--steps", type=int, default=40, help="RL steps (train.sh's math stage: 40)")
+    s.add_argument("--lr", type=float, default=5e-5)
+    s.add_argument("--results", default="docs/ablation.json", help="JSON rows (same key: replaced)")
+    s.add_argument("--table", default="docs/RESULTS.md", help="markdown file that gets the table")
+    s.add_argument("--limit", type=int, default=None, help="held-out problems (default: all 200)")
     a = p.parse_args(argv)
     if a.cmd == "data":
         print(json.dumps(write_demo(a.folder, seed=a.seed)))
@@ -227,8 +327,10 @@ def main(argv: list[str] | None = None) -> None:
         evaluate_stage(a.model, a.name, a.folder, a.out, a.limit or None)
     elif a.cmd == "seconds":
         print(rl_seconds(a.metrics))
-    else:
+    elif a.cmd == "summary":
         summary(a.out, a.run)
+    else:
+        ablate_loss(a.out, a.regime, a.kinds, a.seeds, a.steps, a.lr, a.results, a.table, a.limit)
 
 
 if __name__ == "__main__":

@@ -378,7 +378,8 @@ def reduce_update_metrics(acc: UpdateSums, n_mini: int) -> dict:
     out = {k: tot[k] / max(tot["tokens"], 1.0) for k in keys[:5]}
     low, high = all_reduce_max(torch.tensor([-acc.ratio_min, acc.ratio_max])).tolist()
     return out | dict(ratio_min=-low, ratio_max=high, grad_norm=acc.grad_norm / n_mini, loss=acc.loss / n_mini,
-                      nll=tot["nll"] / n_mini, opt_steps=acc.opt_steps, bad_steps=acc.bad_steps)
+                      nll=tot["nll"] / n_mini, opt_steps=acc.opt_steps, bad_steps=acc.bad_steps,
+                      pg_tokens=tot["tokens"])  # response tokens the loss covered (weights the clip fractions)
 
 
 # ------------------------------------------------------------------------------------------------ set-up and run

@@ -53,3 +53,27 @@ def test_real_recipe_names_a_missing_data_file(tmp_path):
     demo.demo_tokenizer().save(tmp_path / "ckpt")
     p = train_sh(tmp_path, MODEL=str(tmp_path / "ckpt"), SFT_DATA=str(tmp_path / "nope.jsonl"))
     assert p.returncode == 2 and "SFT_DATA not found" in p.stderr and "nope.jsonl" in p.stderr
+
+
+def test_loss_kinds_experiment_writes_rows_and_table(tmp_path):
+    out = tmp_path / "demo"
+    demo.write_demo(out / "data", n_sft=2, n_rl=16, n_eval=4)
+    cfg = qwen3.Qwen3Config.from_json(out / "data" / "config.json")
+    qwen3.save_pretrained(qwen3.build_model(cfg, seed=0), out / "sft" / "hf")
+    demo.demo_tokenizer().save(out / "sft" / "hf")
+    results, table = tmp_path / "ablation.json", tmp_path / "RESULTS.md"
+    results.write_text(json.dumps([{"experiment": "code-reward", "kind": "gppo", "seed": 0}]))  # another experiment
+    table.write_text("# Results\n\nsome text that stays\n")
+    argv = ["ablate-loss", str(out), "--kinds", "gppo", "grpo", "--seeds", "0", "--steps", "1", "--limit", "2",
+            "--results", str(results), "--table", str(table)]
+    for _ in range(2):  # the second run replaces its rows (same experiment, kind, beta, seed, mini-batches)
+        demo.main(argv)
+    rows = json.loads(results.read_text())
+    ours = [r for r in rows if r["experiment"] == "loss-kinds"]
+    assert len(rows) == 3 and sorted(r["kind"] for r in ours) == ["gppo", "grpo"]
+    for r in ours:
+        assert r["mini_batches"] == 2 and r["seed"] == 0 and 0 <= r["math"] <= 1 and 0 <= r["math@t1"] <= 1
+        assert 0 <= r["clip_fraction"] <= 1 and r["seconds"] > 0 and {"entropy", "beta_low", "beta_high"} <= set(r)
+    text = table.read_text()
+    assert text.startswith("# Results\n\nsome text that stays\n") and text.count("<!-- loss-kinds: begin -->") == 1
+    assert "| 2 | gppo | 1 |" in text and "| 2 | grpo | 1 |" in text
