@@ -1,26 +1,15 @@
-"""Data for the Klear-Reasoner stack: tokenizer, the Qwen3 chat template, JSONL readers, SFT examples with loss
-masks, the token store, best-fit packing and rank sharding: the data path of the real recipe (the built-in demo's
-task lives in demo.py).
+"""Data for the Klear-Reasoner stack: tokenizer, the Qwen3 chat template, JSONL readers, SFT loss masks,
+the token store, best-fit packing and rank sharding (the built-in demo's task lives in demo.py).
 
-Design:
-- The tokenizer is the `tokenizers` library on a checkpoint's tokenizer.json; special tokens come from
-  tokenizer_config.json. transformers is never imported here (the tests use it as an oracle).
-- render_chat is the official Qwen3 Jinja template written out in Python for conversations without tools,
-  including its rule that reasoning survives only in assistant turns after the last user query.
-- An SFT example learns the LAST assistant turn only: `<think>\\n...\\n</think>\\n\\n`, the answer and the closing
-  `<|im_end|>`. Earlier assistant turns are context, since the template strips their reasoning and learning
-  them would teach answering without thinking (Klear's SFT data is single-turn anyway).
-- SFT data at Klear scale (1.5M long examples, billions of tokens) does not fit in Python lists on every rank:
-  build_token_store tokenises the files once into flat int32 ids + uint8 masks + offsets on disk, keyed by the
-  files' size/mtime and the tokenizer, and TokenStore memory-maps them. PackedRows plans best-fit-decreasing rows
-  from the lengths alone and builds a row's tensors only when it is asked for: doc_ids keep documents apart,
-  positions restart, targets are already shifted (-100 where the next token is not learned).
-- ShardedSampler: one seeded permutation per epoch, strided over ranks; the n_items % world_size tail of
-  each epoch's permutation is dropped (so all ranks take equal steps; a different tail each shuffled epoch).
+An SFT example learns its LAST assistant turn only (`<think>\\n...\\n</think>\\n\\n`, answer, `<|im_end|>`):
+the template strips the reasoning of earlier turns, so learning them would teach answering without thinking.
+build_token_store tokenises the files once into flat memory-mapped arrays (Klear scale: billions of tokens);
+PackedRows plans best-fit rows from the lengths alone and builds a row's tensors only when asked for;
+ShardedSampler strides a seeded per-epoch permutation over the ranks (docs/ALGORITHM.md 1).
 
 Commands:
-  python data.py --sft FILE.jsonl --tokenizer DIR --seq-len 8192        # packing statistics of an SFT file
-  python data.py --sft FILE.jsonl --tokenizer DIR --cache DIR           # tokenise ahead (sft.py --data-cache DIR)
+  python data.py --sft FILE.jsonl --tokenizer DIR --seq-len 8192    # packing statistics of an SFT file
+  python data.py --sft FILE.jsonl --tokenizer DIR --cache DIR       # tokenise ahead (sft.py --data-cache DIR)
 """
 from __future__ import annotations
 
@@ -29,6 +18,7 @@ import bisect
 import contextlib
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -46,13 +36,13 @@ IGNORE_INDEX = -100
 
 
 class Tokenizer:
-    """tokenizers.Tokenizer plus the ids the trainers need; `config` is the tokenizer_config.json content."""
+    """tokenizers.Tokenizer plus the ids the trainers need; `config` is tokenizer_config.json's content."""
 
     def __init__(self, tok: tokenizers.Tokenizer, config: dict, source: str = "tokenizer"):
         self.tok, self.config = tok, config
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
-        # We train and sample in chat format, so generation stops at <|im_end|> even where the (base model's)
-        # config names <|endoftext|> as eos.
+        # We train and sample in chat format, so generation stops at <|im_end|> even where the (base
+        # model's) config names <|endoftext|> as eos.
         eos = "<|im_end|>" if tok.token_to_id("<|im_end|>") is not None else _content(config.get("eos_token"))
         pad = _content(config.get("pad_token")) or "<|endoftext|>"
         self.eos_id, self.pad_id = tok.token_to_id(eos or ""), tok.token_to_id(pad)
@@ -60,13 +50,11 @@ class Tokenizer:
             raise ValueError(f"{source}: no id for eos token {eos!r} or pad token {pad!r}")
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids  # added tokens in the text are matched; no BOS
+        # special tokens written in the text are matched; no BOS is added
+        return self.tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
-
-    def token_to_id(self, token: str) -> int | None:
-        return self.tok.token_to_id(token)
 
     def save(self, folder) -> None:
         folder = Path(folder)
@@ -81,10 +69,8 @@ def _content(token) -> str | None:
 
 def load_tokenizer(path) -> Tokenizer:
     folder = Path(path)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"tokenizer: {folder / name} not found (a tokenizer folder needs "
-                                    "tokenizer.json and tokenizer_config.json)")
+    if not all((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        raise FileNotFoundError(f"{folder}: a tokenizer folder needs tokenizer.json and tokenizer_config.json")
     tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
     config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     for i, spec in config.get("added_tokens_decoder", {}).items():  # both files must agree on special ids
@@ -99,13 +85,10 @@ def render_chat(messages: list[dict], add_generation_prompt: bool = False, enabl
     text = ""
     if messages and messages[0]["role"] == "system":
         text += "<|im_start|>system\n" + messages[0]["content"] + "<|im_end|>\n"
-    last_query = len(messages) - 1  # the last real user query; earlier assistant turns lose their reasoning
-    for i in range(len(messages) - 1, -1, -1):
-        c = messages[i].get("content")
-        if messages[i]["role"] == "user" and isinstance(c, str) and not (
-                c.startswith("<tool_response>") and c.endswith("</tool_response>")):
-            last_query = i
-            break
+    # assistant turns before the last real user query lose their reasoning
+    queries = [i for i, m in enumerate(messages) if m["role"] == "user" and isinstance(m.get("content"), str)
+               and not (m["content"].startswith("<tool_response>") and m["content"].endswith("</tool_response>"))]
+    last_query = queries[-1] if queries else len(messages) - 1
     for i, m in enumerate(messages):
         role, content = m["role"], m.get("content") if isinstance(m.get("content"), str) else ""
         if role == "user" or (role == "system" and i > 0):
@@ -128,13 +111,10 @@ def render_chat(messages: list[dict], add_generation_prompt: bool = False, enabl
 
 
 def _jsonl(path, skip_bad: bool = False, parse=None):
-    """(line number, record or parse(record)) of each JSON object of a JSONL file (blank lines ignored). A bad line
-    (malformed JSON, not an object, or parse raising ValueError/KeyError/TypeError) raises an error naming
-    file:line, or with skip_bad is counted, skipped and reported at the end. A `.gz` file is read through gzip."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    good, bad = 0, []
+    """(line number, record or parse(record)) of each JSON object of a JSONL (or .gz) file. A bad line
+    (malformed, not an object, or parse raising ValueError/KeyError/TypeError) raises an error naming
+    file:line, or with skip_bad is skipped and counted in a warning at the end."""
+    path, good, bad = Path(path), 0, []
     with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -163,17 +143,18 @@ def read_jsonl(path, skip_bad: bool = False, parse=None) -> list:
 
 
 def _sft_texts(record: dict) -> tuple[str, str]:
-    """An SFT record -> (the rendered conversation up to the last assistant turn's generation prompt, the whole)."""
+    """An SFT record -> (its rendering up to the last assistant turn's generation prompt, the whole)."""
     if "messages" in record:
         messages = record["messages"]
-        if not (isinstance(messages, list) and messages and all(isinstance(m, dict) and "role" in m for m in messages)
-                and messages[-1]["role"] == "assistant"):
+        if not (isinstance(messages, list) and messages and messages[-1].get("role") == "assistant"
+                and all(isinstance(m, dict) and "role" in m for m in messages)):
             raise ValueError("field 'messages' must be a list of {role, content} ending with an assistant turn")
     else:
         for field in ("prompt", "response"):
             if not isinstance(record.get(field), str):
                 raise ValueError(f"missing field {field!r} (or 'messages')")
-        messages = [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["response"]}]
+        messages = [{"role": "user", "content": record["prompt"]},
+                    {"role": "assistant", "content": record["response"]}]
     prompt, full = render_chat(messages[:-1], add_generation_prompt=True), render_chat(messages)
     if not full.startswith(prompt):
         raise ValueError("the conversation before the last assistant turn does not render as its prefix")
@@ -181,24 +162,12 @@ def _sft_texts(record: dict) -> tuple[str, str]:
 
 
 def _sft_mask(p_ids: list[int], ids: list[int], eos_id: int) -> tuple[list[int], list[int]]:
-    """Loss mask (1 = learn) over what follows the generation prompt, up to and including `<|im_end|>` (not the
-    newline after it). The prompt's ids must be a prefix of the full ids: then the learned span is exactly what
-    the model must generate after the generation prompt at sampling time."""
+    """(ids, loss mask): 1 (learn) on what follows the generation prompt, up to and including `<|im_end|>`
+    (not the newline after it): exactly what the model generates after that prompt at sampling time."""
     if ids[:len(p_ids)] != p_ids:
         raise ValueError("the conversation before the last assistant turn does not tokenise as its prefix")
     assert ids[-2] == eos_id, "the rendered turn ends with <|im_end|>\\n"
     return ids, [0] * len(p_ids) + [1] * (len(ids) - len(p_ids) - 1) + [0]
-
-
-def sft_example(record: dict, tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
-    """Token ids of the rendered conversation and a loss mask over the last assistant turn after its
-    `<|im_start|>assistant\\n` header, up to and including `<|im_end|>`."""
-    prompt, full = _sft_texts(record)
-    return _sft_mask(tokenizer.encode(prompt), tokenizer.encode(full), tokenizer.eos_id)
-
-
-def load_sft(path, tokenizer: Tokenizer, skip_bad: bool = False) -> list[tuple[list[int], list[int]]]:
-    return read_jsonl(path, skip_bad, parse=lambda r: sft_example(r, tokenizer))
 
 
 # ------------------------------------------------------------------------------- SFT data at any scale
@@ -206,9 +175,9 @@ STORE_FORMAT = 1  # bump when render_chat or the mask rule changes: stores writt
 
 
 class TokenStore:
-    """Tokenised SFT examples as flat arrays: ids (int32), mask (uint8, 1 = learned), offsets (n_docs + 1) and
-    n_loss (learned tokens after the first token, per document). `open` memory-maps a folder written by
-    build_token_store, so the ranks of a node share one copy in the page cache and no rank holds the data."""
+    """Tokenised SFT examples as flat arrays: ids (int32), mask (uint8, 1 = learned), offsets (n_docs + 1)
+    and n_loss (learned tokens after the first, per document). `open` memory-maps a folder written by
+    build_token_store: the ranks of a node share one copy in the page cache."""
 
     def __init__(self, ids: np.ndarray, mask: np.ndarray, offsets: np.ndarray, n_loss: np.ndarray):
         self.ids, self.mask, self.offsets, self.n_loss = ids, mask, offsets, n_loss
@@ -218,31 +187,17 @@ class TokenStore:
         folder = Path(folder)
         offsets, n_loss = np.load(folder / "offsets.npy"), np.load(folder / "n_loss.npy")
         n = int(offsets[-1])
-        mapped = lambda name, dtype: np.memmap(folder / name, dtype, "r", shape=(n,)) if n else np.zeros(0, dtype)
-        return cls(mapped("ids.bin", np.int32), mapped("mask.bin", np.uint8), offsets, n_loss)
-
-    @classmethod
-    def from_examples(cls, examples) -> TokenStore:
-        """In memory, from (ids, mask) pairs: tests and small data."""
-        lens = [len(ids) for ids, _ in examples]
-        flat = lambda k, dtype: np.array([t for ex in examples for t in ex[k]], dtype=dtype)
-        return cls(flat(0, np.int32), flat(1, np.uint8), np.cumsum([0] + lens, dtype=np.int64),
-                   np.array([sum(mask[1:]) for _, mask in examples], dtype=np.int64))
+        arrays = [np.memmap(folder / name, dtype, "r", shape=(n,)) if n else np.zeros(0, dtype)
+                  for name, dtype in (("ids.bin", np.int32), ("mask.bin", np.uint8))]
+        return cls(*arrays, offsets, n_loss)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
 
 def _store_key(paths: list, tokenizer: Tokenizer, skip_bad: bool) -> str:
-    """What a store was made from: the files (path, size, mtime), the tokenizer, the format and skip_bad."""
-    files = []
-    for p in map(Path, paths):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: no such file")
-        files.append([str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns])
+    """What a store was made from: the files (path, size, mtime), the tokenizer, the format, skip_bad."""
+    files = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in map(Path, paths)]
     spec = {"format": STORE_FORMAT, "files": files, "skip_bad": skip_bad, "eos": tokenizer.eos_id,
             "tokenizer": hashlib.sha256(tokenizer.tok.to_str().encode()).hexdigest()}
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:20]
@@ -255,39 +210,26 @@ def store_ready(folder, key: str) -> bool:
 
 def _tokenised(path, tokenizer: Tokenizer, skip_bad: bool, batch: int = 256):
     """(ids, mask) of each SFT record of a file, tokenised in batches (the tokenizers library threads them)."""
-    pending = []
-
-    def flush():
-        texts = [t for _, prompt, full in pending for t in (prompt, full)]
-        enc = tokenizer.tok.encode_batch(texts, add_special_tokens=False)
-        for j, (lineno, _, _) in enumerate(pending):
+    records = _jsonl(path, skip_bad, parse=_sft_texts)
+    while chunk := list(itertools.islice(records, batch)):
+        enc = tokenizer.tok.encode_batch([t for _, texts in chunk for t in texts], add_special_tokens=False)
+        for j, (lineno, _) in enumerate(chunk):
             try:
                 yield _sft_mask(enc[2 * j].ids, enc[2 * j + 1].ids, tokenizer.eos_id)
             except ValueError as e:
                 if not skip_bad:
                     raise ValueError(f"{path}:{lineno}: {e}") from None
                 print(f"warning: skipped {path}:{lineno}: {e}")
-        pending.clear()
-    for lineno, (prompt, full) in _jsonl(path, skip_bad, parse=_sft_texts):
-        pending.append((lineno, prompt, full))
-        if len(pending) == batch:
-            yield from flush()
-    yield from flush()
 
 
 def build_token_store(paths: list, tokenizer: Tokenizer, folder, skip_bad: bool = False, wait: bool = False,
                       poll: float = 2.0) -> TokenStore:
-    """Tokenise SFT JSONL files once into `folder` (ids.bin, mask.bin, offsets.npy, n_loss.npy, meta.json) and
-    open it. A store made from the same files and tokenizer is reused as it is; with `wait` (ranks that do not
-    build) this only waits, with a line a minute, until the builder of the node publishes it. The files are
-    written into a temp folder renamed into place when complete: a crash leaves no half store, and when two
-    builders race (one per node on a shared file system) the first rename wins and the other's copy is dropped."""
+    """Tokenise SFT JSONL files once into `folder` and open it; a store of the same files and tokenizer is
+    reused. With `wait` (ranks that do not build) only wait until the node's builder publishes it. Written
+    into a temp folder renamed into place: a crash leaves no half store, and of two racing builders (one
+    per node on a shared file system) the first rename wins."""
     folder, key = Path(folder), _store_key(paths, tokenizer, skip_bad)
-    t0, shown = time.time(), time.time()
-    while wait and not store_ready(folder, key):
-        if time.time() - shown > 60:
-            shown = time.time()
-            print(f"waiting for the token store {folder} ({shown - t0:.0f} s)", flush=True)
+    while wait and not store_ready(folder, key):  # the builder of this node prints its progress
         time.sleep(poll)
     if store_ready(folder, key):
         return TokenStore.open(folder)
@@ -299,7 +241,7 @@ def build_token_store(paths: list, tokenizer: Tokenizer, folder, skip_bad: bool 
         (tmp / "meta.json").write_text(json.dumps({"key": key, **meta}, indent=1))
         _publish(tmp, folder, key)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # a failed build leaves nothing behind (a published tmp is gone)
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed build leaves nothing behind
     print(f"token store {folder}: {json.dumps(meta)}", flush=True)
     return TokenStore.open(folder)
 
@@ -315,8 +257,8 @@ def _write_store(paths: list, tokenizer: Tokenizer, out: Path, skip_bad: bool) -
                 n_loss.append(sum(mask[1:]))
                 if time.time() - shown > 30:  # long jobs show progress
                     shown = time.time()
-                    print(f"tokenising {path}: {len(n_loss)} examples, {offsets[-1]} tokens, {shown - t0:.0f} s",
-                          flush=True)
+                    print(f"tokenising {path}: {len(n_loss)} examples, {offsets[-1]} tokens, "
+                          f"{shown - t0:.0f} s", flush=True)
         for f in (f_ids, f_mask):
             f.flush()
             os.fsync(f.fileno())
@@ -359,19 +301,18 @@ def _best_fit(lengths: list[int], cap: int) -> list[list[int]]:
 
 
 class PackedRows:
-    """Documents of a TokenStore packed best-fit into rows of seq_len tokens. Only the plan (which documents go
-    into which row) is held; `batch(rows)` builds the tensors of the rows asked for: input_ids, targets (the next
-    token of the same document where it is learned, else -100), doc_ids (0, 1, ... per row; padding one more)
-    and position_ids (restarting per document), each (len(rows), seq_len) long. `stats` counts what was packed."""
+    """Documents of a TokenStore packed best-fit into rows of seq_len tokens (overlong ones truncated or
+    skipped). Only the plan is held; `batch(rows)` builds (len(rows), seq_len) tensors: input_ids, targets
+    (the next token of the same document where it is learned, else -100), doc_ids (0, 1, ... per row,
+    padding one more) and position_ids (restarting per document). `stats` counts what was packed."""
 
     def __init__(self, store: TokenStore, seq_len: int, pad_id: int, overlong: str = "truncate"):
-        if overlong not in ("truncate", "skip"):
-            raise ValueError(f"overlong must be 'truncate' or 'skip', got {overlong!r}")
-        lengths = store.lengths()
+        assert overlong in ("truncate", "skip"), overlong
+        lengths = np.diff(store.offsets)
         keep = np.nonzero((lengths > 0) & ((lengths <= seq_len) | (overlong == "truncate")))[0]
         if not len(keep):
             raise ValueError(f"pack: no examples left to pack ({len(store)} skipped)")
-        cut = np.minimum(lengths[keep], seq_len)  # (kept,)
+        cut = np.minimum(lengths[keep], seq_len)
         bins = _best_fit(cut.tolist(), seq_len)
         self.store, self.seq_len, self.pad_id = store, seq_len, pad_id
         self.docs = keep[np.concatenate(bins)]  # store document ids in row order
@@ -380,8 +321,9 @@ class PackedRows:
         lost = sum(int(store.n_loss[d]) - int(store.mask[store.offsets[d] + 1:store.offsets[d] + seq_len].sum())
                    for d in long)
         tokens = int(cut.sum())
-        self.stats = {"rows": len(bins), "docs": len(keep), "truncated": len(long), "skipped": len(store) - len(keep),
-                      "tokens": tokens, "loss_tokens": int(store.n_loss[keep].sum()) - lost,
+        self.stats = {"rows": len(bins), "docs": len(keep), "truncated": len(long),
+                      "skipped": len(store) - len(keep), "tokens": tokens,
+                      "loss_tokens": int(store.n_loss[keep].sum()) - lost,
                       "pad_fraction": 1 - tokens / (len(bins) * seq_len)}
 
     def __len__(self) -> int:
@@ -402,81 +344,59 @@ class PackedRows:
                 t["targets"][i, at:at + n - 1] = np.where(learn[1:] > 0, ids[1:], IGNORE_INDEX)
                 t["doc_ids"][i, at:at + n], t["position_ids"][i, at:at + n] = d, np.arange(n)
                 at += n
-            t["doc_ids"][i, at:], t["position_ids"][i, at:] = len(docs), np.arange(self.seq_len - at)  # padding
+            # padding: one more document id, positions from 0
+            t["doc_ids"][i, at:], t["position_ids"][i, at:] = len(docs), np.arange(self.seq_len - at)
         return {k: torch.from_numpy(v) for k, v in t.items()}
 
 
-def pack(examples, seq_len: int, pad_id: int, overlong: str = "truncate") -> tuple[dict, dict]:
-    """(ids, mask) examples -> all packed rows as (R, seq_len) tensors, and the stats (see PackedRows)."""
-    rows = PackedRows(TokenStore.from_examples(examples), seq_len, pad_id, overlong)
-    return rows.batch(range(len(rows))), rows.stats
-
-
 class ShardedSampler:
-    """This rank's indices of a seeded per-epoch permutation of range(n_items), continuing across epochs.
-    Each rank takes perm[rank : n_items // world_size * world_size : world_size], the short tail is dropped."""
+    """This rank's indices of a seeded per-epoch permutation of range(n_items), continuing across epochs:
+    perm[rank : n_items // world_size * world_size : world_size] (the short tail is dropped)."""
 
-    def __init__(self, n_items: int, rank: int, world_size: int, seed: int, shuffle: bool = True):
-        if not 0 <= rank < world_size or n_items < world_size:
-            raise ValueError(f"ShardedSampler: need 0 <= rank < world_size <= n_items, got rank {rank}, "
-                             f"world_size {world_size}, n_items {n_items}")
-        self.n_items, self.rank, self.world_size, self.seed, self.shuffle = n_items, rank, world_size, seed, shuffle
-        self.per_rank = n_items // world_size
-        self._epoch, self._offset, self._cache = 0, 0, (None, [])
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    def _share(self) -> list[int]:
-        if self._cache[0] != self._epoch:
-            order = list(range(self.n_items))
-            if self.shuffle:
-                random.Random(self.seed + self._epoch).shuffle(order)
-            self._cache = (self._epoch, order[self.rank:self.per_rank * self.world_size:self.world_size])
-        return self._cache[1]
+    def __init__(self, n_items: int, rank: int, world_size: int, seed: int):
+        if n_items < world_size:
+            raise ValueError(f"ShardedSampler: {n_items} items cannot be shared by {world_size} ranks")
+        assert 0 <= rank < world_size, (rank, world_size)
+        self.n_items, self.rank, self.world_size, self.seed = n_items, rank, world_size, seed
+        self.per_rank, self.epoch, self.offset, self._share = n_items // world_size, 0, 0, (None, [])
 
     def next_indices(self, k: int) -> list[int]:
         out = []
         while len(out) < k:
-            take = self._share()[self._offset:self._offset + k - len(out)]
+            if self._share[0] != self.epoch:
+                order = list(range(self.n_items))
+                random.Random(self.seed + self.epoch).shuffle(order)
+                self._share = (self.epoch, order[self.rank:self.per_rank * self.world_size:self.world_size])
+            take = self._share[1][self.offset:self.offset + k - len(out)]
             out += take
-            self._offset += len(take)
-            if self._offset == self.per_rank:
-                self._epoch, self._offset = self._epoch + 1, 0
+            self.offset += len(take)
+            if self.offset == self.per_rank:
+                self.epoch, self.offset = self.epoch + 1, 0
         return out
 
-    def __iter__(self):  # the rest of the current epoch
-        epoch = self._epoch
-        while self._epoch == epoch:
-            yield self.next_indices(1)[0]
-
     def state_dict(self) -> dict:
-        return {"epoch": self._epoch, "offset": self._offset, "n_items": self.n_items,
-                "world_size": self.world_size, "seed": self.seed, "shuffle": self.shuffle}
+        return {"epoch": self.epoch, "offset": self.offset, "n_items": self.n_items,
+                "world_size": self.world_size, "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
         for key, now in self.state_dict().items():
             if key not in ("epoch", "offset") and state[key] != now:
                 raise ValueError(f"ShardedSampler: cannot resume, saved {key}={state[key]} but now {now}")
-        self._epoch, self._offset = state["epoch"], state["offset"]
+        self.epoch, self.offset = state["epoch"], state["offset"]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sft", nargs="+", help="SFT JSONL file(s) to tokenise and pack (prints packing statistics)")
-    p.add_argument("--tokenizer", help="tokenizer folder for --sft")
+    p.add_argument("--sft", nargs="+", required=True, help="SFT JSONL file(s): prints their packing statistics")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the first file's folder)")
     p.add_argument("--cache", help="write the token store here (sft.py --data-cache reuses it); default: temporary")
-    p.add_argument("--seq-len", type=int, default=8192, help="packed row length for --sft")
+    p.add_argument("--seq-len", type=int, default=8192, help="packed row length")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad lines instead of failing")
     args = p.parse_args()
-    if not args.sft:
-        p.error("nothing to do: give --sft FILE.jsonl (the demo's data: python demo.py data FOLDER)")
-    if args.sft:
-        tok = load_tokenizer(args.tokenizer or Path(args.sft[0]).parent)
-        with tempfile.TemporaryDirectory() as tmp:
-            store = build_token_store(args.sft, tok, args.cache or Path(tmp) / "tokens", args.skip_bad)
-            print(json.dumps(PackedRows(store, args.seq_len, tok.pad_id).stats))
+    tok = load_tokenizer(args.tokenizer or Path(args.sft[0]).parent)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = build_token_store(args.sft, tok, args.cache or Path(tmp) / "tokens", args.skip_bad)
+        print(json.dumps(PackedRows(store, args.seq_len, tok.pad_id).stats))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 import json
 import random
 import shutil
+import tempfile
 import threading
 
+import numpy as np
 import pytest
 import torch
 from conftest import need_shared
@@ -47,6 +49,31 @@ def demo_set(tmp_path_factory):
     return folder, stats, data.load_tokenizer(folder)
 
 
+def _tokenise(records, tok, tmp_path) -> list[tuple[list[int], list[int]]]:
+    """(ids, mask) of each SFT record the way sft.py gets them: from a token store built from a JSONL file."""
+    folder = tempfile.mkdtemp(dir=tmp_path)  # a new file each time: the store key is its path, size and mtime
+    src = tmp_path / folder / "records.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in records))
+    s = data.build_token_store([src], tok, tmp_path / folder / "tokens")
+    return [(s.ids[a:b].tolist(), s.mask[a:b].tolist()) for a, b in zip(s.offsets[:-1], s.offsets[1:])]
+
+
+def _packed(examples, seq_len: int, overlong: str = "truncate") -> tuple[dict, dict]:
+    """All rows and the stats of PackedRows over a TokenStore holding (ids, mask) examples (pad id 0)."""
+    flat = [np.array(sum((ex[k] for ex in examples), []), dtype) for k, dtype in ((0, np.int32), (1, np.uint8))]
+    offsets = np.cumsum([0] + [len(ids) for ids, _ in examples])
+    store = data.TokenStore(*flat, offsets, np.array([sum(mask[1:]) for _, mask in examples]))
+    rows = data.PackedRows(store, seq_len, 0, overlong)
+    return rows.batch(range(len(rows))), rows.stats
+
+
+def _documents(batch: dict, pad_id: int) -> list[list[int]]:
+    """The token ids of every document in packed rows, padding left out."""
+    docs = [batch["input_ids"][r][batch["doc_ids"][r] == d].tolist()
+            for r in range(len(batch["doc_ids"])) for d in batch["doc_ids"][r].unique().tolist()]
+    return [d for d in docs if set(d) != {pad_id}]
+
+
 def test_qwen_tokenizer_matches_transformers(qwen, hf):
     tok, _ = hf
     assert (qwen.vocab_size, qwen.eos_id, qwen.pad_id) == (len(tok), 151645, 151643)
@@ -57,11 +84,11 @@ def test_qwen_tokenizer_matches_transformers(qwen, hf):
         assert ids == tok.encode(text, add_special_tokens=False)
         assert qwen.decode(ids) == text
     assert qwen.decode(qwen.encode("<|im_start|>user<|im_end|>"), skip_special_tokens=True) == "user"
-    assert qwen.token_to_id("<think>") == 151667 and qwen.token_to_id("no such token") is None
+    assert qwen.tok.token_to_id("<think>") == 151667 and qwen.eos_id == qwen.tok.token_to_id("<|im_end|>")
 
 
 def test_missing_or_inconsistent_tokenizer(tmp_path):
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope" / "tokenizer.json")):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nope'}: a tokenizer folder needs tokenizer.json"):
         data.load_tokenizer(tmp_path / "nope")
     demo.demo_tokenizer().save(tmp_path)
     (tmp_path / "tokenizer_config.json").unlink()
@@ -112,49 +139,42 @@ def test_read_jsonl_errors(tmp_path, capsys):
         data.read_jsonl(tmp_path / "missing.jsonl")
 
 
-def test_sft_example_hand_checked_mask(demo_set):
+def test_sft_example_hand_checked_mask(demo_set, tmp_path):
     tok = demo_set[2]  # one token per character makes the span easy to count by hand
     record = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "hi"},
                            {"role": "assistant", "reasoning_content": "r", "content": "ok"}]}
-    ids, mask = data.sft_example(record, tok)
+    multi = {"messages": CONVERSATIONS[3][:4]}
+    pr = {"prompt": "hi", "response": "<think>\nr\n</think>\n\nok"}
+    (ids, mask), pr, no_system, (multi_ids, multi_mask) = _tokenise(
+        [record, pr, {"messages": record["messages"][1:]}, multi], tok, tmp_path)
     # system: <|im_start|> system\n S <|im_end|> \n = 11; user: <|im_start|> user\n hi <|im_end|> \n = 10;
     # header: <|im_start|> assistant\n = 11; learned: <think> \n r \n </think> \n\n ok <|im_end|> = 10; final \n
     assert mask == [0] * 32 + [1] * 10 + [0]
     assert tok.decode([t for t, m in zip(ids, mask) if m]) == "<think>\nr\n</think>\n\nok<|im_end|>"
     assert tok.decode(ids) == data.render_chat(record["messages"])
-    pr = data.sft_example({"prompt": "hi", "response": "<think>\nr\n</think>\n\nok"}, tok)
-    assert pr == data.sft_example({"messages": record["messages"][1:]}, tok)
+    assert pr == no_system
     # multi-turn: only the last assistant turn is learned; the earlier one is context without its reasoning
-    multi = {"messages": CONVERSATIONS[3][:4]}
-    ids, mask = data.sft_example(multi, tok)
-    assert tok.decode([t for t, m in zip(ids, mask) if m]) == "<think>\nr2\n</think>\n\na2<|im_end|>"
+    assert tok.decode([t for t, m in zip(multi_ids, multi_mask) if m]) == "<think>\nr2\n</think>\n\na2<|im_end|>"
 
 
-def test_sft_example_matches_official_ids(qwen, hf):
+def test_sft_example_matches_official_ids(qwen, hf, tmp_path):
     tok, template = hf
     messages = CONVERSATIONS[2]
-    ids, mask = data.sft_example({"messages": messages}, qwen)
+    [(ids, mask)] = _tokenise([{"messages": messages}], qwen, tmp_path)
     assert ids == list(tok.apply_chat_template(messages, chat_template=template, tokenize=True, return_dict=False))
     assert qwen.decode([t for t, m in zip(ids, mask) if m]) == "<think>\nthink ü\n</think>\n\nHi! 👋<|im_end|>"
 
 
 def test_sft_example_errors(demo_set, tmp_path):
     tok = demo_set[2]
-    with pytest.raises(ValueError, match="missing field 'response'"):
-        data.sft_example({"prompt": "x"}, tok)
-    with pytest.raises(ValueError, match="missing field 'prompt'"):
-        data.sft_example({"text": "x"}, tok)
-    with pytest.raises(ValueError, match="'messages' must be"):
-        data.sft_example({"messages": [{"role": "user", "content": "x"}]}, tok)
-    p = tmp_path / "sft.jsonl"
-    p.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
-    with pytest.raises(ValueError, match=f"{p}:2: missing field 'response'"):
-        data.load_sft(p, tok)
-    assert len(data.load_sft(p, tok, skip_bad=True)) == 1
+    for record, error in (({"prompt": "x"}, "missing field 'response'"), ({"text": "x"}, "missing field 'prompt'"),
+                          ({"messages": [{"role": "user", "content": "x"}]}, "field 'messages' must be")):
+        with pytest.raises(ValueError, match=f"records.jsonl:2: {error}"):
+            _tokenise([{"prompt": "a", "response": "b"}, record], tok, tmp_path)
 
 
 def test_pack_hand_example():
-    t, stats = data.pack([([1, 2, 3, 4], [0, 0, 1, 1]), ([5, 6, 7], [0, 1, 1])], seq_len=8, pad_id=0)
+    t, stats = _packed([([1, 2, 3, 4], [0, 0, 1, 1]), ([5, 6, 7], [0, 1, 1])], seq_len=8)
     assert t["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6, 7, 0]]
     assert t["targets"].tolist() == [[-100, 3, 4, -100, 6, 7, -100, -100]]  # never across the document border
     assert t["doc_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 1, 2]]
@@ -166,36 +186,36 @@ def test_pack_hand_example():
 
 def test_pack_overlong_and_best_fit():
     long, short = (list(range(1, 11)), [1] * 10), ([1, 2, 3], [0, 1, 1])
-    t, s = data.pack([long, short], seq_len=8, pad_id=0)
+    t, s = _packed([long, short], seq_len=8)
     assert (s["rows"], s["truncated"], s["skipped"]) == (2, 1, 0) and t["input_ids"][0].tolist() == list(range(1, 9))
-    t, s = data.pack([long, short], seq_len=8, pad_id=0, overlong="skip")
+    assert s["loss_tokens"] == 7 + 2 == int((t["targets"] != -100).sum())  # learned tokens up to the cut
+    t, s = _packed([long, short], seq_len=8, overlong="skip")
     assert (s["rows"], s["truncated"], s["skipped"]) == (1, 0, 1)
-    with pytest.raises(ValueError, match="overlong"):
-        data.pack([short], 8, 0, overlong="drop")
     with pytest.raises(ValueError, match="no examples"):
-        data.pack([long], 8, 0, overlong="skip")
+        _packed([long], 8, overlong="skip")
     # best fit: 7,6,5,4,3,2,2,1 into rows of 10 fills three rows exactly
     rng = random.Random(0)
     lens = [7, 6, 5, 4, 3, 2, 2, 1]
     exs = [([rng.randint(1, 9) for _ in range(n)], [1] * n) for n in lens]
-    t, s = data.pack(exs, seq_len=10, pad_id=0)
+    t, s = _packed(exs, seq_len=10)
     assert s["rows"] == 3 and s["pad_fraction"] == 0
-    docs = sorted(t["input_ids"][r][t["doc_ids"][r] == d].tolist() for r in range(3) for d in range(4))
-    assert [d for d in docs if d] == sorted(e[0] for e in exs)  # every document once, intact
+    assert sorted(_documents(t, 0)) == sorted(e[0] for e in exs)  # every document once, intact
 
 
-def test_token_store_packs_like_memory_and_is_built_once(demo_set, tmp_path, monkeypatch):
+def test_token_store_packs_every_document_and_is_built_once(demo_set, tmp_path, monkeypatch):
     folder, _, tok = demo_set
     src = tmp_path / "sft.jsonl"
     src.write_text("".join((folder / "sft.jsonl").read_text().splitlines(keepends=True)[:60]))
     store = data.build_token_store([src], tok, tmp_path / "tokens")
-    assert isinstance(store.ids, data.np.memmap) and len(store) == 60
+    assert isinstance(store.ids, np.memmap) and len(store) == 60
+    docs = [tok.encode(data.render_chat(r["messages"])) for r in data.read_jsonl(src)]  # one at a time
+    assert [store.ids[a:b].tolist() for a, b in zip(store.offsets[:-1], store.offsets[1:])] == docs
     rows = data.PackedRows(store, 100, tok.pad_id)
-    ref, ref_stats = data.pack(data.load_sft(src, tok), 100, tok.pad_id)
     got = rows.batch(range(len(rows)))
-    assert rows.stats == ref_stats and ref_stats["truncated"] > 0  # some demo examples exceed 100 tokens
-    assert all(torch.equal(got[k], ref[k]) for k in ref)
-    assert torch.equal(rows.batch([3, 0])["targets"], ref["targets"][[3, 0]])  # any rows, in any order
+    assert sorted(_documents(got, tok.pad_id)) == sorted(d[:100] for d in docs)
+    assert rows.stats["truncated"] > 0  # some demo examples exceed 100 tokens
+    assert rows.stats["loss_tokens"] == int((got["targets"] != -100).sum())
+    assert torch.equal(rows.batch([3, 0])["targets"], got["targets"][[3, 0]])  # any rows, in any order
     monkeypatch.setattr(data, "_write_store", lambda *a: pytest.fail("rebuilt an up-to-date store"))
     assert len(data.build_token_store([src], tok, tmp_path / "tokens")) == 60  # reused as it is
     monkeypatch.undo()
@@ -248,8 +268,8 @@ def test_sampler_shards_and_resume():
     assert all(len(set(a) & set(b)) == 0 for a in epoch0 for b in epoch0 if a is not b)
     assert len(set(sum(epoch0, []))) == 9 and all(s.epoch == 1 for s in shares)  # the tenth item dropped
     assert [s.next_indices(3) for s in shares] != epoch0  # a new permutation each epoch
-    full = [data.ShardedSampler(12, r, 3, seed=5, shuffle=False).next_indices(4) for r in range(3)]
-    assert sorted(sum(full, [])) == list(range(12)) and full[1] == [1, 4, 7, 10]
+    full = [data.ShardedSampler(12, r, 3, seed=5).next_indices(4) for r in range(3)]
+    assert sorted(sum(full, [])) == list(range(12))  # no tail: every item once
     a = data.ShardedSampler(101, 1, 2, seed=3)
     ref = a.next_indices(37) + a.next_indices(60) + a.next_indices(30)  # crosses two epochs
     b = data.ShardedSampler(101, 1, 2, seed=3)
@@ -257,7 +277,7 @@ def test_sampler_shards_and_resume():
     c = data.ShardedSampler(101, 1, 2, seed=3)
     c.load_state_dict(json.loads(json.dumps(b.state_dict())))
     assert head + c.next_indices(30) == ref and c.epoch == 2
-    assert len(list(c)) == 50 - 27 and c.epoch == 3
+    assert len(c.next_indices(50 - 27)) == 23 and c.epoch == 3  # the rest of the epoch
     with pytest.raises(ValueError, match="seed"):
         data.ShardedSampler(101, 1, 2, seed=4).load_state_dict(b.state_dict())
 
@@ -329,7 +349,7 @@ def test_demo_files(demo_set, tmp_path):
     bugged = [(a, b) for (a, b), turn in code if demo.code_text(a, b)[2] not in turn["content"]]
     assert all(b < 0 and demo.code_text(a, -b)[2] in turn["content"] for (a, b), turn in code if (a, b) in bugged)
     assert len(bugged) == stats["sft_code_flawed"] and 0.15 < len(bugged) / 400 < 0.45
-    assert max(len(data.sft_example(r, tok)[0]) for r in read["sft"]) < 160
+    assert max(len(ids) for ids, _ in _tokenise(read["sft"], tok, tmp_path)) < 160
     demo.write_demo(tmp_path, seed=1, n_sft=400, n_rl=100, n_eval=100)  # seeded: the same bytes again
     assert all((tmp_path / f).read_bytes() == (folder / f).read_bytes() for f in
                ("sft.jsonl", "rl_math.jsonl", "rl_code.jsonl", "eval_code.jsonl", "tokenizer.json",

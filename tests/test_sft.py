@@ -50,7 +50,7 @@ def _even_rows(demo: Path, seq_len: int) -> None:
     """Drop SFT examples until they pack into an even number of rows: 2 ranks then see exactly the rows (and so
     the lr schedule length) of 1 rank, since the sampler drops the rows that do not divide by the world size."""
     tok, lines = data.load_tokenizer(demo), (demo / "sft.jsonl").read_text().splitlines(keepends=True)
-    while data.pack(data.load_sft(demo / "sft.jsonl", tok), seq_len, tok.pad_id)[1]["rows"] % 2:
+    while sft.load_rows([demo / "sft.jsonl"], tok, seq_len, demo.parent / "even_rows").stats["rows"] % 2:
         lines = lines[:-1]
         (demo / "sft.jsonl").write_text("".join(lines))
 
@@ -65,17 +65,20 @@ def tiny(setup) -> tuple[data.Tokenizer, qwen3.Qwen3]:
     return data.load_tokenizer(d / "demo"), qwen3.build_model(qwen3.Qwen3Config.from_json(d / "tiny.json"), seed=1)
 
 
-def test_packed_row_loss_equals_separate_examples(setup):
+def test_packed_row_loss_equals_separate_examples(setup, tmp_path):
     tok, model = tiny(setup)
-    records = data.read_jsonl(setup[0] / "demo" / "sft.jsonl")[:3]
-    examples = [data.sft_example(r, tok) for r in records]
-    packed, stats = data.pack(examples, 256, tok.pad_id)
-    assert stats["rows"] == 1 and stats["docs"] == 3
+    (tmp_path / "three.jsonl").write_text("".join(
+        json.dumps(r) + "\n" for r in data.read_jsonl(setup[0] / "demo" / "sft.jsonl")[:3]))
+    rows = sft.load_rows([tmp_path / "three.jsonl"], tok, 256, tmp_path / "tokens")
+    packed = rows.batch([0])
+    assert rows.stats["rows"] == 1 and rows.stats["docs"] == 3
+    doc_ids = packed["doc_ids"][0]
     with torch.no_grad():
         together = sft.token_nll(model, packed)
-        apart = sum(sft.token_nll(model, data.pack([e], 256, tok.pad_id)[0]) for e in examples)
-    n_loss = sum(sum(mask) for _, mask in examples)  # each learned token is the target of the token before it
-    assert int((packed["targets"] != -100).sum()) == n_loss
+        # each document alone: its own span of the row, positions from 0
+        apart = sum(sft.token_nll(model, {k: v[:, doc_ids == d] for k, v in packed.items()}) for d in range(3))
+    # each learned token is the target of the token before it
+    assert int((packed["targets"] != -100).sum()) == int(rows.store.mask.sum())
     assert torch.allclose(together, apart, rtol=1e-5), (together, apart)
 
 
@@ -142,8 +145,7 @@ def test_crash_during_checkpoint_write_keeps_previous(setup, tmp_path, monkeypat
     dist_ = sft.init_distributed()
     sft.shard_model(model, dist_)
     opt = sft.build_optimizer(model, 1e-3)
-    batch = data.pack([data.sft_example(r, tok) for r in data.read_jsonl(setup[0] / "demo" / "sft.jsonl")[:4]],
-                      256, tok.pad_id)[0]
+    batch = sft.load_rows([setup[0] / "demo" / "sft.jsonl"], tok, 256, setup[0] / "ref" / "tokens").batch([0])
     run = sft.RunDir(tmp_path, 0)
     sft.train_step(model, opt, batch, 1, 1e-3, 1.0)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
