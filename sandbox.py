@@ -1,55 +1,16 @@
-"""Running untrusted programs against tests: isolation, limits and verdicts (`run_tests`, `TestResult`).
+"""Running untrusted programs against tests: isolation, limits, verdicts (`run_tests`).
 
-Imports nothing of ours; rewards.py builds the tests and turns results into rewards.
-
-- One child per test: `python -I -S -B -c BOOT --sandbox-child FILE CFG` runs `_child`: the code above the
-  parent's imports, compiled once per process into FILE (the child loads only os, sys, resource and _signal and
-  compiles nothing), in a fresh temporary
-  folder that is removed afterwards, with a clean environment, stdout/stderr to unlinked temporary files capped
-  by RLIMIT_FSIZE, RLIMIT_CPU/AS/FSIZE/NOFILE/CORE(/NPROC) and a wall-time limit; the child is its own session
-  and its process group is SIGKILLed always. It writes a ready token to stderr before the program runs: without
-  it the status is 'sandbox error', never a verdict.
-- As root the child drops to a per-sandbox uid (flock-reserved from 61000-62023, so concurrent sandboxes in any
-  process never share one): NPROC is enforced, nothing outside its folder is writable, other processes cannot be
-  signalled. Import paths stay reachable through /proc/self/fd handles opened before the drop.
-- With unshare/nsenter (root): each child joins one long-lived empty network namespace (no network, not even
-  loopback) and gets a fresh pid namespace whose init (the child) runs the program as its own child: when the
-  program ends, every process it left behind (setsid grandchildren included) dies with the namespace.
-- With mount namespaces too (root): a private filesystem view. One keeper process holds the empty network
-  namespace and a mount namespace whose read-only tmpfs root holds, at their host paths, the standard library
-  and the shared libraries its extensions load (read-only binds; site-packages hidden under an empty tmpfs),
-  PACKAGES under /sandbox-packages, /dev/null, /dev/urandom, and the work folder of the tests' folders; each
-  child enters it with a fresh /proc of its own pid namespace, chroots there and drops its uid. No home, project,
-  data, /etc or host /proc; skeleton folders can be entered, not listed. Where mount namespaces are refused,
-  one stderr line says so and each test carries the note 'no private filesystem' (today's isolation remains).
-- Always: an audit hook refuses sockets and Python-level writes outside the folder. Without a pid namespace it
-  also refuses process creation; without uid switching it refuses kill() and ctypes symbol lookups.
-- Tests: stdin ({"input", "output"}: exit 0 and equal stdout lines, trailing whitespace ignored, tokens with a
-  '.' within 1e-6); split calls ({"calls", "checks", "entry"}: see below); in-sandbox function code
-  ({"functional"}, asserts of other shapes: passes only if the child prints a random marker after the test
-  code returns, so sys.exit(0), os._exit(0) or atexit tricks before a failing assert earn nothing; counted as
-  the NOTES entry 'in-sandbox verdict').
-- A judged program may import the standard library and PACKAGES (what the LeetCode / LiveCodeBench judges offer
-  that our data uses), installed with the runtime requirements.
-- Any failure is a failed TestResult whose status is one of STATUSES, never an exception.
-
-Split calls, and the threat model of function tests. rewards.to_tests splits each assert of a known shape
-(split_asserts: `candidate(a) == x`, `is True/False/None`, `not`, bare, `math.isclose`, `abs(... - x) < tol`)
-into the call, which goes into the sandbox, and the expectation, which never does. The child runs the program,
-then each call, and writes each result as a literal of exact built-in types (_encoder); the parent parses it by
-node type (literal, no eval) and applies the check itself. Expected values are parsed from the test data, or
-evaluated once per problem by a child that runs the data's helpers but never a program. What a program may try:
-- return an object that lies (__eq__ always True or raising, __class__ spoofed, a float/int subclass): it has no
-  exact built-in type, so it is not encoded, and nothing of it runs in the parent: the test fails;
-- patch builtins (type, repr, isinstance) or AssertionError: the encoder bound its functions before the program
-  ran, and no assert runs in the child;
-- read the expected value or a success marker from memory, frames or files: split tests have neither in the
-  child; write fake result lines to any descriptor and exit 0: a result line is only a claimed return value, as
-  good as returning it (and a wrong count of lines fails); so forging earns exactly what returning earns;
-- read the expected outputs from the host's files (the RL data, a checkpoint, logs, the project): the private
-  view holds none of them, whatever their mode; without it (see above) world-readable files are readable;
-- kill or starve the reader: results are files read after the child is dead; other processes cannot be
-  signalled (uid switch, pid namespace); an oversized or deeply nested result is refused by the encoder's cap.
+Limits and verdict rules: docs/ALGORITHM.md 4. Each test runs in its own child (the code above the
+parent's imports, compiled once per process) with rlimits, a wall-time limit, a fresh folder and a
+clean environment; its process group is always SIGKILLed, and a ready token on stderr tells a
+verdict from a 'sandbox error'. As root the child also gets its own uid, a fresh pid namespace, an
+empty network namespace and, where mount namespaces are allowed, a private read-only filesystem view
+(the stdlib, PACKAGES, its folder; no project, data, /etc or host /proc). Always, an audit hook
+refuses sockets and writes outside the folder (without namespaces also process creation; without a
+uid of its own, kill()). Function tests of known assert shapes are split (split_asserts): the call
+runs in the child, its result comes back as a literal of exact built-in types and is judged here, so
+lying objects, patched builtins or forged output earn no more than returning the value; other test
+code passes only if the child prints a random marker after it returns ('in-sandbox verdict').
 
 Run: pytest tests/test_sandbox.py ; python bench.py rewards --data DIR
 """
@@ -59,43 +20,42 @@ import os
 import sys
 
 STATUSES = ("pass", "wrong answer", "runtime error", "timeout", "memory", "output limit", "sandbox error", "skipped")
-_READY = b"\0sandbox ready\n"  # the child's first stderr bytes; missing: the sandbox itself failed
-NOTES = ("in-sandbox verdict", "no private filesystem")  # counted beside STATUSES (reward_many), not verdicts
-PACKAGES = ("sortedcontainers",)  # third-party modules a judged program may import (requirements.txt pins them)
+NOTES = ("in-sandbox verdict", "no private filesystem")  # counted beside STATUSES, not verdicts
+# third-party modules a judged program may import (requirements.txt pins them)
+PACKAGES = ("sortedcontainers",)
+_READY = b"\0sandbox ready\n"  # the child's first stderr bytes; missing: the sandbox failed
 _WRITE_EVENTS = ("os.remove", "os.rmdir", "os.mkdir", "os.rename", "os.chmod", "os.chown", "os.truncate",
                  "os.symlink", "os.link", "os.utime", "shutil.rmtree")
 
-# ----------------------------------------------------------------------------------------------- the child
+# ---------------------------------------------------------------------------------------- the child
 
 
 def _child_confine(c: dict) -> None:
-    """Limits, the private root, import paths and the uid drop; as pid 1 of a fresh pid namespace, fork and
-    mirror the program."""
+    """Limits, the private root, import paths and the uid drop; as pid 1 of a fresh pid namespace,
+    fork and mirror the program."""
     import _signal as signal  # not `signal`: its enum import costs the child ~10 ms
     import resource
     for k, soft, hard in c["limits"]:
         resource.setrlimit(k, (soft, hard))
-    fds = []
-    if c["root"]:  # the private filesystem view: same paths, only what the program needs (module docstring)
+    if c["root"]:
         os.chroot(c["root"])
         os.chdir(c["cwd"])
     paths = [p for p in sys.path + c["path"] if os.path.isdir(p)]
-    if c["uid"]:
-        fds = [] if c["root"] else [os.open(p, os.O_RDONLY | os.O_DIRECTORY) for p in paths]
-        os.setgroups([])
-        os.setgid(c["uid"])
-        os.setuid(c["uid"])
-    if fds:  # no private view: keep import paths (under /root, say) reachable through fds opened as root
-        new = ["/proc/self/fd/%d" % f for f in fds]
+    if c["uid"] and not c["root"]:  # keep import paths (/root/...) reachable: fds opened as root
+        new = ["/proc/self/fd/%d" % os.open(p, os.O_RDONLY | os.O_DIRECTORY) for p in paths]
         moved = lambda x: next((n + x[len(p):] for p, n in zip(paths, new) if x.startswith(p + "/")), x)
         for m in list(sys.modules.values()):  # packages imported at start-up (encodings, ...)
             if isinstance(getattr(m, "__path__", None), list):
                 m.__path__[:] = [moved(x) for x in m.__path__]
         paths = new
+    if c["uid"]:
+        os.setgroups([])
+        os.setgid(c["uid"])
+        os.setuid(c["uid"])
     sys.path[:] = paths
     signal.signal(signal.SIGALRM, lambda *a: os._exit(137))
     signal.alarm(c["alarm"])
-    if os.getpid() == 1:  # init of a fresh pid namespace: run the program as our child and mirror its end
+    if os.getpid() == 1:  # init of a pid namespace: run the program as a child, mirror its end
         pid = os.fork()
         if pid:
             st = os.waitpid(pid, 0)[1]
@@ -123,9 +83,9 @@ def _child_hook(block: list[str]) -> None:
 
 
 def _encoder(cap: int):
-    """enc(x): x as a literal of exact built-in types only (int, float incl. inf/nan, complex, str, bytes, bool,
-    None, list, tuple, dict, set, frozenset, nested); TypeError for anything else, a subclass included, and
-    ValueError past `cap` characters. Bound before the program runs, so patched builtins do not reach it."""
+    """enc(x): x as a literal of exact built-in types only (nested containers too); TypeError for
+    anything else, subclasses included; ValueError past `cap` characters. Bound before the program
+    runs, so patched builtins do not reach it."""
     tp, rp, fl, ln, left = type, repr, float, len, [cap]
     atoms = (int, bool, str, bytes, type(None))
 
@@ -136,7 +96,8 @@ def _encoder(cap: int):
         if any(t is a for a in atoms):
             s = t.__repr__(x)
         elif t is fl:
-            s = fl.__repr__(x) if x - x == 0 else "float('%s')" % fl.__repr__(x)  # inf - inf and nan are nan
+            # inf - inf and nan - nan are nan
+            s = fl.__repr__(x) if x - x == 0 else "float('%s')" % fl.__repr__(x)
         elif t is complex:
             s = "complex(%s, %s)" % (enc(x.real, depth + 1), enc(x.imag, depth + 1))
         elif t is list or t is tuple or t is set or t is frozenset:
@@ -155,8 +116,8 @@ def _encoder(cap: int):
 
 
 def _child_calls(c: dict, g: dict, exprs: list, out: int) -> None:
-    """Split function tests: evaluate each call after the program and write one line per call to `out`:
-    '=' + its literal, '!' + the exception's name, or '?' + the type that has no literal."""
+    """Evaluate each split call after the program and write one line per call to `out`: '=' + its
+    literal, '!' + the exception's name, or '?' + the type that has no literal."""
     enc, rp, tp, wr = _encoder(c["cap"]), repr, type, os.write
     try:
         g["candidate"] = eval(c["entry"], g) if c["entry"] else None
@@ -178,8 +139,9 @@ def _child_calls(c: dict, g: dict, exprs: list, out: int) -> None:
 
 
 def _child() -> None:
-    """The sandboxed process (module docstring); never returns."""
-    c = eval(sys.argv[3], {"__builtins__": {}})  # our own repr() of ints, strings, lists and dicts: no user data
+    """The sandboxed process: confine, run main.py, then write the marker or the calls' results."""
+    # our own repr() of ints, strings, lists and dicts: no user data
+    c = eval(sys.argv[3], {"__builtins__": {}})
     sys.argv[:] = ["main.py"]
     _child_confine(c)
     if c["mode"] != "io":  # stdin carries the marker or the calls; the program reads an empty stdin
@@ -209,7 +171,7 @@ def _child() -> None:
 if sys.argv[0] == "-c" and sys.argv[1:2] == ["--sandbox-child"]:
     _child()
 
-# ----------------------------------------------------------------------------------------------- the parent
+# --------------------------------------------------------------------------------------- the parent
 # (imported below the child's code so that the child never pays for these modules)
 import ast  # noqa: E402
 import atexit  # noqa: E402
@@ -231,8 +193,8 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
-# The child's -c line: run the code above the parent's imports, compiled once per process (_child_file), so that
-# no child compiles this file (PYTHONDONTWRITEBYTECODE machines keep no .pyc) or imports the parent's modules.
+# The child's -c line: run the code above the parent's imports, compiled once per process
+# (_child_file), so that no child compiles this file or imports the parent's modules.
 _BOOT = "import marshal, sys; exec(marshal.loads(open(sys.argv[2], 'rb').read()))"
 _SPAWN_EVENTS = ["os.fork", "os.forkpty", "os.posix_spawn", "os.exec", "os.spawn", "os.system", "subprocess.Popen"]
 _KILL_EVENTS = ["os.kill", "os.killpg", "signal.pthread_kill", "ctypes.dlsym"]
@@ -241,6 +203,9 @@ _UID_BASE, _UID_COUNT = 61000, 1024
 _LIVE: set[tuple[int, str]] = set()  # (process group, dir) of running children
 _JAIL: dict = {}
 _JAIL_LOCK = threading.Lock()
+# expected values, computed once each: (prefix, setup, expression) -> ("ok", value) | ("no", why)
+_EXPECT: dict = {}
+_EXPECT_LOCK = threading.Lock()
 
 
 @dataclass
@@ -253,141 +218,127 @@ class TestResult:
     notes: tuple = ()  # of NOTES: how the test ran, when that is worth counting
 
 
-def _view_script(root: str, work: str) -> str:
-    """Shell commands (run once, inside the keeper's new mount namespace) that build the private root: a read-only
-    tmpfs holding, at their host paths, the standard library and the shared libraries its extensions load (read-
-    only binds, site-packages covered by an empty tmpfs), PACKAGES under /sandbox-packages, /dev/null and
-    /dev/urandom, /proc (mounted per child) and the work folder of the tests' folders (read-write)."""
-    q, stdlib = shlex.quote, sysconfig.get_path("stdlib")
-    arch = sysconfig.get_config_var("MULTIARCH") or ""
-    ro = [stdlib] + [p for p in (os.path.join(stdlib, "lib-dynload"), f"/usr/lib/{arch}", f"/lib/{arch}")
-                     if arch and os.path.isdir(p) and os.path.realpath(p) == p and not p.startswith(stdlib + "/")]
-    binds = [(p, p, "ro") for p in ro] + [(p, p, "rw") for p in ("/dev/null", "/dev/urandom", work)]
-    for name in PACKAGES:
-        spec = importlib.util.find_spec(name)
-        if spec and spec.submodule_search_locations:
-            binds.append((list(spec.submodule_search_locations)[0], f"/sandbox-packages/{name}", "ro"))
-    cmds = ["set -e", f"mount -t tmpfs -o mode=0711,size=1m sandbox-root {q(root)}",
-            f"mkdir -p {q(root)}/proc {q(root)}/sandbox-packages"]
-    cmds += [f"mkdir -p {q(root + d)}" if os.path.isdir(h) else f"mkdir -p {q(root + os.path.dirname(d))}; "
-             f"touch {q(root + d)}" for h, d, _ in binds]
-    cmds += [f"find {q(root)} -type d -exec chmod 0711 {{}} +", f"chmod 0755 {q(root)}/sandbox-packages"]
-    for host, inside, mode in binds:  # listing is refused on the skeleton's folders, not inside the binds
-        cmds.append(f"mount --bind {q(host)} {q(root + inside)}")
-        cmds += [f"mount -o remount,bind,ro {q(root + inside)}"] if mode == "ro" else []
-    cmds += [f"mount -t tmpfs -o ro,size=4k hidden {q(root + p)}" for p in _SITE if p.startswith(stdlib + "/")]
-    if os.path.islink("/lib") and os.path.isdir(f"/usr/lib/{arch}"):
-        cmds.append(f"ln -s usr/lib {q(root)}/lib")  # the dynamic loader's /lib/<arch> on merged-/usr hosts
-    return "\n".join(cmds + [f"mount -o remount,ro {q(root)}", "echo ready", "exec cat"])
-
-
-def _keeper(tools: list, view: dict | None):
-    """A process holding an empty network namespace (and, with `view`, a mount namespace with the private root):
-    it exits when we do (EOF on its stdin). Returns (keeper, prefix of every child's command) or (None, [])."""
-    script = _view_script(view["root"], view["work"]) if view else "echo ready; exec cat"
-    cmd = [tools[0], "--net"] + (["--mount", "--propagation", "private"] if view else []) + ["sh", "-c", script]
-    keeper = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              start_new_session=True)
-    ready = select.select([keeper.stdout], [], [], 30)[0] and keeper.stdout.readline() == b"ready\n"
-    ns = f"/proc/{keeper.pid}/ns/"
-    prefix = [tools[1], f"--net={ns}net"] + ([f"--mount={ns}mnt"] if view else []) + [
-        tools[0], "--pid", "--fork", "--kill-child"] + ([f"--mount-proc={view['root']}/proc"] if view else [])
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        if ready and subprocess.run(prefix + ["true"], capture_output=True, timeout=10).returncode == 0:
-            return keeper, prefix
-    keeper.kill()
-    keeper.wait()
-    if view:
-        err = keeper.stderr.read().decode(errors="replace").strip().splitlines()
-        print(f"sandbox: no private filesystem view (mount namespace refused: {err[-1] if err else 'no reason'}); "
-              "programs see the host's world-readable files", file=sys.stderr)
-    return None, []
-
-
-def _jail() -> dict:
-    """How children are confined on this machine, decided once per process: root (uid switching), a command
-    prefix that enters a shared empty network namespace and a fresh pid namespace, and the private filesystem
-    view ('view': its root and work folder), each when permitted."""
-    with _JAIL_LOCK:
-        if _JAIL.get("pid") == os.getpid() and (_JAIL["keeper"] is None or _JAIL["keeper"].poll() is None):
-            return _JAIL
-        root, keeper, prefix, view = os.geteuid() == 0, None, [], None
-        tools = [shutil.which(t) for t in ("unshare", "nsenter", "mount")]
-        if root and all(tools):
-            view = {"root": tempfile.mkdtemp(prefix="sandbox-root-"), "work": tempfile.mkdtemp(prefix="sandbox-work-")}
-            os.chmod(view["work"], 0o711)  # the tests' folders can be entered, not listed
-            keeper, prefix = _keeper(tools, view)
-            if keeper is None:
-                for d in view.values():
-                    shutil.rmtree(d, True)
-                view = None
-                keeper, prefix = _keeper(tools, None)
-        _JAIL.update(pid=os.getpid(), root=root, keeper=keeper, prefix=prefix, view=view, child=_child_file())
-        return _JAIL
-
-
-def _child_file() -> str:
-    """A private file (ours, mode 0600) holding the compiled child part of this file; removed at exit."""
-    with open(__file__) as f:
-        src = f.read()
-    code = compile(src[:src.index("# " + "-" * 95 + " the parent")], __file__, "exec")
-    fd, path = tempfile.mkstemp(prefix="sandbox-child-", suffix=".bin")
-    with os.fdopen(fd, "wb") as f:
-        f.write(marshal.dumps(code))
-    return path
-
-
-@atexit.register
-def _cleanup() -> None:
-    """At exit, kill the children of abandoned runs (reward_many gives up on hung jobs) and remove their folders,
-    then the private view's (empty on the host) root and work folders."""
-    for pgid, d in list(_LIVE):
-        with contextlib.suppress(OSError):
-            os.killpg(pgid, signal.SIGKILL)
-        shutil.rmtree(d, True)
-    if _JAIL.get("pid") == os.getpid():
-        for d in (_JAIL["view"] or {}).values():
-            shutil.rmtree(d, True)
-        with contextlib.suppress(OSError):
-            os.remove(_JAIL["child"])
-
-
-def sandbox_info() -> str:
-    """One line saying which confinement mechanisms are in force here."""
-    j = _jail()
-    return (f"uid switching: {'yes' if j['root'] else 'no (not root)'} | pid+net namespaces: "
-            f"{'yes' if j['prefix'] else 'no (audit hook refuses sockets and process creation)'} | private "
-            f"filesystem view: {'yes' if j['view'] else 'no (programs see world-readable host files)'}")
-
-
-@contextlib.contextmanager
-def _uid_slot(root: bool):
-    """A sandbox uid that no other sandbox, in any process, holds now (flock on a file per uid)."""
-    if not root:
-        yield None
-        return
-    d = "/tmp/.rewards-uids"  # fixed (not $TMPDIR) so that every process on the machine sees the same locks
-    os.makedirs(d, mode=0o700, exist_ok=True)
-    start = random.randrange(_UID_COUNT)
-    for k in range(_UID_COUNT):
-        uid = _UID_BASE + (start + k) % _UID_COUNT
-        fd = os.open(os.path.join(d, str(uid)), os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
+def run_tests(code: str, tests, timeout_s: float = 10.0, memory_mb: int = 1024, max_tests: int | None = 16,
+              seed: int = 0, stop_on_fail: bool = False, output_mb: int = 16) -> list[TestResult]:
+    """Run code on up to max_tests tests (a seeded sample; 0/None: all), each in its own sandboxed
+    child. stop_on_fail marks the tests after the first failure 'skipped' (hard rewards)."""
+    tests = list(tests) if isinstance(tests, (list, tuple)) else []
+    if max_tests and len(tests) > max_tests:
+        tests = random.Random(seed).sample(tests, max_tests)
+    results: list[TestResult] = []
+    for t in tests:
+        if stop_on_fail and results and not results[-1].passed:
+            results.append(TestResult(False, "skipped", detail="an earlier test failed"))
             continue
         try:
-            yield uid
-        finally:
-            os.close(fd)
-        return
-    raise RuntimeError("no free sandbox uid")
+            results.append(_run_one(code, t, timeout_s, memory_mb, output_mb))
+        except Exception as e:  # the trainer must never see a sandbox exception
+            results.append(TestResult(False, "sandbox error", detail=repr(e)))
+    return results
+
+
+def valid_test(t) -> bool:
+    """Whether t is a test record run_tests understands: stdin ({"input", "output"}), in-sandbox
+    function code ({"functional"[, "prefix"]}) or split calls ({"calls", "checks", "entry"[,
+    "prefix", "setup", "functional"]})."""
+    if not isinstance(t, dict):
+        return False
+    if "calls" in t:
+        return (isinstance(t["calls"], list) and isinstance(t.get("checks"), list)
+                and len(t["calls"]) == len(t["checks"]) and isinstance(t.get("entry"), str)
+                and all(isinstance(c, str) for c in t["calls"])
+                and all(isinstance(k, list) and k and all(isinstance(x, str) for x in k) for k in t["checks"]))
+    return isinstance(t.get("functional"), str) or all(isinstance(t.get(k), str) for k in ("input", "output"))
+
+
+def _run_one(code: str, test: dict, timeout_s: float, memory_mb: int, output_mb: int) -> TestResult:
+    """One test in one child: stdin/stdout ('io'), split calls ('calls') or assert code ('mark')."""
+    if not valid_test(test):
+        return TestResult(False, "sandbox error", detail="malformed test record")
+    notes, prefix = () if _jail()["view"] else ("no private filesystem",), test.get("prefix", "")
+    want = _expected(test, timeout_s, memory_mb) if "calls" in test else None
+    if want is not None:
+        main, mode, stdin = f"{prefix}\n{code}\n{test.get('setup', '')}\n", "calls", repr(test["calls"]).encode()
+    elif "functional" in test:
+        main, mode, stdin = f"{prefix}\n{code}\n{test['functional']}\n", "mark", os.urandom(16).hex().encode()
+        notes += ("in-sandbox verdict",)
+    elif "calls" in test:
+        return TestResult(False, "sandbox error", detail="an expected value has no plain literal")
+    else:
+        main, mode, stdin = code, "io", test["input"].encode()
+    entry = test["entry"] if mode == "calls" else None
+    rc, timed_out, ready, out, err, s = _spawn(main, mode, stdin, entry, timeout_s, memory_mb, output_mb)
+    status, detail = _ending(mode, rc, timed_out, ready, out, err, output_mb << 20), err.decode("utf-8", "replace")
+    if status:
+        return TestResult(False, status, s, detail[-1000:], notes)
+    if mode == "calls":
+        passed, status, why = _judge_calls(out, test, want)
+        return TestResult(passed, status, s, "" if passed else why + "\n" + detail[-500:], notes)
+    passed = stdin in out if mode == "mark" else same_output(out.decode("utf-8", "replace"), test["output"])
+    return TestResult(passed, "pass" if passed else "wrong answer", s, "" if passed else detail[-1000:], notes)
+
+
+def _ending(mode: str, rc: int, timed_out: bool, ready: bool, out: bytes, err: bytes, cap: int) -> str | None:
+    """The failing status that how the child ended decides, or None when its output decides."""
+    sig = -rc if rc < 0 else (rc - 128 if rc > 128 and _jail()["prefix"] else 0)
+    if timed_out or sig == signal.SIGXCPU:
+        return "timeout"
+    if sig == signal.SIGXFSZ or len(out) > cap or b"File too large" in err:
+        return "output limit"
+    if b"MemoryError" in err:
+        return "memory"
+    if not ready:  # the child never reached the program: no python, no namespaces, a broken child
+        return "sandbox error"
+    if rc != 0:
+        return "wrong answer" if mode == "mark" and b"AssertionError" in err else "runtime error"
+    return None
+
+
+def _spawn(main: str, mode: str, stdin: bytes, entry, timeout_s: float, memory_mb: int, output_mb: int):
+    """Run main.py in one confined child: (exit status, timed out, reached the program, stdout,
+    stderr tail, seconds)."""
+    jail, cpu, cap = _jail(), math.ceil(timeout_s) + 1, output_mb << 20
+    with contextlib.ExitStack() as st:
+        uid = None
+        if jail["root"]:
+            uid, lock = _take_uid()
+            st.callback(os.close, lock)
+        d = tempfile.mkdtemp(prefix="rw-", dir=jail["view"] and jail["view"]["work"])
+        st.callback(shutil.rmtree, d, True)
+        with open(os.path.join(d, "main.py"), "w") as f:
+            f.write(main)
+        if uid is not None:
+            os.chown(d, uid, uid)
+        limits = [(resource.RLIMIT_CPU, cpu, cpu + 1), (resource.RLIMIT_AS, memory_mb << 20, memory_mb << 20),
+                  (resource.RLIMIT_FSIZE, cap, cap), (resource.RLIMIT_NOFILE, 64, 64), (resource.RLIMIT_CORE, 0, 0)
+                  ] + ([(resource.RLIMIT_NPROC, 64, 64)] if uid is not None else [])
+        block = ([] if jail["prefix"] else _SPAWN_EVENTS) + ([] if jail["root"] else _KILL_EVENTS)
+        cfg = {"limits": limits, "uid": uid, "mode": mode, "entry": entry, "cap": cap // 2, "alarm": cpu + 2,
+               "path": ["/sandbox-packages"] if jail["view"] else _SITE, "block": block,
+               "root": jail["view"] and jail["view"]["root"], "cwd": d}
+        argv = jail["prefix"] + [sys.executable, "-I", "-S", "-B", "-c", _BOOT, "--sandbox-child", jail["child"],
+                                 repr(cfg)]
+        out, err, inp = (st.enter_context(tempfile.TemporaryFile()) for _ in range(3))  # unlinked
+        inp.write(stdin)
+        inp.seek(0)
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": d, "TMPDIR": d, "LANG": "C.UTF-8",
+               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        t0 = time.monotonic()
+        p = subprocess.Popen(argv, cwd=d, env=env, stdin=inp, stdout=out, stderr=err, start_new_session=True)
+        _LIVE.add((p.pid, d))
+        st.callback(_LIVE.discard, (p.pid, d))
+        rc, timed_out = _finish(p, timeout_s)
+        elapsed = time.monotonic() - t0
+        out.seek(0)
+        err.seek(0)
+        ready = err.read(len(_READY)) == _READY
+        err.seek(max(len(_READY) if ready else 0, err.seek(0, 2) - 4000))
+        return rc, timed_out, ready, out.read(cap + 1), err.read(), elapsed
 
 
 def _finish(p: subprocess.Popen, timeout_s: float) -> tuple[int, bool]:
-    """Wait up to timeout_s, then SIGKILL the whole process group before reaping (so the group id cannot have
-    been reused). Returns (exit status, timed out)."""
+    """Wait up to timeout_s, then SIGKILL the whole process group before reaping (so the group id
+    cannot have been reused). Returns (exit status, timed out)."""
     try:
         fd = os.pidfd_open(p.pid)  # readable when p exits; p stays unreaped
         try:
@@ -404,90 +355,63 @@ def _finish(p: subprocess.Popen, timeout_s: float) -> tuple[int, bool]:
     return p.wait(), not done
 
 
+def _take_uid() -> tuple[int, int]:
+    """A sandbox uid that no other sandbox, in any process, holds now, and the fd of its flock
+    (closing it frees the uid)."""
+    d = "/tmp/.rewards-uids"  # not $TMPDIR: every process on the machine sees the same locks
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    start = random.randrange(_UID_COUNT)
+    for k in range(_UID_COUNT):
+        uid = _UID_BASE + (start + k) % _UID_COUNT
+        fd = os.open(os.path.join(d, str(uid)), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return uid, fd
+        except OSError:
+            os.close(fd)
+    raise RuntimeError("no free sandbox uid")
+
+
 def same_output(got: str, want: str) -> bool:
-    """Equal lines after stripping; within a line, tokens equal or (when the expected token has a '.') within 1e-6."""
-    g, w = [x.rstrip() for x in got.strip().splitlines()], [x.rstrip() for x in want.strip().splitlines()]
-    if g == w:
-        return True
-    if len(g) != len(w):
+    """Equal lines of whitespace-separated tokens; a token may be off by 1e-6 if the expected one
+    has a '.'."""
+    g, w = ([line.split() for line in s.strip().splitlines()] for s in (got, want))
+    if len(g) != len(w) or any(len(a) != len(b) for a, b in zip(g, w)):
         return False
-    for gl, wl in zip(g, w):
-        gt, wt = gl.split(), wl.split()
-        if len(gt) != len(wt):
-            return False
-        for x, y in zip(gt, wt):
-            try:
-                if x != y and ("." not in y or not math.isclose(float(x), float(y), rel_tol=1e-6, abs_tol=1e-6)):
-                    return False
-            except ValueError:
-                return False
-    return True
-
-
-# ----------------------------------------------------------------------------------------------- split calls
-
-_LITERAL_CALLS = {"float": float, "complex": complex, "set": set, "frozenset": frozenset}
-
-
-def literal(text: str):
-    """The value of an _encoder literal (or a plain literal from test data): exact built-in types only, parsed
-    by node type (no eval). ValueError/SyntaxError for anything else."""
-    def val(n):
-        if isinstance(n, ast.Constant) and type(n.value) in (int, float, complex, str, bytes, bool, type(None)):
-            return n.value
-        if isinstance(n, ast.UnaryOp) and isinstance(n.op, (ast.USub, ast.UAdd)) and isinstance(n.operand,
-                                                                                               ast.Constant):
-            v = val(n.operand)
-            if type(v) in (int, float, complex):
-                return -v if isinstance(n.op, ast.USub) else v
-        if isinstance(n, (ast.List, ast.Tuple, ast.Set)):
-            return {ast.List: list, ast.Tuple: tuple, ast.Set: set}[type(n)](val(e) for e in n.elts)
-        if isinstance(n, ast.Dict) and None not in n.keys:
-            return {val(k): val(v) for k, v in zip(n.keys, n.values)}
-        if (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in _LITERAL_CALLS
-                and not n.keywords and len(n.args) <= 2):
-            args = [val(a) for a in n.args]
-            if n.func.id != "float" or (len(args) == 1 and args[0] in ("inf", "-inf", "nan")):
-                return _LITERAL_CALLS[n.func.id](*args)
-        raise ValueError(f"not a plain literal: {ast.dump(n)[:80]}")
-    return val(ast.parse(text.strip(), mode="eval").body)
-
-
-def _holds(check: list, got, want: list) -> bool:
-    """Whether a decoded result satisfies one check (see split_asserts), computed here, never in the child."""
-    kind = check[0]
     try:
-        if kind in ("eq", "eq_any"):
-            got = list(got) if kind == "eq_any" and type(got) is tuple else got  # TACO fn_name lists vs tuples
-            return got == want[0] or (kind == "eq_any" and type(want[0]) is list and len(want[0]) == 1
-                                      and got == want[0][0])
-        if kind in ("truthy", "falsy"):
-            return bool(got) == (kind == "truthy")
-        if kind == "is":
-            return got is want[0]
-        if kind == "isclose":
-            return type(got) in (int, float) and math.isclose(got, want[0], rel_tol=want[1], abs_tol=want[2])
-        if kind in ("abs<", "abs<="):
-            d = abs(got - want[0])
-            return d < want[1] if kind == "abs<" else d <= want[1]
-    except (TypeError, ValueError, OverflowError, RecursionError):
+        return all(x == y or ("." in y and math.isclose(float(x), float(y), rel_tol=1e-6, abs_tol=1e-6))
+                   for a, b in zip(g, w) for x, y in zip(a, b))
+    except ValueError:  # not a number where the expected token has a '.'
         return False
-    return False
 
 
-def _is_call(n) -> bool:
-    """candidate(...) with no candidate inside its arguments."""
-    return (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "candidate"
-            and not any(_uses(a) for a in n.args + [k.value for k in n.keywords]))
+# -------------------------------------------------------------------------------------- split calls
 
 
-def _uses(n) -> bool:
-    return any(isinstance(x, ast.Name) and x.id == "candidate" for x in ast.walk(n))
+def split_asserts(code: str) -> tuple[str, list] | None:
+    """`def check(candidate)` test code as (setup: the code outside check() plus its imports, one
+    entry per assert of check(): (call, check) for a known shape (_shape), () for `assert True`,
+    None for another shape). None when check() holds more than asserts, imports and docstrings."""
+    try:
+        tree = ast.parse(code)
+        fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check")
+    except (SyntaxError, ValueError, StopIteration):
+        return None
+    setup, entries = [ast.unparse(n) for n in tree.body if n is not fn], []
+    for st in fn.body:
+        if isinstance(st, (ast.Import, ast.ImportFrom)):
+            setup.append(ast.unparse(st))
+        elif isinstance(st, ast.Assert):
+            got = () if isinstance(st.test, ast.Constant) and st.test.value is True else _shape(st.test)
+            entries.append((ast.unparse(got[0]), got[1]) if got else got)
+        elif not isinstance(st, ast.Pass) and not (isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant)):
+            return None
+    return "\n".join(setup), entries
 
 
 def _shape(t) -> tuple[ast.AST, list] | None:
-    """(call node, check) of one assert's test: candidate(a) == x (either side), is True/False/None, not,
-    bare, math.isclose(candidate(a), x, ...), abs(candidate(a) - x) < tol; None for any other shape."""
+    """(call node, check) of one assert's test: candidate(a) == x (either side), is True/False/None,
+    not, bare, math.isclose(candidate(a), x, ...), abs(candidate(a) - x) < tol; else None."""
     src = ast.unparse
     if isinstance(t, ast.Compare) and len(t.ops) == 1:
         op, a, b = t.ops[0], t.left, t.comparators[0]
@@ -512,35 +436,46 @@ def _shape(t) -> tuple[ast.AST, list] | None:
     return (t, ["truthy"]) if _is_call(t) else None
 
 
-def split_asserts(code: str) -> tuple[str, list] | None:
-    """`def check(candidate)` test code as (setup, one entry per assert of check()): (call, check) for a known
-    shape (_shape), () for `assert True`, None for any other shape (that assert runs in the sandbox). None when
-    check() holds more than asserts, imports and docstrings. setup: the test code without check(), plus
-    check()'s imports (its helpers, for the expected values)."""
-    try:
-        tree = ast.parse(code)
-        fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check")
-    except (SyntaxError, ValueError, StopIteration):
-        return None
-    setup, entries = [ast.unparse(n) for n in tree.body if n is not fn], []
-    for st in fn.body:
-        if isinstance(st, (ast.Import, ast.ImportFrom)):
-            setup.append(ast.unparse(st))
-        elif isinstance(st, ast.Assert):
-            got = () if isinstance(st.test, ast.Constant) and st.test.value is True else _shape(st.test)
-            entries.append((ast.unparse(got[0]), got[1]) if got else got)
-        elif not isinstance(st, ast.Pass) and not (isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant)):
-            return None
-    return "\n".join(setup), entries
+def _is_call(n) -> bool:
+    """candidate(...) with no candidate inside its arguments."""
+    return (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "candidate"
+            and not any(_uses(a) for a in n.args + [k.value for k in n.keywords]))
 
 
-_EXPECT: dict = {}  # (prefix, setup, expression) -> ("ok", value) | ("no", why): expected values, once each
-_EXPECT_LOCK = threading.Lock()
+def _uses(n) -> bool:
+    return any(isinstance(x, ast.Name) and x.id == "candidate" for x in ast.walk(n))
+
+
+_LITERAL_CALLS = {"float": float, "complex": complex, "set": set, "frozenset": frozenset}
+
+
+def literal(text: str):
+    """The value of an _encoder literal (or a plain literal from test data): exact built-in types
+    only, parsed by node type (no eval). ValueError/SyntaxError for anything else."""
+    def val(n):
+        if isinstance(n, ast.Constant) and type(n.value) in (int, float, complex, str, bytes, bool, type(None)):
+            return n.value
+        if isinstance(n, ast.UnaryOp) and isinstance(n.op, (ast.USub, ast.UAdd)) and isinstance(n.operand,
+                                                                                               ast.Constant):
+            v = val(n.operand)
+            if type(v) in (int, float, complex):
+                return -v if isinstance(n.op, ast.USub) else v
+        if isinstance(n, (ast.List, ast.Tuple, ast.Set)):
+            return {ast.List: list, ast.Tuple: tuple, ast.Set: set}[type(n)](val(e) for e in n.elts)
+        if isinstance(n, ast.Dict) and None not in n.keys:
+            return {val(k): val(v) for k, v in zip(n.keys, n.values)}
+        if (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in _LITERAL_CALLS
+                and not n.keywords and len(n.args) <= 2):
+            args = [val(a) for a in n.args]
+            if n.func.id != "float" or (len(args) == 1 and args[0] in ("inf", "-inf", "nan")):
+                return _LITERAL_CALLS[n.func.id](*args)
+        raise ValueError(f"not a plain literal: {ast.dump(n)[:80]}")
+    return val(ast.parse(text.strip(), mode="eval").body)
 
 
 def _expected(test: dict, timeout_s: float, memory_mb: int) -> list | None:
-    """Values of a split test's expectation expressions: literals parsed here, others evaluated (and cached) by
-    a sandboxed child that runs the test's prefix and setup but never the program. None: some expectation has
+    """Values of a split test's expected-value expressions: literals parsed here, others evaluated
+    (and cached) by a child that runs the test's prefix and setup, never the program. None: some has
     no plain value, and the test takes the in-sandbox path."""
     exprs, got = [e for chk in test["checks"] for e in chk[1:]], {}
     key = lambda e: (test.get("prefix", ""), test.get("setup", ""), e)
@@ -559,7 +494,7 @@ def _expected(test: dict, timeout_s: float, memory_mb: int) -> list | None:
                 got[e] = ("ok", literal(line[1:])) if line.startswith("=") else ("no", line[:100])
             except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
                 got[e] = ("no", line[:100])
-        if ready:  # a sandbox that failed to start says nothing about the expectations: ask again next time
+        if ready:  # a sandbox that failed to start says nothing about them: ask again next time
             with _EXPECT_LOCK:
                 if len(_EXPECT) > 100_000:
                     _EXPECT.clear()
@@ -568,7 +503,8 @@ def _expected(test: dict, timeout_s: float, memory_mb: int) -> list | None:
 
 
 def _judge_calls(out: bytes, test: dict, want: list) -> tuple[bool, str, str]:
-    """(passed, status, detail) of a split test from the child's result lines and the expected values."""
+    """(passed, status, detail) of a split test from the child's result lines and expected values. A
+    result line only claims a return value: forging one earns what returning that value earns."""
     lines = out.decode("utf-8", "replace").split("\n")[:-1]
     if len(lines) != len(test["calls"]):
         return False, "wrong answer", f"{len(lines)} results for {len(test['calls'])} calls"
@@ -588,125 +524,134 @@ def _judge_calls(out: bytes, test: dict, want: list) -> tuple[bool, str, str]:
     return True, "pass", ""
 
 
-# ----------------------------------------------------------------------------------------------- running
-
-
-def _ending(rc: int, timed_out: bool, ready: bool, out: bytes, err: bytes, cap: int) -> str | None:
-    """The status that how the child ended decides, or None when its output decides."""
-    sig = -rc if rc < 0 else (rc - 128 if rc > 128 and _jail()["prefix"] else 0)
-    if timed_out or sig == signal.SIGXCPU:
-        return "timeout"
-    if sig == signal.SIGXFSZ or len(out) > cap or b"File too large" in err:
-        return "output limit"
-    if b"MemoryError" in err:
-        return "memory"
-    if not ready:  # the child never reached the program: no python, no namespaces, a broken child
-        return "sandbox error"
-    return None
-
-
-def _argv(jail: dict, uid: int | None, cwd: str, mode: str, entry, timeout_s: float, memory_mb: int,
-          output_mb: int) -> list[str]:
-    """The child's command line: namespace prefix, isolated python, the boot line and the child's configuration."""
-    cpu = math.ceil(timeout_s) + 1
-    limits = [(resource.RLIMIT_CPU, cpu, cpu + 1), (resource.RLIMIT_AS, memory_mb << 20, memory_mb << 20),
-              (resource.RLIMIT_FSIZE, output_mb << 20, output_mb << 20), (resource.RLIMIT_NOFILE, 64, 64),
-              (resource.RLIMIT_CORE, 0, 0)] + ([(resource.RLIMIT_NPROC, 64, 64)] if uid is not None else [])
-    block = ([] if jail["prefix"] else _SPAWN_EVENTS) + ([] if jail["root"] else _KILL_EVENTS)
-    view = jail["view"]
-    cfg = {"limits": limits, "uid": uid, "mode": mode, "entry": entry, "cap": (output_mb << 20) // 2,
-           "alarm": cpu + 2, "path": ["/sandbox-packages"] if view else _SITE, "block": block,
-           "root": view and view["root"], "cwd": cwd}
-    return jail["prefix"] + [sys.executable, "-I", "-S", "-B", "-c", _BOOT, "--sandbox-child", jail["child"],
-                             repr(cfg)]
-
-
-def _spawn(main: str, mode: str, stdin: bytes, entry, timeout_s: float, memory_mb: int, output_mb: int):
-    """Run main.py in one confined child: (exit status, timed out, reached the program, stdout, stderr tail, s)."""
-    jail = _jail()
-    with _uid_slot(jail["root"]) as uid, contextlib.ExitStack() as st:
-        d = tempfile.mkdtemp(prefix="rw-", dir=jail["view"] and jail["view"]["work"])
-        st.callback(shutil.rmtree, d, True)
-        with open(os.path.join(d, "main.py"), "w") as f:
-            f.write(main)
-        if uid is not None:
-            os.chown(d, uid, uid)
-        out, err, inp = (st.enter_context(tempfile.TemporaryFile()) for _ in range(3))  # unlinked files
-        inp.write(stdin)
-        inp.seek(0)
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": d, "TMPDIR": d, "LANG": "C.UTF-8",
-               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        t0 = time.monotonic()
-        p = subprocess.Popen(_argv(jail, uid, d, mode, entry, timeout_s, memory_mb, output_mb), cwd=d, env=env,
-                             stdin=inp, stdout=out, stderr=err, start_new_session=True)
-        _LIVE.add((p.pid, d))
-        st.callback(_LIVE.discard, (p.pid, d))
-        rc, timed_out = _finish(p, timeout_s)
-        elapsed = time.monotonic() - t0
-        out.seek(0)
-        err.seek(0)
-        ready = err.read(len(_READY)) == _READY
-        err.seek(max(len(_READY) if ready else 0, err.seek(0, 2) - 4000))
-        return rc, timed_out, ready, out.read((output_mb << 20) + 1), err.read(), elapsed
-
-
-def valid_test(t) -> bool:
-    """Whether t is a test record run_tests understands: stdin ({"input", "output"}), in-sandbox function code
-    ({"functional"[, "prefix"]}) or split calls ({"calls", "checks", "entry"[, "prefix", "setup", "functional"]})."""
-    if not isinstance(t, dict):
+def _holds(check: list, got, want: list) -> bool:
+    """Whether a decoded result satisfies one check (see _shape), judged here, not in the child."""
+    kind = check[0]
+    try:
+        if kind in ("eq", "eq_any"):
+            # TACO fn_name outputs: a tuple result compares as a list, [x] also accepts x
+            got = list(got) if kind == "eq_any" and type(got) is tuple else got
+            return got == want[0] or (kind == "eq_any" and type(want[0]) is list and len(want[0]) == 1
+                                      and got == want[0][0])
+        if kind in ("truthy", "falsy"):
+            return bool(got) == (kind == "truthy")
+        if kind == "is":
+            return got is want[0]
+        if kind == "isclose":
+            return type(got) in (int, float) and math.isclose(got, want[0], rel_tol=want[1], abs_tol=want[2])
+        if kind in ("abs<", "abs<="):
+            d = abs(got - want[0])
+            return d < want[1] if kind == "abs<" else d <= want[1]
+    except (TypeError, ValueError, OverflowError, RecursionError):
         return False
-    if "calls" in t:
-        return (isinstance(t["calls"], list) and isinstance(t.get("checks"), list) and len(t["calls"]) ==
-                len(t["checks"]) and all(isinstance(c, str) for c in t["calls"]) and isinstance(t.get("entry"), str)
-                and all(isinstance(k, list) and k and all(isinstance(x, str) for x in k) for k in t["checks"]))
-    return isinstance(t.get("functional"), str) or (isinstance(t.get("input"), str) and isinstance(t.get("output"),
-                                                                                                    str))
+    return False
 
 
-def _run_one(code: str, test: dict, timeout_s: float, memory_mb: int, output_mb: int) -> TestResult:
-    """One test in one confined child (see the module docstring)."""
-    if not valid_test(test):
-        return TestResult(False, "sandbox error", detail="malformed test record")
-    cap, notes = output_mb << 20, () if _jail()["view"] else ("no private filesystem",)
-    want = _expected(test, timeout_s, memory_mb) if "calls" in test else None
-    if want is not None:
-        main, mode, stdin, entry = f"{test.get('prefix', '')}\n{code}\n{test.get('setup', '')}\n", "calls", repr(
-            test["calls"]).encode(), test["entry"]
-    elif "functional" in test:
-        mark, notes = os.urandom(16).hex().encode(), notes + ("in-sandbox verdict",)
-        main, mode, stdin, entry = f"{test.get('prefix', '')}\n{code}\n{test['functional']}\n", "mark", mark, None
-    elif "calls" in test:
-        return TestResult(False, "sandbox error", detail="an expected value has no plain literal")
-    else:
-        main, mode, stdin, entry = code, "io", test["input"].encode(), None
-    rc, timed_out, ready, out, err, elapsed = _spawn(main, mode, stdin, entry, timeout_s, memory_mb, output_mb)
-    status, detail = _ending(rc, timed_out, ready, out, err, cap), err.decode("utf-8", "replace")[-1000:]
-    if status:
-        return TestResult(False, status, elapsed, detail, notes)
-    if rc != 0:
-        return TestResult(False, "wrong answer" if mode == "mark" and b"AssertionError" in err else "runtime error",
-                          elapsed, detail, notes)
-    if mode == "calls":
-        passed, status, why = _judge_calls(out, test, want)
-        return TestResult(passed, status, elapsed, "" if passed else why + "\n" + detail[-500:], notes)
-    passed = stdin in out if mode == "mark" else same_output(out.decode("utf-8", "replace"), test["output"])
-    return TestResult(passed, "pass" if passed else "wrong answer", elapsed, "" if passed else detail, notes)
+# -------------------------------------------------------------------------------------- confinement
 
 
-def run_tests(code: str, tests, timeout_s: float = 10.0, memory_mb: int = 1024, max_tests: int | None = 16,
-              seed: int = 0, stop_on_fail: bool = False, output_mb: int = 16) -> list[TestResult]:
-    """Run code on up to max_tests tests (a seeded sample; 0/None: all), each in its own sandboxed child.
-    stop_on_fail marks the tests after the first failure 'skipped' (hard rewards need no more)."""
-    tests = list(tests) if isinstance(tests, (list, tuple)) else []
-    if max_tests and len(tests) > max_tests:
-        tests = random.Random(seed).sample(tests, max_tests)
-    results: list[TestResult] = []
-    for t in tests:
-        if stop_on_fail and results and not results[-1].passed:
-            results.append(TestResult(False, "skipped", detail="an earlier test failed"))
-            continue
-        try:
-            results.append(_run_one(code, t, timeout_s, memory_mb, output_mb))
-        except Exception as e:  # the trainer must never see a sandbox exception
-            results.append(TestResult(False, "sandbox error", detail=repr(e)))
-    return results
+def _jail() -> dict:
+    """How children are confined here, decided once per process: root (uid switching), the command
+    prefix into the shared empty network namespace and a fresh pid namespace, the private view."""
+    with _JAIL_LOCK:
+        if _JAIL.get("pid") == os.getpid() and (_JAIL["keeper"] is None or _JAIL["keeper"].poll() is None):
+            return _JAIL
+        root, keeper, prefix, view = os.geteuid() == 0, None, [], None
+        tools = [shutil.which(t) for t in ("unshare", "nsenter", "mount")]
+        if root and all(tools):
+            view = {"root": tempfile.mkdtemp(prefix="sandbox-root-"), "work": tempfile.mkdtemp(prefix="sandbox-work-")}
+            os.chmod(view["work"], 0o711)  # the tests' folders can be entered, not listed
+            keeper, prefix = _keeper(tools, view)
+            if keeper is None:
+                for d in view.values():
+                    shutil.rmtree(d, True)
+                view = None
+                keeper, prefix = _keeper(tools, None)
+        _JAIL.update(pid=os.getpid(), root=root, keeper=keeper, prefix=prefix, view=view, child=_child_file())
+        return _JAIL
+
+
+def _keeper(tools: list, view: dict | None):
+    """A process holding an empty network namespace (and, with `view`, a mount namespace with the
+    private root) until we exit. Returns (keeper, prefix of every child's command) or (None, [])."""
+    script = _view_script(view["root"], view["work"]) if view else "echo ready; exec cat"
+    cmd = [tools[0], "--net"] + (["--mount", "--propagation", "private"] if view else []) + ["sh", "-c", script]
+    keeper = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              start_new_session=True)
+    ready = select.select([keeper.stdout], [], [], 30)[0] and keeper.stdout.readline() == b"ready\n"
+    ns = f"/proc/{keeper.pid}/ns/"
+    prefix = [tools[1], f"--net={ns}net"] + ([f"--mount={ns}mnt"] if view else []) + [
+        tools[0], "--pid", "--fork", "--kill-child"] + ([f"--mount-proc={view['root']}/proc"] if view else [])
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        if ready and subprocess.run(prefix + ["true"], capture_output=True, timeout=10).returncode == 0:
+            return keeper, prefix
+    keeper.kill()
+    keeper.wait()
+    if view:
+        err = keeper.stderr.read().decode(errors="replace").strip().splitlines()
+        print(f"sandbox: no private filesystem view (mount namespace refused: {err[-1] if err else 'no reason'}); "
+              "programs see the host's world-readable files", file=sys.stderr)
+    return None, []
+
+
+def _view_script(root: str, work: str) -> str:
+    """Shell commands that build the private root in the keeper's mount namespace: a read-only tmpfs
+    holding, at their host paths, the stdlib and the shared libraries its extensions load (read-only
+    binds, site-packages hidden), PACKAGES in /sandbox-packages, /dev/null, /dev/urandom, `work`."""
+    q, stdlib = shlex.quote, sysconfig.get_path("stdlib")
+    arch = sysconfig.get_config_var("MULTIARCH") or ""
+    ro = [stdlib] + [p for p in (os.path.join(stdlib, "lib-dynload"), f"/usr/lib/{arch}", f"/lib/{arch}")
+                     if arch and os.path.isdir(p) and os.path.realpath(p) == p and not p.startswith(stdlib + "/")]
+    binds = [(p, p, "ro") for p in ro] + [(p, p, "rw") for p in ("/dev/null", "/dev/urandom", work)]
+    for name in PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec and spec.submodule_search_locations:
+            binds.append((list(spec.submodule_search_locations)[0], f"/sandbox-packages/{name}", "ro"))
+    cmds = ["set -e", f"mount -t tmpfs -o mode=0711,size=1m sandbox-root {q(root)}",
+            f"mkdir -p {q(root)}/proc {q(root)}/sandbox-packages"]
+    cmds += [f"mkdir -p {q(root + d)}" if os.path.isdir(h) else f"mkdir -p {q(root + os.path.dirname(d))}; "
+             f"touch {q(root + d)}" for h, d, _ in binds]
+    cmds += [f"find {q(root)} -type d -exec chmod 0711 {{}} +", f"chmod 0755 {q(root)}/sandbox-packages"]
+    # listing is refused on the skeleton's folders, not inside the binds
+    for host, inside, mode in binds:
+        cmds.append(f"mount --bind {q(host)} {q(root + inside)}")
+        cmds += [f"mount -o remount,bind,ro {q(root + inside)}"] if mode == "ro" else []
+    cmds += [f"mount -t tmpfs -o ro,size=4k hidden {q(root + p)}" for p in _SITE if p.startswith(stdlib + "/")]
+    if os.path.islink("/lib") and os.path.isdir(f"/usr/lib/{arch}"):
+        # the dynamic loader's /lib/<arch> on merged-/usr hosts
+        cmds.append(f"ln -s usr/lib {q(root)}/lib")
+    return "\n".join(cmds + [f"mount -o remount,ro {q(root)}", "echo ready", "exec cat"])
+
+
+def _child_file() -> str:
+    """A private file (mode 0600) holding the compiled child part of this file; removed at exit."""
+    with open(__file__) as f:
+        src = f.read()
+    code = compile(src[:src.index("# " + "-" * 87 + " the parent")], __file__, "exec")
+    fd, path = tempfile.mkstemp(prefix="sandbox-child-", suffix=".bin")
+    with os.fdopen(fd, "wb") as f:
+        f.write(marshal.dumps(code))
+    return path
+
+
+@atexit.register
+def _cleanup() -> None:
+    """At exit, kill the children of abandoned runs (reward_many gives up on hung jobs), remove
+    their folders, the private view's folders and the child file."""
+    for pgid, d in list(_LIVE):
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, signal.SIGKILL)
+        shutil.rmtree(d, True)
+    if _JAIL.get("pid") == os.getpid():
+        for d in (_JAIL["view"] or {}).values():
+            shutil.rmtree(d, True)
+        with contextlib.suppress(OSError):
+            os.remove(_JAIL["child"])
+
+
+def sandbox_info() -> str:
+    """One line saying which confinement mechanisms are in force here."""
+    j = _jail()
+    return (f"uid switching: {'yes' if j['root'] else 'no (not root)'} | pid+net namespaces: "
+            f"{'yes' if j['prefix'] else 'no (audit hook refuses sockets and process creation)'} | private "
+            f"filesystem view: {'yes' if j['view'] else 'no (programs see world-readable host files)'}")
