@@ -1,27 +1,17 @@
-"""Qwen3 from scratch: config, decoder, KV cache, packed-document masking, HF safetensors load/save.
+"""Qwen3 from scratch: config, decoder, paged KV cache, packed-document masks, HF safetensors I/O.
 
-What: a faithful Qwen3 (GQA attention with q/k RMSNorm, SwiGLU MLP, RoPE with optional YaRN) whose parameter
-names are the Hugging Face checkpoint keys, so a checkpoint loads with `load_state_dict(strict=True,
-assign=True)` and no mapping table. `model(ids)` returns the final normed hidden states (B, T, H); logits are
-`model.lm_head(h)`, so the fused log-prob kernel can consume `h` and `lm_head.weight` without materialising them.
-
-Design:
-- One forward path. The KV cache is an explicit argument, paged: row b writes positions lengths[b].. into the
-  slots its block table names, each query sees positions <= its own, lengths += T afterwards. Ragged rows are
-  handled by scatter/gather, not loops; rows may share a prompt's pages.
-- Packed documents via `doc_ids`: a token sees earlier tokens of its own document; positions restart per
-  document. FlexAttention (block mask) on CUDA, an explicit boolean mask with torch SDPA elsewhere.
-- RoPE angles are computed on the fly from position ids in fp32 (YaRN per arXiv:2309.00071, with the defaults
-  transformers uses); the inverse frequencies are a plain fp32 tensor, not a buffer, so `.to(bf16)` cannot
-  round them.
-- Build on the meta device, then `to_empty` + `init_weights` (fresh model) or `load_state_dict(assign=True)`.
-- `save_pretrained` writes into a sibling temp folder and renames it into place: never a half checkpoint
-  (replace_dir, fsync_dir, atomic_write: the stack's one copy of each, used by sft.py and rollout.py too).
+Parameter names are the Hugging Face checkpoint keys: a checkpoint loads with
+`load_state_dict(strict=True, assign=True)` and no mapping table. `model(ids)` returns the final
+normed hidden states (B, T, H); logits are `model.lm_head(h)`, so kernels.token_logprobs reads `h`
+and `lm_head.weight` without materialising them. Packed documents (`doc_ids`) attend only within
+their document (FlexAttention on CUDA, a bool mask with SDPA elsewhere); decoding goes through the
+paged `KVCache`. RoPE angles are computed in fp32 (YaRN per arXiv:2309.00071). save_pretrained
+writes a temp folder and renames it into place (atomic_write, fsync_dir, replace_dir: the stack's
+one copy of each).
 
 Run:
-    python model.py --check DIR              # validate a checkpoint folder without loading it
-    python bench.py model                    # fwd+bwd tokens/s vs transformers' Qwen3, tiny config, CPU
-    python -m pytest -q tests/test_model.py
+    python model.py --check DIR     # validate a checkpoint folder without loading it
+    python bench.py model           # fwd+bwd tokens/s vs transformers' Qwen3, tiny config, CPU
 """
 from __future__ import annotations
 
@@ -61,7 +51,8 @@ class Qwen3Config:
     max_position_embeddings: int = 32768
     rms_norm_eps: float = 1e-6
     rope_theta: float = 1e6
-    rope_scaling: dict | None = None  # None or {"rope_type": "yarn", "factor": f, "original_max_position_embeddings"}
+    # None or {"rope_type": "yarn", "factor": f, "original_max_position_embeddings": n, ...}
+    rope_scaling: dict | None = None
     tie_word_embeddings: bool = False
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -69,7 +60,7 @@ class Qwen3Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Qwen3Config:
-        """Build from HF config.json content; anything this model does not implement raises a ValueError."""
+        """Build from HF config.json content; what this model lacks raises a ValueError."""
         d = dict(d)
         expect = {"model_type": "qwen3", "hidden_act": "silu"}
         bad = {k: d[k] for k, v in expect.items() if d.get(k, v) != v}
@@ -79,7 +70,8 @@ class Qwen3Config:
         if set(d.get("architectures") or []) - {"Qwen3ForCausalLM", "Qwen3Model"}:
             bad["architectures"] = d["architectures"]
         names = {f.name for f in fields(cls)}
-        unknown = {k: v for k, v in d.items() if k not in names | _IGNORED_KEYS and v not in (None, False, 0, {}, [])}
+        unknown = {k: v for k, v in d.items()
+                   if k not in names | _IGNORED_KEYS and v not in (None, False, 0, {}, [])}
         if bad or unknown:
             raise ValueError(f"unsupported Qwen3 config fields: {bad | unknown}")
         d.setdefault("head_dim", d["hidden_size"] // d["num_attention_heads"])
@@ -87,43 +79,40 @@ class Qwen3Config:
         d["rope_scaling"] = d.get("rope_parameters") or d.get("rope_scaling")  # newer layout first
         return cls(**{k: v for k, v in d.items() if k in names and v is not None})
 
-    def __post_init__(self):  # accepts either rope layout; rope_theta inside the rope dict wins
+    def __post_init__(self):
+        """Either HF rope layout -> rope_theta (the rope dict's wins), rope_scaling None or yarn."""
         rope = dict(self.rope_scaling or {})
         self.rope_theta = float(rope.pop("rope_theta", None) or self.rope_theta)
-        self.rope_scaling = _normalise_rope(rope, self.max_position_embeddings)
+        unknown = set(rope) - _ROPE_KEYS
+        rope_type = rope.pop("rope_type", rope.pop("type", "default"))
+        if unknown or rope_type not in ("default", "yarn") or rope.pop("partial_rotary_factor", 1.0) != 1.0:
+            raise ValueError(f"unsupported rope_scaling/rope_parameters: type {rope_type!r}, "
+                             f"fields {sorted(unknown)}")
+        self.rope_scaling = None
+        if rope_type == "yarn":
+            rope.setdefault("original_max_position_embeddings", self.max_position_embeddings)
+            if rope.get("factor") is None:  # as transformers: the context extension ratio
+                rope["factor"] = self.max_position_embeddings / rope["original_max_position_embeddings"]
+            self.rope_scaling = {"rope_type": "yarn", **rope}
 
     @classmethod
     def from_json(cls, path: str | Path) -> Qwen3Config:
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config not found: {path}")
-        try:
+        try:  # a missing file raises FileNotFoundError, naming it
             return cls.from_dict(json.loads(path.read_text()))
         except (ValueError, KeyError, TypeError) as e:  # bad JSON, a missing or unsupported field
             raise ValueError(f"{path}: {e if isinstance(e, ValueError) else repr(e)}") from e
 
     def to_dict(self) -> dict:
         """HF-style config.json content (loadable by transformers' AutoConfig)."""
-        return {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", **asdict(self), "hidden_act": "silu",
-                "attention_bias": False, "attention_dropout": 0.0, "use_sliding_window": False, "sliding_window": None}
-
-
-def _normalise_rope(rope: dict, max_pos: int) -> dict | None:
-    """HF rope dict (rope_theta removed) -> None (plain RoPE) or a yarn dict with factor and original length."""
-    unknown = set(rope) - _ROPE_KEYS
-    rope_type = rope.pop("rope_type", rope.pop("type", "default"))
-    if unknown or rope_type not in ("default", "yarn") or rope.pop("partial_rotary_factor", 1.0) != 1.0:
-        raise ValueError(f"unsupported rope_scaling/rope_parameters: type {rope_type!r}, fields {sorted(unknown)}")
-    if rope_type == "default":
-        return None
-    rope.setdefault("original_max_position_embeddings", max_pos)
-    if rope.get("factor") is None:  # as transformers: the context extension ratio
-        rope["factor"] = max_pos / rope["original_max_position_embeddings"]
-    return {"rope_type": "yarn", **rope}
+        return {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", **asdict(self),
+                "hidden_act": "silu", "attention_bias": False, "attention_dropout": 0.0,
+                "use_sliding_window": False, "sliding_window": None}
 
 
 def rope_frequencies(cfg: Qwen3Config) -> tuple[Tensor, float]:
-    """Inverse frequencies (head_dim/2,) fp32 on CPU and the cos/sin scale; YaRN = arXiv:2309.00071 sec. 3.2-3.4."""
+    """Inverse frequencies (head_dim/2,) fp32 on CPU and the cos/sin scale.
+    YaRN: arXiv:2309.00071 sections 3.2-3.4, with transformers' defaults."""
     dim, base = cfg.head_dim, cfg.rope_theta
     pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float32, device="cpu") / dim)
     if not cfg.rope_scaling:
@@ -135,14 +124,14 @@ def rope_frequencies(cfg: Qwen3Config) -> tuple[Tensor, float]:
     if attn_factor is None:
         ms, ms_all = rs.get("mscale"), rs.get("mscale_all_dim")
         attn_factor = mscale(factor, ms) / mscale(factor, ms_all) if ms and ms_all else mscale(factor)
-    # dims that rotate fewer than beta_slow times over the original context are interpolated, more than
-    # beta_fast times extrapolated, with a linear ramp in between
+    # dims that rotate fewer than beta_slow times over the original context are interpolated, more
+    # than beta_fast times extrapolated, with a linear ramp in between
     corr_dim = lambda rot: dim * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(base))
     low, high = corr_dim(rs.get("beta_fast") or 32), corr_dim(rs.get("beta_slow") or 1)
     if rs.get("truncate", True):
         low, high = math.floor(low), math.ceil(high)
     low, high = max(low, 0), min(high, dim - 1)
-    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low + 0.001 * (low == high)))
+    ramp = (torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low + 0.001 * (low == high))
     extrap = 1 - ramp.clamp(0, 1)
     inv_freq = 1.0 / (factor * pos_freqs) * (1 - extrap) + 1.0 / pos_freqs * extrap
     return inv_freq, float(attn_factor)
@@ -154,14 +143,15 @@ class RMSNorm(nn.Module):
         self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dtype == self.weight.dtype == torch.float32:  # one call; the same bits as the two-step form below
+        if x.dtype == self.weight.dtype == torch.float32:  # one call, the same bits as below
             return F.rms_norm(x, x.shape[-1:], self.weight, self.eps)
-        return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)  # fp32 statistics
+        # fp32 statistics
+        return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    # rotate-half pairing as in HF checkpoints: x * cos + cat(-x2, x1) * sin, with the minus sign folded into the
-    # first half of `sin` (Qwen3.rope), so that cat(-x2, x1) * sin = roll(x) * sin: same bits, two fewer ops
+    # HF's rotate-half, x * cos + cat(-x2, x1) * sin, with the minus sign folded into the first half
+    # of `sin` (Qwen3.rope): cat(-x2, x1) * sin = roll(x) * sin, the same bits in two fewer ops
     return x * cos + x.roll(x.shape[-1] // 2, -1) * sin  # (B, heads, T, head_dim)
 
 
@@ -178,21 +168,24 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask, kv: tuple | None) -> Tensor:
         B, T, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, T, self.nh, self.hd)).transpose(1, 2)  # (B, nh, T, hd)
-        k = self.k_norm(self.k_proj(x).view(B, T, self.nkv, self.hd)).transpose(1, 2)  # (B, nkv, T, hd)
-        v = self.v_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
+        # q (B, nh, T, hd), k and v (B, nkv, T, hd)
+        q = self.q_norm(self.q_proj(x).view(B, T, self.nh, self.hd)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(B, T, self.nkv, self.hd)).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if kv is not None:  # kv = (cache, layer index, slots written (B, T), positions read: end, or None = all)
+        if kv is not None:  # (cache, layer, slots written (B, T), positions read: end | None = all)
             cache, i, written, end = kv
-            k, v = cache.write(i, k, v, written, end)  # (B, nkv, S, hd): the rows' positions, or the whole pool
+            # (B, nkv, S, hd): the rows' positions, or the whole pool
+            k, v = cache.write(i, k, v, written, end)
         gqa, sdpa = self.nh != self.nkv, F.scaled_dot_product_attention
         if mask is None:  # plain causal: flash kernels take GQA directly
             o = sdpa(q, k, v, is_causal=True, enable_gqa=gqa)  # (B, nh, T, hd)
-        elif not isinstance(mask, Tensor):  # a FlexAttention BlockMask: documents (CUDA), paged decode
+        elif not isinstance(mask, Tensor):  # a BlockMask: documents (CUDA), paged decode
             o = _flex_attention()(q, k, v, block_mask=mask, enable_gqa=gqa)
-        elif gqa and T == 1:  # decode: the query heads of each kv head become its query rows, no kv copy
+        elif gqa and T == 1:  # decode: each kv head's query heads become its query rows, no kv copy
             o = sdpa(q.reshape(B, self.nkv, -1, self.hd), k, v, attn_mask=mask).view(B, self.nh, 1, self.hd)
-        elif gqa and q.is_cuda:  # CUDA's masked fused kernels lack GQA (math would hold T x S scores): repeat kv
+        elif gqa and q.is_cuda:
+            # CUDA's masked fused kernels lack GQA (math would hold T x S scores): repeat kv
             k, v = k.repeat_interleave(self.nh // self.nkv, 1), v.repeat_interleave(self.nh // self.nkv, 1)
             o = sdpa(q, k, v, attn_mask=mask)
         else:  # an explicit mask on CPU, whose flash kernel takes it with GQA
@@ -237,56 +230,74 @@ def doc_positions(doc_ids: Tensor) -> Tensor:
     return idx - torch.where(start, idx, 0).cummax(dim=1).values
 
 
-class KVCache:
-    """Paged KV memory. Per layer one pool of token slots, k[i] and v[i] of shape (n_kv, pages * page_size, hd);
-    a sequence owns pages, listed in order in its row of `block_table` (B, max_pages), so its position p lives in
-    slot block_table[p // page_size] * page_size + p % page_size. Memory follows the tokens actually written, and
-    sequences may share pages (a prompt's prefix). Page 0 is the null page: table entries past a row's own pages
-    point there, it takes the writes of padding and is only ever read under the mask.
+def doc_mask(doc_ids: Tensor) -> Tensor:
+    """The causal same-document bool mask (B, 1, T, T) of packed rows (B, T), for SDPA."""
+    T = doc_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    return (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]
 
-    The batch view (`block_table`, `lengths` (B,), `end`: a host-side bound of the lengths, so a forward never
-    reads the device) is set by whoever schedules the rows (rollout.py's engine); the forward writes the new
-    tokens at positions lengths[b].., attends over positions < end, and adds T to lengths and end."""
+
+def doc_block_mask(doc_ids: Tensor, block: int = 128):
+    """doc_mask as a FlexAttention BlockMask, built per block pair: (T / block)^2 memory, not T^2 as
+    create_block_mask's (10 GiB at T = 32K uncompiled). Runs of one id are numbered in order, so a
+    block pair is empty past the diagonal or when the key block ends before the query block's first
+    run, full below the diagonal inside one run, else partial (mask_mod decides per pair)."""
+    from torch.nn.attention.flex_attention import BlockMask
+    B, T = doc_ids.shape
+    run = torch.cat([torch.zeros_like(doc_ids[:, :1]), (doc_ids[:, 1:] != doc_ids[:, :-1]).long()], 1).cumsum(1)
+    n = -(-T // block)
+    first, last = run[:, ::block], run[:, torch.arange(1, n + 1, device=run.device).mul(block).clamp(max=T) - 1]
+    # (B, n, n) each
+    q_first, q_last, k_first, k_last = first[:, :, None], last[:, :, None], first[:, None], last[:, None]
+    below = torch.ones(n, n, dtype=torch.bool, device=run.device).tril(-1)
+    visit = (below | torch.eye(n, dtype=torch.bool, device=run.device)) & (k_last >= q_first)
+    full = below & (k_first == k_last) & (q_first == q_last) & (k_first == q_first)
+    partial = visit & ~full
+
+    def indices(blocks: Tensor) -> tuple[Tensor, Tensor]:  # (B, n, n) -> counts (B, 1, n), columns
+        order = blocks.int().argsort(dim=-1, descending=True, stable=True)
+        return blocks.sum(-1).int()[:, None], order.int()[:, None]
+
+    mask_mod = lambda b, h, q, k: (k <= q) & (doc_ids[b, q] == doc_ids[b, k])
+    return BlockMask.from_kv_blocks(*indices(partial), *indices(full), BLOCK_SIZE=block, mask_mod=mask_mod,
+                                    seq_lengths=(T, T))
+
+
+class KVCache:
+    """Paged KV memory: per layer a pool of slots k[i], v[i] (n_kv, (pages + 1) * page_size, hd).
+    Row b's position p lives in slot block_table[b, p // page_size] * page_size + p % page_size;
+    rows may share pages (a prompt's prefix). Page 0 is the null page: padding writes there and it
+    is only read under the mask. The scheduler (rollout.py) sets `block_table` (B, max_pages),
+    `lengths` (B,) and `end`, a host-side bound of the lengths (a forward never reads the device).
+    A forward writes its T tokens at positions lengths[b].. and adds T to lengths and end."""
 
     def __init__(self, config: Qwen3Config, pages: int, page_size: int, device, dtype, flex: bool = False):
-        shape = (config.num_key_value_heads, (pages + 1) * page_size, config.head_dim)  # + the null page
-        self.flex = flex  # decode steps through FlexAttention over the pool (decode_mask), not a gather
+        # + the null page
+        shape = (config.num_key_value_heads, (pages + 1) * page_size, config.head_dim)
+        # decode steps through FlexAttention over the pool (decode_mask), not a gather
+        self.flex, self.page_size = flex, page_size
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.page_size, self.pages = page_size, pages
-        self.view(torch.zeros(0, 1, dtype=torch.long, device=device), torch.zeros(0, dtype=torch.long, device=device))
-
-    @classmethod
-    def contiguous(cls, config: Qwen3Config, batch_size: int, max_len: int, device, dtype, page_size: int = 16
-                   ) -> KVCache:
-        """A cache whose rows own pages 1.. in order, room for max_len tokens each (tests, one-off decoding)."""
-        per_row = -(-max_len // page_size)
-        cache = cls(config, batch_size * per_row, page_size, device, dtype)
-        table = torch.arange(1, batch_size * per_row + 1, device=device).view(batch_size, per_row)
-        cache.view(table, torch.zeros(batch_size, dtype=torch.long, device=device))
-        return cache
+        empty = torch.zeros(0, 1, dtype=torch.long, device=device)
+        self.view(empty, empty[:, 0])
 
     def view(self, block_table: Tensor, lengths: Tensor, end: int = 0) -> None:
         self.block_table, self.lengths, self.end = block_table, lengths, end
-
-    @property
-    def max_len(self) -> int:
-        return self.block_table.shape[1] * self.page_size
 
     def slots(self, pos: Tensor) -> Tensor:
         """Positions (B, T) -> flat slot indices (B, T) through each row's block table."""
         return self.block_table.gather(1, pos // self.page_size) * self.page_size + pos % self.page_size
 
     def copy_page(self, src: int, dst: int) -> None:
-        """Copy one page's slots in every layer (a shared partial page, before a sequence writes its own tokens)."""
+        """Copy one page in every layer (a shared partial page, before a row writes its tokens)."""
         a, b, ps = src * self.page_size, dst * self.page_size, self.page_size
         for buf in self.k + self.v:
             buf[:, b:b + ps] = buf[:, a:a + ps]
 
     def write(self, i: int, k: Tensor, v: Tensor, where: Tensor, end: int | None) -> tuple[Tensor, Tensor]:
-        """Write k, v (B, n_kv, T, hd) of layer i into slots `where` (B, T); return each row's positions < end as
-        (B, n_kv, end, hd) tensors, gathered page by page (contiguous page_size x hd blocks), or with end None the
-        whole pool as a (B, n_kv, slots, hd) view (no copy)."""
+        """Write k, v (B, n_kv, T, hd) of layer i into slots `where` (B, T). Return each row's
+        positions < end as (B, n_kv, end, hd), gathered page by page, or with end None the whole
+        pool (a view)."""
         flat = where.flatten()
         self.k[i].index_copy_(1, flat, k.transpose(0, 1).flatten(1, 2).to(self.k[i].dtype))
         self.v[i].index_copy_(1, flat, v.transpose(0, 1).flatten(1, 2).to(self.v[i].dtype))
@@ -299,18 +310,14 @@ class KVCache:
                      for p in (self.k[i], self.v[i]))
 
     def decode_mask(self):
-        """The FlexAttention BlockMask of one decode step over the whole pool: row b visits only its own pages
-        (its block-table row, as KV blocks of page_size) and in them the positions <= lengths[b]. Every shape is
-        fixed by (rows, pool size, table width), so a compiled kernel or a CUDA graph is reused step after step.
-
-        Why FlexAttention: it reads the paged layout in place through the block mask (each row reads its own
-        length, not the longest row's), it compiles on CPU as well as CUDA (so this path is tested here), and it is
-        torch itself: no kernel library to build or pin."""
+        """The BlockMask of one decode step over the whole pool: row b visits its own pages, in
+        them the positions <= lengths[b]. Shapes depend only on (rows, pool, table width), so a
+        compiled kernel or CUDA graph is reused step after step; the pages are read in place."""
         from torch.nn.attention.flex_attention import BlockMask
         table, lengths, ps = self.block_table, self.lengths, self.page_size
         B, width, pages = table.shape[0], table.shape[1], self.k[0].shape[1] // ps
-        # logical[b, page] = the page's index in row b, or far past any length for pages that are not row b's (the
-        # null page too, except for a padding row, whose table is all null: it sees its own slot 0)
+        # logical[b, page] = the page's index in row b, or far past any length for pages not row b's
+        # (the null page too, except for a padding row, whose table is all null: it sees its slot 0)
         far = torch.iinfo(torch.int32).max // (2 * ps)
         logical = torch.full((B, pages), far, dtype=torch.long, device=table.device)
         logical.scatter_(1, table, torch.arange(width, device=table.device).expand(B, -1))
@@ -321,7 +328,7 @@ class KVCache:
 
         indices = torch.zeros(B, 1, 1, pages, dtype=torch.int32, device=table.device)
         indices[:, 0, 0, :width] = table
-        count = (lengths // ps + 1).to(torch.int32).view(B, 1, 1)  # pages holding positions 0..lengths[b]
+        count = (lengths // ps + 1).to(torch.int32).view(B, 1, 1)  # pages of positions <= length
         return BlockMask.from_kv_blocks(count, indices, BLOCK_SIZE=(1, ps), mask_mod=visible,
                                         seq_lengths=(1, pages * ps), compute_q_blocks=False)
 
@@ -329,16 +336,17 @@ class KVCache:
 class Qwen3(nn.Module):
     def __init__(self, config: Qwen3Config):
         super().__init__()
-        self.config, self.gradient_checkpointing, self.use_flex = config, False, True
+        self.config, self.gradient_checkpointing = config, False
         self.model = nn.ModuleDict(dict(
-            # _weight skips Embedding's normal_ init, whose meta-device path costs seconds of imports
+            # _weight skips Embedding's normal_ init, whose meta-device path costs seconds
             embed_tokens=nn.Embedding(config.vocab_size, config.hidden_size,
                                       _weight=torch.empty(config.vocab_size, config.hidden_size)),
             layers=nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers)),
             norm=RMSNorm(config.hidden_size, config.rms_norm_eps)))
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
-        self.inv_freq, self.rope_scale = rope_frequencies(config)  # plain fp32 CPU tensor, moved on first use
+        # a plain fp32 CPU tensor, not a buffer (`.to(bf16)` cannot round it), moved on first use
+        self.inv_freq, self.rope_scale = rope_frequencies(config)
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
@@ -346,7 +354,7 @@ class Qwen3(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02, seed: int | None = None) -> None:
-        """Fresh init (after `to_empty`): normal(0, std) matrices, unit norm weights, RoPE rebuilt."""
+        """Fresh init (after `to_empty`): normal(0, std) matrices, unit norms, RoPE rebuilt."""
         self.tie_weights()
         self.inv_freq, self.rope_scale = rope_frequencies(self.config)
         for name, p in self.named_parameters():
@@ -357,9 +365,10 @@ class Qwen3(nn.Module):
                 p.normal_(0.0, std, generator=g)
 
     def rope(self, pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """Positions (B or 1, T) -> cos, sin (B or 1, 1, T, head_dim), angles in fp32; sin's first half negated."""
+        """Positions (B or 1, T) -> cos, sin (B or 1, 1, T, head_dim) from fp32 angles; sin's first
+        half negated (apply_rope)."""
         if self.inv_freq.device != pos.device:
-            with torch.inference_mode(False):  # a normal tensor even when first reached inside generate
+            with torch.inference_mode(False):  # a normal tensor even when first reached in generate
                 self.inv_freq = self.inv_freq.to(pos.device)
         freqs = pos[..., None].float() * self.inv_freq  # (B, T, hd/2)
         cos, sin = freqs.cos() * self.rope_scale, freqs.sin() * self.rope_scale
@@ -367,27 +376,27 @@ class Qwen3(nn.Module):
 
     def forward(self, input_ids: Tensor, position_ids: Tensor | None = None, doc_ids: Tensor | None = None,
                 cache: KVCache | None = None) -> Tensor:
-        """input_ids (B, T) -> final normed hidden states (B, T, H). See KVCache / doc_ids in the module doc."""
+        """input_ids (B, T) -> final normed hidden states (B, T, H); see KVCache, doc_mask."""
         B, T = input_ids.shape
         dev, mask, kv = input_ids.device, None, None
         if cache is not None:
             assert doc_ids is None, "doc_ids with a KV cache is not supported"
             pos = cache.lengths[:, None] + torch.arange(T, device=dev)  # (B, T)
             end = cache.end + T  # positions past a row's own length are masked: a bound is enough
-            if end > cache.max_len:
-                raise ValueError(f"KV cache overflow: writing up to position {end} but the block table holds "
-                                 f"{cache.max_len}")
+            room = cache.block_table.shape[1] * cache.page_size
+            if end > room:
+                raise ValueError(f"KV cache overflow: writing up to position {end}, the table holds {room}")
             if cache.flex and T == 1:  # each row reads its own pages in place
                 mask, kv_slots = cache.decode_mask(), (cache.slots(pos), None)
-            else:  # gather the rows' positions 0..end-1, mask what lies past each row's own length
-                mask = torch.arange(end, device=dev) <= pos[:, None, :, None]  # (B, 1, T, end): key <= query
+            else:  # gather the rows' positions 0..end-1, mask those past each row's own length
+                mask = torch.arange(end, device=dev) <= pos[:, None, :, None]  # (B, 1, T, end)
                 kv_slots = (cache.slots(pos), end)  # slots written (B, T), positions read
             position_ids = pos if position_ids is None else position_ids
         elif doc_ids is not None:
-            mask = self._doc_mask(doc_ids)
+            mask = doc_block_mask(doc_ids) if doc_ids.is_cuda else doc_mask(doc_ids)
             position_ids = doc_positions(doc_ids) if position_ids is None else position_ids
         elif position_ids is None:
-            position_ids = torch.arange(T, device=dev)[None]  # (1, T): one cos/sin table shared by all rows
+            position_ids = torch.arange(T, device=dev)[None]  # (1, T): one table for all rows
         h = self.model.embed_tokens(input_ids)  # (B, T, H)
         cos, sin = self.rope(position_ids, h.dtype)
         for i, layer in enumerate(self.model.layers):
@@ -400,43 +409,9 @@ class Qwen3(nn.Module):
             cache.lengths, cache.end = cache.lengths + T, end
         return self.model.norm(h)
 
-    def _doc_mask(self, doc_ids: Tensor):
-        """Causal and same-document: a FlexAttention BlockMask on CUDA, else a bool mask (B, 1, T, T)."""
-        if doc_ids.is_cuda and self.use_flex:
-            return doc_block_mask(doc_ids)
-        T = doc_ids.shape[1]
-        causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
-        return (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]
 
-
-def doc_block_mask(doc_ids: Tensor, block: int = 128):
-    """The causal same-document BlockMask of packed rows (B, T), built at block level: memory and time grow with
-    (T / block)^2, not T^2. (create_block_mask evaluates the mask on every (query, key) pair: ~10 bytes each, 10 GiB
-    at T = 32K, uncompiled.) Documents are contiguous runs; run ids (a cumulative count of id changes) are sorted,
-    so a block pair is empty past the diagonal or when the key block's last run precedes the query block's first,
-    full below the diagonal when both blocks lie in one run, else partial (the mask_mod decides per pair)."""
-    from torch.nn.attention.flex_attention import BlockMask
-    B, T = doc_ids.shape
-    run = torch.cat([torch.zeros_like(doc_ids[:, :1]), (doc_ids[:, 1:] != doc_ids[:, :-1]).long()], 1).cumsum(1)
-    n = -(-T // block)
-    first, last = run[:, ::block], run[:, torch.arange(1, n + 1, device=run.device).mul(block).clamp(max=T) - 1]
-    q_first, q_last, k_first, k_last = first[:, :, None], last[:, :, None], first[:, None], last[:, None]  # (B, n, n)
-    below = torch.ones(n, n, dtype=torch.bool, device=run.device).tril(-1)
-    visit = (below | torch.eye(n, dtype=torch.bool, device=run.device)) & (k_last >= q_first)
-    full = below & (k_first == k_last) & (q_first == q_last) & (k_first == q_first)
-    partial = visit & ~full
-
-    def indices(blocks: Tensor) -> tuple[Tensor, Tensor]:  # (B, n, n) bool -> counts (B, 1, n), columns first
-        order = blocks.int().argsort(dim=-1, descending=True, stable=True)
-        return blocks.sum(-1).int()[:, None], order.int()[:, None]
-
-    mask_mod = lambda b, h, q, k: (k <= q) & (doc_ids[b, q] == doc_ids[b, k])
-    return BlockMask.from_kv_blocks(*indices(partial), *indices(full), BLOCK_SIZE=block, mask_mod=mask_mod,
-                                    seq_lengths=(T, T))
-
-
-def build_model(config: Qwen3Config, device="cpu", dtype: torch.dtype = torch.float32, seed: int | None = None
-                ) -> Qwen3:
+def build_model(config: Qwen3Config, device="cpu", dtype: torch.dtype = torch.float32,
+                seed: int | None = None) -> Qwen3:
     """Meta construction, then storage on `device` in `dtype`, then a fresh init."""
     with torch.device("meta"):
         model = Qwen3(config).to(dtype)
@@ -445,18 +420,8 @@ def build_model(config: Qwen3Config, device="cpu", dtype: torch.dtype = torch.fl
     return model
 
 
-def _read_safetensors(file: Path) -> dict[str, Tensor]:
-    from safetensors.torch import load_file
-    if not file.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {file}")
-    try:
-        return load_file(str(file))
-    except Exception as e:  # truncated or corrupt: safetensors raises its own error type
-        raise ValueError(f"cannot read safetensors file {file} (truncated or corrupt?): {e}") from e
-
-
 def _checkpoint_files(path: Path) -> list[Path]:
-    """The safetensors files of a folder: model.safetensors, or the shards named by model.safetensors.index.json."""
+    """A folder's safetensors files: model.safetensors, or the shards its index.json names."""
     index = path / "model.safetensors.index.json"
     if not index.is_file():
         return [path / "model.safetensors"]
@@ -467,16 +432,9 @@ def _checkpoint_files(path: Path) -> list[Path]:
     return [path / shard for shard in sorted(set(weight_map.values()))]
 
 
-def _read_checkpoint(path: Path) -> dict[str, Tensor]:
-    """All tensors of a folder holding model.safetensors or model.safetensors.index.json + shards."""
-    sd = {}
-    for file in _checkpoint_files(path):
-        sd.update(_read_safetensors(file))
-    return sd
-
-
-def check_checkpoint(path: str | Path) -> Qwen3Config:
-    """Validate a checkpoint folder without reading tensor data: config, files, names and shapes (for preflight)."""
+def load_pretrained(path: str | Path, device="cpu", dtype: torch.dtype = torch.float32) -> Qwen3:
+    """HF checkpoint folder (config.json + safetensors, single or sharded) -> Qwen3 on `device` in
+    `dtype`. On device "meta" only the tensors' names and shapes are read."""
     from safetensors import safe_open
     path = Path(path)
     config = Qwen3Config.from_json(path / "config.json")
@@ -486,55 +444,44 @@ def check_checkpoint(path: str | Path) -> Qwen3Config:
             raise FileNotFoundError(f"checkpoint file not found: {file}")
         try:
             with safe_open(str(file), framework="pt") as f:
-                sd.update({k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()})
-        except Exception as e:
+                sd.update({k: torch.empty(f.get_slice(k).get_shape(), device="meta") if device == "meta"
+                           else f.get_tensor(k) for k in f.keys()})
+        except Exception as e:  # truncated or corrupt: safetensors raises its own error type
             raise ValueError(f"cannot read safetensors file {file} (truncated or corrupt?): {e}") from e
-    with torch.device("meta"):
-        model = Qwen3(config)
-    if config.tie_word_embeddings and "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:
-        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
-    _check_state_dict(model, sd, path)
-    return config
-
-
-def _check_state_dict(model: Qwen3, sd: dict[str, Tensor], where: Path) -> None:
-    """Raise one error naming every missing / unexpected tensor and every shape mismatch."""
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing, unexpected = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
-    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {want[k]}" for k in want
-              if k in sd and tuple(sd[k].shape) != want[k]]
-    if missing or unexpected or shapes:
-        raise ValueError(f"checkpoint {where} does not match the config: missing tensors {missing}, "
-                         f"unexpected tensors {unexpected}, shape mismatches {shapes}")
-
-
-def load_pretrained(path: str | Path, device="cpu", dtype: torch.dtype = torch.float32) -> Qwen3:
-    """HF checkpoint folder (config.json + safetensors, single or sharded) -> Qwen3 on `device` in `dtype`."""
-    path = Path(path)
-    config = Qwen3Config.from_json(path / "config.json")
-    sd = _read_checkpoint(path)
-    with torch.device("meta"):
-        model = Qwen3(config)
     if config.tie_word_embeddings:  # stored once or twice, the head is the embedding
         w = sd.get("model.embed_tokens.weight", sd.get("lm_head.weight"))
         if w is not None:
             sd["model.embed_tokens.weight"] = sd["lm_head.weight"] = w
-    _check_state_dict(model, sd, path)
     sd = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in sd.items()}
-    model.load_state_dict(sd, strict=True, assign=True)
+    with torch.device("meta"):
+        model = Qwen3(config)
+    try:  # strict: names every missing and unexpected tensor and every shape mismatch
+        model.load_state_dict(sd, strict=True, assign=True)
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {path} does not match its config.json: {e}") from e
     model.tie_weights()  # assign=True made two Parameters; make them one again
     return model
 
 
+def check_checkpoint(path: str | Path) -> Qwen3Config:
+    """Validate a checkpoint folder (config, files, tensor names and shapes), reading no data."""
+    return load_pretrained(path, device="meta").config
+
+
 def save_pretrained(model: Qwen3, path: str | Path, max_shard_size: int = 5 * 2**30,
                     state_dict: dict[str, Tensor] | None = None) -> None:
-    """Write config.json + safetensors (sharded with an index when over max_shard_size bytes), atomically."""
+    """Write config.json + safetensors (sharded past max_shard_size bytes), atomically."""
     from safetensors.torch import save_file
     path = Path(path)
     sd = model.state_dict() if state_dict is None else state_dict
     sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()
           if not (model.config.tie_word_embeddings and k == "lm_head.weight")}
-    shards = _shards(sd, max_shard_size)
+    # greedy split in state-dict order; a tensor larger than max_shard_size gets a shard of its own
+    shards, size = [{}], 0
+    for k, v in sd.items():
+        if shards[-1] and size + v.numel() * v.element_size() > max_shard_size:
+            shards, size = shards + [{}], 0
+        shards[-1][k], size = v, size + v.numel() * v.element_size()
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -552,21 +499,8 @@ def save_pretrained(model: Qwen3, path: str | Path, max_shard_size: int = 5 * 2*
     replace_dir(tmp, path)
 
 
-def _shards(sd: dict[str, Tensor], max_bytes: int) -> list[dict[str, Tensor]]:
-    """Greedy split in state-dict order; a tensor larger than max_bytes gets a shard of its own."""
-    shards: list[dict[str, Tensor]] = [{}]
-    size = 0
-    for k, v in sd.items():
-        nbytes = v.numel() * v.element_size()
-        if shards[-1] and size + nbytes > max_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][k], size = v, size + nbytes
-    return shards
-
-
 def atomic_write(path: str | Path, text: str) -> None:
-    """Write a file whole or not at all: a sibling temp file, flushed to disk, renamed into place."""
+    """Write a file whole or not at all: a sibling temp file, flushed, renamed into place."""
     tmp = Path(f"{path}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -587,7 +521,7 @@ def fsync_dir(folder: Path) -> None:
 
 
 def replace_dir(src: Path, dst: Path) -> None:
-    """Rename the complete folder src to dst; an existing dst is moved aside first and removed after."""
+    """Rename the complete folder src to dst; an existing dst is moved aside, then removed."""
     old = dst.parent / f".{dst.name}.old-{os.getpid()}"
     if dst.exists():
         os.replace(dst, old)
@@ -603,4 +537,5 @@ if __name__ == "__main__":
         cfg = check_checkpoint(sys.argv[2])
     except (OSError, ValueError) as e:
         sys.exit(f"model.py --check: {e}")
-    print(f"{sys.argv[2]}: complete Qwen3 checkpoint ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size})")
+    print(f"{sys.argv[2]}: complete Qwen3 checkpoint ({cfg.num_hidden_layers} layers, "
+          f"hidden {cfg.hidden_size})")

@@ -7,11 +7,13 @@ shapes need the GPU and are skipped there)."""
 import copy
 import dataclasses
 import os
+from unittest import mock
 
 import pytest
 import torch
 
 import kernels
+import model as M
 import rollout
 from model import Qwen3Config, build_model
 
@@ -117,9 +119,9 @@ def ragged_docs(T: int, seed: int) -> torch.Tensor:
 def packed_step(model, ids, docs, flex: bool, probe) -> list[torch.Tensor]:
     """Forward + backward of a packed row through FlexAttention (flex) or SDPA with an explicit mask; returns the
     output and the q/k/v projection gradients (what the attention backward produces), in fp32."""
-    model.use_flex = flex
     model.zero_grad(set_to_none=True)
-    h = model(ids, doc_ids=docs)
+    with mock.patch.object(M, "doc_block_mask", M.doc_block_mask if flex else M.doc_mask):  # CUDA's or the CPU mask
+        h = model(ids, doc_ids=docs)
     (h.float() * probe).sum().backward()
     att = model.model.layers[0].self_attn
     return [h.detach().float()] + [p.grad.float() for p in (att.q_proj.weight, att.k_proj.weight, att.v_proj.weight)]
