@@ -190,7 +190,6 @@ import subprocess  # noqa: E402
 import sysconfig  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
-import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 # The child's -c line: run the code above the parent's imports, compiled once per process
@@ -213,7 +212,6 @@ class TestResult:
     __test__ = False  # not a pytest class
     passed: bool
     status: str  # one of STATUSES
-    time_s: float = 0.0
     detail: str = ""  # why, or the tail of stderr
     notes: tuple = ()  # of NOTES: how the test ran, when that is worth counting
 
@@ -267,15 +265,15 @@ def _run_one(code: str, test: dict, timeout_s: float, memory_mb: int, output_mb:
     else:
         main, mode, stdin = code, "io", test["input"].encode()
     entry = test["entry"] if mode == "calls" else None
-    rc, timed_out, ready, out, err, s = _spawn(main, mode, stdin, entry, timeout_s, memory_mb, output_mb)
+    rc, timed_out, ready, out, err = _spawn(main, mode, stdin, entry, timeout_s, memory_mb, output_mb)
     status, detail = _ending(mode, rc, timed_out, ready, out, err, output_mb << 20), err.decode("utf-8", "replace")
     if status:
-        return TestResult(False, status, s, detail[-1000:], notes)
+        return TestResult(False, status, detail[-1000:], notes)
     if mode == "calls":
         passed, status, why = _judge_calls(out, test, want)
-        return TestResult(passed, status, s, "" if passed else why + "\n" + detail[-500:], notes)
+        return TestResult(passed, status, "" if passed else why + "\n" + detail[-500:], notes)
     passed = stdin in out if mode == "mark" else same_output(out.decode("utf-8", "replace"), test["output"])
-    return TestResult(passed, "pass" if passed else "wrong answer", s, "" if passed else detail[-1000:], notes)
+    return TestResult(passed, "pass" if passed else "wrong answer", "" if passed else detail[-1000:], notes)
 
 
 def _ending(mode: str, rc: int, timed_out: bool, ready: bool, out: bytes, err: bytes, cap: int) -> str | None:
@@ -296,7 +294,7 @@ def _ending(mode: str, rc: int, timed_out: bool, ready: bool, out: bytes, err: b
 
 def _spawn(main: str, mode: str, stdin: bytes, entry, timeout_s: float, memory_mb: int, output_mb: int):
     """Run main.py in one confined child: (exit status, timed out, reached the program, stdout,
-    stderr tail, seconds)."""
+    stderr tail)."""
     jail, cpu, cap = _jail(), math.ceil(timeout_s) + 1, output_mb << 20
     with contextlib.ExitStack() as st:
         uid = None
@@ -323,17 +321,15 @@ def _spawn(main: str, mode: str, stdin: bytes, entry, timeout_s: float, memory_m
         inp.seek(0)
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": d, "TMPDIR": d, "LANG": "C.UTF-8",
                "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        t0 = time.monotonic()
         p = subprocess.Popen(argv, cwd=d, env=env, stdin=inp, stdout=out, stderr=err, start_new_session=True)
         _LIVE.add((p.pid, d))
         st.callback(_LIVE.discard, (p.pid, d))
         rc, timed_out = _finish(p, timeout_s)
-        elapsed = time.monotonic() - t0
         out.seek(0)
         err.seek(0)
         ready = err.read(len(_READY)) == _READY
         err.seek(max(len(_READY) if ready else 0, err.seek(0, 2) - 4000))
-        return rc, timed_out, ready, out.read(cap + 1), err.read(), elapsed
+        return rc, timed_out, ready, out.read(cap + 1), err.read()
 
 
 def _finish(p: subprocess.Popen, timeout_s: float) -> tuple[int, bool]:
@@ -487,7 +483,7 @@ def _expected(test: dict, timeout_s: float, memory_mb: int) -> list | None:
     todo = [e for e in exprs if got[e] is None]
     if todo:
         code = f"{test.get('prefix', '')}\n{test.get('setup', '')}\n"
-        _, _, ready, out, _, _ = _spawn(code, "calls", repr(todo).encode(), None, timeout_s, memory_mb, 16)
+        _, _, ready, out, _ = _spawn(code, "calls", repr(todo).encode(), None, timeout_s, memory_mb, 16)
         lines = out.decode("utf-8", "replace").split("\n")
         for e, line in zip(todo, lines + [""] * len(todo)):
             try:

@@ -169,8 +169,6 @@ def test_hostile_programs(tmp_path, monkeypatch):
     listener.close()
 
 
-
-
 def test_bad_records_give_defined_results():
     res = sandbox.run_tests("print(1)", [{"foo": 1}, {"input": 5, "output": "1"}, None, "str", {"functional": 3}])
     assert [r.status for r in res] == ["sandbox error"] * 5 and not any(r.passed for r in res)
