@@ -1,15 +1,15 @@
-"""Data for the Klear-Reasoner stack: tokenizer, the Qwen3 chat template, JSONL readers, SFT loss masks,
-the token store, best-fit packing and rank sharding (the built-in demo's task lives in demo.py).
+"""Data for the Klear-Reasoner stack: tokenizer, the Qwen3 chat template, JSONL readers, SFT loss
+masks, the token store, best-fit packing and rank sharding (the demo's task lives in demo.py).
 
-An SFT example learns its LAST assistant turn only (`<think>\\n...\\n</think>\\n\\n`, answer, `<|im_end|>`):
-the template strips the reasoning of earlier turns, so learning them would teach answering without thinking.
-build_token_store tokenises the files once into flat memory-mapped arrays (Klear scale: billions of tokens);
-PackedRows plans best-fit rows from the lengths alone and builds a row's tensors only when asked for;
-ShardedSampler strides a seeded per-epoch permutation over the ranks (docs/ALGORITHM.md 1).
+An SFT example learns its LAST assistant turn only (`<think>\\n...</think>\\n\\n`, answer, `<|im_end|>`):
+the template strips the reasoning of earlier turns, so learning those would teach answering without
+thinking. build_token_store tokenises the files once into flat memory-mapped arrays (Klear scale:
+billions of tokens); PackedRows plans best-fit rows from the lengths alone and builds a row's tensors
+only when asked for; ShardedSampler strides a seeded per-epoch permutation over the ranks.
 
 Commands:
-  python data.py --sft FILE.jsonl --tokenizer DIR --seq-len 8192    # packing statistics of an SFT file
-  python data.py --sft FILE.jsonl --tokenizer DIR --cache DIR       # tokenise ahead (sft.py --data-cache DIR)
+  python data.py --sft FILE.jsonl --tokenizer DIR --seq-len 8192   # packing statistics of a file
+  python data.py --sft FILE.jsonl --tokenizer DIR --cache DIR      # tokenise ahead (sft.py --data-cache)
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ IGNORE_INDEX = -100
 
 
 class Tokenizer:
-    """tokenizers.Tokenizer plus the ids the trainers need; `config` is tokenizer_config.json's content."""
+    """tokenizers.Tokenizer plus the ids the trainers need; `config`: tokenizer_config.json."""
 
     def __init__(self, tok: tokenizers.Tokenizer, config: dict, source: str = "tokenizer"):
         self.tok, self.config = tok, config
@@ -111,9 +111,9 @@ def render_chat(messages: list[dict], add_generation_prompt: bool = False, enabl
 
 
 def _jsonl(path, skip_bad: bool = False, parse=None):
-    """(line number, record or parse(record)) of each JSON object of a JSONL (or .gz) file. A bad line
-    (malformed, not an object, or parse raising ValueError/KeyError/TypeError) raises an error naming
-    file:line, or with skip_bad is skipped and counted in a warning at the end."""
+    """(line number, record or parse(record)) of each JSON object of a JSONL (or .gz) file. A bad
+    line (malformed, not an object, or parse raising ValueError/KeyError/TypeError) raises an error
+    naming file:line, or with skip_bad is skipped and counted in a warning at the end."""
     path, good, bad = Path(path), 0, []
     with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -143,7 +143,7 @@ def read_jsonl(path, skip_bad: bool = False, parse=None) -> list:
 
 
 def _sft_texts(record: dict) -> tuple[str, str]:
-    """An SFT record -> (its rendering up to the last assistant turn's generation prompt, the whole)."""
+    """An SFT record -> (its text up to the last assistant turn's generation prompt, the whole)."""
     if "messages" in record:
         messages = record["messages"]
         if not (isinstance(messages, list) and messages and messages[-1].get("role") == "assistant"
@@ -162,22 +162,23 @@ def _sft_texts(record: dict) -> tuple[str, str]:
 
 
 def _sft_mask(p_ids: list[int], ids: list[int], eos_id: int) -> tuple[list[int], list[int]]:
-    """(ids, loss mask): 1 (learn) on what follows the generation prompt, up to and including `<|im_end|>`
-    (not the newline after it): exactly what the model generates after that prompt at sampling time."""
+    """(ids, loss mask): 1 (learn) on what follows the generation prompt, up to and including
+    `<|im_end|>` (not the newline after it): exactly what the model generates after that prompt at
+    sampling time."""
     if ids[:len(p_ids)] != p_ids:
         raise ValueError("the conversation before the last assistant turn does not tokenise as its prefix")
     assert ids[-2] == eos_id, "the rendered turn ends with <|im_end|>\\n"
     return ids, [0] * len(p_ids) + [1] * (len(ids) - len(p_ids) - 1) + [0]
 
 
-# ------------------------------------------------------------------------------- SFT data at any scale
+# ---------------------------------------------------------------------------- SFT data at any scale
 STORE_FORMAT = 1  # bump when render_chat or the mask rule changes: stores written before are rebuilt
 
 
 class TokenStore:
-    """Tokenised SFT examples as flat arrays: ids (int32), mask (uint8, 1 = learned), offsets (n_docs + 1)
-    and n_loss (learned tokens after the first, per document). `open` memory-maps a folder written by
-    build_token_store: the ranks of a node share one copy in the page cache."""
+    """Tokenised SFT examples as flat arrays: ids (int32), mask (uint8, 1 = learned), offsets
+    (n_docs + 1) and n_loss (learned tokens after the first, per document). `open` memory-maps a
+    folder written by build_token_store: the ranks of a node share one copy in the page cache."""
 
     def __init__(self, ids: np.ndarray, mask: np.ndarray, offsets: np.ndarray, n_loss: np.ndarray):
         self.ids, self.mask, self.offsets, self.n_loss = ids, mask, offsets, n_loss
@@ -196,7 +197,8 @@ class TokenStore:
 
 
 def _store_key(paths: list, tokenizer: Tokenizer, skip_bad: bool) -> str:
-    """What a store was made from: the files (path, size, mtime), the tokenizer, the format, skip_bad."""
+    """What a store was made from: the files (path, size, mtime), the tokenizer, the format,
+    skip_bad."""
     files = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in map(Path, paths)]
     spec = {"format": STORE_FORMAT, "files": files, "skip_bad": skip_bad, "eos": tokenizer.eos_id,
             "tokenizer": hashlib.sha256(tokenizer.tok.to_str().encode()).hexdigest()}
@@ -209,7 +211,8 @@ def store_ready(folder, key: str) -> bool:
 
 
 def _tokenised(path, tokenizer: Tokenizer, skip_bad: bool, batch: int = 256):
-    """(ids, mask) of each SFT record of a file, tokenised in batches (the tokenizers library threads them)."""
+    """(ids, mask) of each SFT record of a file, tokenised in batches (the tokenizers library
+    threads them)."""
     records = _jsonl(path, skip_bad, parse=_sft_texts)
     while chunk := list(itertools.islice(records, batch)):
         enc = tokenizer.tok.encode_batch([t for _, texts in chunk for t in texts], add_special_tokens=False)
@@ -224,10 +227,10 @@ def _tokenised(path, tokenizer: Tokenizer, skip_bad: bool, batch: int = 256):
 
 def build_token_store(paths: list, tokenizer: Tokenizer, folder, skip_bad: bool = False, wait: bool = False,
                       poll: float = 2.0) -> TokenStore:
-    """Tokenise SFT JSONL files once into `folder` and open it; a store of the same files and tokenizer is
-    reused. With `wait` (ranks that do not build) only wait until the node's builder publishes it. Written
-    into a temp folder renamed into place: a crash leaves no half store, and of two racing builders (one
-    per node on a shared file system) the first rename wins."""
+    """Tokenise SFT JSONL files once into `folder` and open it; a store of the same files and
+    tokenizer is reused. With `wait` (ranks that do not build) only wait until the node's builder
+    publishes it. Written into a temp folder renamed into place: a crash leaves no half store, and
+    of two racing builders (one per node on a shared file system) the first rename wins."""
     folder, key = Path(folder), _store_key(paths, tokenizer, skip_bad)
     while wait and not store_ready(folder, key):  # the builder of this node prints its progress
         time.sleep(poll)
@@ -284,7 +287,7 @@ def _publish(tmp: Path, folder: Path, key: str) -> None:
 
 
 def _best_fit(lengths: list[int], cap: int) -> list[list[int]]:
-    """Best-fit decreasing: longest first, each into the row with the least room that still holds it."""
+    """Best-fit decreasing: longest first, each into the row with the least room that holds it."""
     bins, free = [], []  # free: sorted (room left, bin index) of rows that can still take a token
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
         j = bisect.bisect_left(free, (lengths[i], -1))
@@ -301,10 +304,11 @@ def _best_fit(lengths: list[int], cap: int) -> list[list[int]]:
 
 
 class PackedRows:
-    """Documents of a TokenStore packed best-fit into rows of seq_len tokens (overlong ones truncated or
-    skipped). Only the plan is held; `batch(rows)` builds (len(rows), seq_len) tensors: input_ids, targets
-    (the next token of the same document where it is learned, else -100), doc_ids (0, 1, ... per row,
-    padding one more) and position_ids (restarting per document). `stats` counts what was packed."""
+    """Documents of a TokenStore packed best-fit into rows of seq_len tokens (overlong ones
+    truncated or skipped). Only the plan is held; `batch(rows)` builds (len(rows), seq_len) tensors:
+    input_ids, targets (the next token of the same document where it is learned, else -100), doc_ids
+    (0, 1, ... per row, padding one more) and position_ids (restarting per document). `stats` counts
+    what was packed."""
 
     def __init__(self, store: TokenStore, seq_len: int, pad_id: int, overlong: str = "truncate"):
         assert overlong in ("truncate", "skip"), overlong
@@ -350,8 +354,8 @@ class PackedRows:
 
 
 class ShardedSampler:
-    """This rank's indices of a seeded per-epoch permutation of range(n_items), continuing across epochs:
-    perm[rank : n_items // world_size * world_size : world_size] (the short tail is dropped)."""
+    """This rank's indices of a seeded per-epoch permutation of range(n_items), continuing across
+    epochs: perm[rank : n_items // world_size * world_size : world_size] (the tail is dropped)."""
 
     def __init__(self, n_items: int, rank: int, world_size: int, seed: int):
         if n_items < world_size:
