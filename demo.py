@@ -18,6 +18,7 @@ Run (train.sh does all of this):
     python demo.py seconds METRICS.jsonl ...         # the RL stages' wall time (the control's budget)
     python demo.py summary OUT RUN                   # summary.json and the table
     python demo.py ablate-loss OUT [--regime default|offpolicy]  # loss kinds x seeds -> docs/ablation.json, RESULTS.md
+    python demo.py ablate-code OUT   # soft/hard code reward x group filter, faulty tests -> the same two files
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import tokenizers
@@ -126,8 +128,9 @@ def demo_record(kind: str, problem, split: str, rng: random.Random, flaw_rate: f
         return {"messages": [user, {"role": "assistant", "reasoning_content": trace, "content": content}]}, flawed
     if split == "rl":
         source = MATH_SOURCE if kind == "math" else CODE_SOURCE
-        return {"data_source": source, "prompt": [user], "ability": ability,
-                "reward_model": {"style": "rule", "ground_truth": gold}}, False
+        rec = {"data_source": source, "prompt": [user], "ability": ability,
+               "reward_model": {"style": "rule", "ground_truth": gold}}
+        return (rec if kind == "math" else rec | {"solution": program}), False  # code: the reference program
     return ({"problem": prompt, "answer": gold} if kind == "math" else {"problem": prompt, "tests": tests}), False
 
 
@@ -214,15 +217,18 @@ LOSS_KINDS = {"gppo": ("gppo", 1.0, 1.0), "ce-gppo": ("gppo", 0.75, 1.0), "grpo"
 REGIMES = {"default": 2, "offpolicy": 8}  # optimizer steps (mini-batches) per RL step of 16 prompts
 
 
-def held_out(model_dir: str, folder: str, temperature: float, limit: int | None = None) -> float:
-    """Held-out math accuracy (avg@1) of a model: greedy, or one sample at temperature 1, top-p 1."""
+def held_out(model_dir: str, folder: str, temperature: float, limit: int | None = None, flavour="math") -> float:
+    """Held-out accuracy (avg@1) of a model on one flavour: greedy, or one sample at temperature 1, top-p 1."""
     import model as qwen3
     m, tok = qwen3.load_pretrained(model_dir).eval(), data.load_tokenizer(model_dir)
-    tasks = rollout.load_tasks(f"{folder}/eval_math.jsonl")[:limit]
+    tasks = rollout.load_tasks(f"{folder}/eval_{flavour}.jsonl")[:limit]
     return rollout.evaluate(m, tok, tasks, 1, temperature, 1.0, 0, 96, workers=2)["avg@n"]
 
 
-def save_rows(path: str, rows: list[dict], key=("experiment", "kind", "beta_low", "seed", "mini_batches")) -> list:
+ROW_KEY = ("experiment", "kind", "beta_low", "mini_batches", "reward", "filter", "faulty", "filtered_problems", "seed")
+
+
+def save_rows(path: str, rows: list[dict], key=ROW_KEY) -> list:
     """Add rows to the JSON list at `path`, replacing rows with the same key; returns the whole list."""
     from model import atomic_write
     old = json.loads(Path(path).read_text()) if Path(path).is_file() else []
@@ -281,18 +287,141 @@ def ablate_loss(out: str, regime: str, kinds: list[str], seeds: list[int], steps
                                      **{"math@t1": held_out(f"{run}/hf", f"{out}/data", 1.0, limit)},
                                      clip_fraction=clip, entropy=trained[-1]["entropy"] if trained else float("nan"),
                                      seconds=round(sum(m["t_step"] for m in steps_.values()), 1))])
-    rows = json.loads(Path(results).read_text())
-    begin, end = "<!-- loss-kinds: begin -->", "<!-- loss-kinds: end -->"
-    text = Path(table).read_text() if Path(table).is_file() else ""
-    block = f"{begin}\n{loss_kinds_table(rows)}\n{end}"
-    text = text[:text.index(begin)] + block + text[text.index(end) + len(end):] if begin in text else \
-        text + f"\n## The loss kinds (`python demo.py ablate-loss`)\n\n{block}\n"
-    Path(table).write_text(text)
-    runs = [f"{out}/ablation/loss-kinds-{regime}/{k}_s{seeds[0]}" for k in kinds]
-    curves = str(Path(table).parent / f"loss-kinds-{regime}.png")
-    if subprocess.run([sys.executable, "-c", "import matplotlib"], capture_output=True).returncode == 0:
-        subprocess.run([sys.executable, str(Path(__file__).parent / "plot.py"), *runs, "--out", curves], check=True)
+    put_table(table, "loss-kinds", "The loss kinds (`python demo.py ablate-loss`)",
+              loss_kinds_table(json.loads(Path(results).read_text())))
+    plot_runs([f"{out}/ablation/loss-kinds-{regime}/{k}_s{seeds[0]}" for k in kinds],
+              Path(table).parent / f"loss-kinds-{regime}.png")
 
+
+def put_table(path: str, name: str, title: str, table: str) -> None:
+    """Write `table` between the `<!-- name: begin/end -->` markers of a markdown file (a new section if absent)."""
+    begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+    text = Path(path).read_text() if Path(path).is_file() else ""
+    block = f"{begin}\n{table}\n{end}"
+    text = text[:text.index(begin)] + block + text[text.index(end) + len(end):] if begin in text else \
+        text + f"\n## {title}\n\n{block}\n"
+    Path(path).write_text(text)
+
+
+def plot_runs(runs: list[str], png) -> None:
+    """plot.py's curves of these runs, when matplotlib is installed."""
+    if subprocess.run([sys.executable, "-c", "import matplotlib"], capture_output=True).returncode == 0:
+        subprocess.run([sys.executable, str(Path(__file__).parent / "plot.py"), *runs, "--out", str(png)], check=True)
+
+
+
+# (reward, group filter, faulty set, filter_problems applied): {soft, hard} x {accuracy, reward} on clean data,
+# then soft on the faulty set, without and with filter_problems, under both filters
+CODE_RUNS = [("soft", "accuracy", False, False), ("hard", "accuracy", False, False), ("soft", "reward", False, False),
+             ("hard", "reward", False, False), ("soft", "accuracy", True, False), ("soft", "accuracy", True, True),
+             ("soft", "reward", True, False), ("soft", "reward", True, True)]
+CODE_TESTS = 4  # tests per demo code problem (demo_record)
+
+
+def corrupt_tests(src: str, dst: str, share: float, seed: int = 0) -> list[int]:
+    """Copy a demo code RL set, giving a `share` of its problems one test whose expected output is off by 1-9
+    (as scraped tests sometimes are); returns the corrupted problems' line indices."""
+    # a seed stream of its own: random.Random(0).sample and the RL sampler's Random(0).shuffle are correlated
+    rng, recs = random.Random(f"corrupt-tests-{seed}"), [json.loads(line) for line in open(src)]
+    bad = sorted(rng.sample(range(len(recs)), round(share * len(recs))))
+    for i in bad:
+        gold = json.loads(recs[i]["reward_model"]["ground_truth"])
+        j = rng.randrange(len(gold["outputs"]))
+        gold["outputs"][j] = f"{int(gold['outputs'][j]) + rng.choice((-1, 1)) * rng.randint(1, 9)}\n"
+        recs[i]["reward_model"]["ground_truth"] = json.dumps(gold)
+    Path(dst).write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return bad
+
+
+def filter_code_set(src: str, dst: str, workers: int = 2) -> list[int]:
+    """rewards.filter_problems over a demo code set (every problem must have its CODE_TESTS tests and its
+    reference program must pass them): the kept problems go to dst; returns the dropped line indices."""
+    import rewards
+    kept, report = rewards.filter_problems([json.loads(line) for line in open(src)], min_tests=CODE_TESTS,
+                                           workers=workers, timeout_s=10.0)
+    Path(dst).write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return [i for i, _, _ in report["dropped_list"]]
+
+
+def drawn_problems(n_tasks: int, seed: int, steps: int, draw: int) -> list[int]:
+    """The problems a one-rank gppo.py run draws in `steps` steps of `draw` prompts (its sampler, replayed)."""
+    sampler = data.ShardedSampler(n_tasks, 0, 1, seed)
+    return [i for _ in range(steps) for i in sampler.next_indices(draw)]
+
+
+def code_reward_table(rows: list[dict]) -> str:
+    """The markdown table of the code-reward experiment: per configuration, the mean over seeds +- half their
+    range; a difference from soft reward + accuracy filter on clean data within either range is called a tie."""
+    groups: dict = {}
+    for r in (r for r in rows if r["experiment"] == "code-reward"):
+        groups.setdefault((r["faulty"], r["filtered_problems"] is not None, r["filter"], r["reward"]), []).append(r)
+    stat = lambda rs, k: (sum(r[k] for r in rs) / len(rs), max(r[k] for r in rs) - min(r[k] for r in rs))
+    lines = ["| data | reward | group filter | seeds | code temp. 1 | vs clean soft/accuracy | code greedy "
+             "| groups filtered | reward-only groups | rollouts on unpassable problems | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    ref = groups.get((0.0, False, "accuracy", "soft"))
+    for (faulty, cleaned, filt, reward), rs in sorted(groups.items(), key=lambda x: (x[0][0], x[0][1], x[0][2],
+                                                                                     x[0][3] == "hard")):
+        (t, ts), (g, gs) = stat(rs, "code@t1"), stat(rs, "code")
+        vs = "-"
+        if ref and rs is not ref:
+            diff, rts = t - stat(ref, "code@t1")[0], stat(ref, "code@t1")[1]
+            vs = f"{100 * diff:+.1f} pts" + (" (tie)" if abs(diff) <= max(ts, rts) else "")
+        name = "clean" if not faulty else f"{100 * faulty:.0f}% faulty" + (
+            f", filter_problems dropped {rs[0]['filtered_problems']}" if cleaned else "")
+        spent = sum(r["unpassable_rollouts"] for r in rs) / max(1, sum(r["rollouts"] for r in rs))
+        filtered, partial = stat(rs, "filtered_groups")[0], stat(rs, "partial_groups")[0]
+        lines.append(f"| {name} | {reward} | {filt} | {len(rs)} | {t:.3f} ± {ts / 2:.3f} | {vs} "
+                     f"| {g:.3f} ± {gs / 2:.3f} | {100 * filtered:.0f}% | {100 * partial:.1f}% "
+                     f"| {100 * spent:.0f}% | {stat(rs, 'seconds')[0]:.0f} |")
+    return "\n".join(lines)
+
+
+def ablate_code(out: str, seeds: list[int], steps: int, share: float, lr: float, results: str, table: str,
+                limit: int | None = None, runs=CODE_RUNS) -> None:
+    """The code RL stage from out/sft/hf for each configuration of CODE_RUNS and seed (docs/RESULTS.md, code
+    rewards): held-out code accuracy, the share of groups filtered and of groups with partial credit only, the
+    rollouts spent on problems no program can fully pass, the training-reward curve, the RL seconds; rows to
+    `results`, the table between markers in `table`, the curves of the first seed next to it."""
+    import gppo
+    base, clean = Path(out) / "ablation" / "code-reward", f"{out}/data/rl_code.jsonl"
+    base.mkdir(parents=True, exist_ok=True)
+    faulty, cleaned = str(base / "rl_code_faulty.jsonl"), str(base / "rl_code_faulty_filtered.jsonl")
+    corrupted = corrupt_tests(clean, faulty, share)
+    t0 = time.perf_counter()
+    dropped = filter_code_set(faulty, cleaned)
+    print(f"filter_problems: {len(dropped)} of {sum(1 for _ in open(faulty))} problems dropped in "
+          f"{time.perf_counter() - t0:.0f} s: {len(set(dropped) & set(corrupted))} of the {len(corrupted)} corrupted, "
+          f"{len(set(dropped) - set(corrupted))} clean")
+    kept = [i for i in range(sum(1 for _ in open(faulty))) if i not in set(dropped)]
+    curves = []
+    for reward, filt, is_faulty, filtered in runs:
+        path = cleaned if filtered else faulty if is_faulty else clean
+        # line indices, in the file this run trains on, of problems whose tests no program can all pass
+        bad = {j for j, i in enumerate(kept) if i in corrupted} if filtered else set(corrupted if is_faulty else ())
+        n_tasks = sum(1 for _ in open(path))
+        for seed in seeds:
+            tag = f"{reward}-{filt}-" + ("clean" if not is_faulty else "faulty-filtered" if filtered else "faulty")
+            run = base / f"{tag}_s{seed}"
+            gppo.main(["--model", f"{out}/sft/hf", "--data", path, "--out", str(run), "--code-reward", reward,
+                       "--filter", filt, "--seed", str(seed), "--n", "8", "--lr", str(lr), "--warmup-steps", "2",
+                       "--max-response-tokens", "96", "--reward-workers", "2", "--save-every", "1000",
+                       "--steps", str(steps), "--prompts-per-step", "8", "--mini-batch-prompts", "4", "--resume"])
+            ms = list({m["step"]: m for m in map(json.loads, open(run / "metrics.jsonl")) if "t_step" in m}.values())
+            drawn = drawn_problems(n_tasks, seed, steps, 16)  # --prompts-per-step 8 x --oversample 2
+            save_rows(results, [dict(
+                experiment="code-reward", reward=reward, filter=filt, faulty=share if is_faulty else 0.0,
+                filtered_problems=len(dropped) if filtered else None, seed=seed, steps=steps, lr=lr,
+                code=held_out(str(run / "hf"), f"{out}/data", 0.0, limit, "code"),
+                **{"code@t1": held_out(str(run / "hf"), f"{out}/data", 1.0, limit, "code")},
+                filtered_groups=sum(m["filtered"] for m in ms) / len(ms),
+                partial_groups=sum(m["partial_groups"] for m in ms) / len(ms),
+                unpassable_rollouts=8 * sum(i in bad for i in drawn), rollouts=8 * len(drawn),
+                reward_curve=[round(m["reward"], 4) for m in ms], seconds=round(sum(m["t_step"] for m in ms), 1))])
+            curves += [str(run)] if seed == seeds[0] else []
+    put_table(table, "code-reward", "Code rewards and faulty tests (`python demo.py ablate-code`)",
+              code_reward_table(json.loads(Path(results).read_text())))
+    plot_runs(curves, Path(table).parent / "code-reward.png")
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -320,6 +449,17 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--results", default="docs/ablation.json", help="JSON rows (same key: replaced)")
     s.add_argument("--table", default="docs/RESULTS.md", help="markdown file that gets the table")
     s.add_argument("--limit", type=int, default=None, help="held-out problems (default: all 200)")
+    s = sub.add_parser("ablate-code", help="soft vs hard code rewards, and faulty tests (code stage)")
+    s.add_argument("out", help="train.sh's demo folder: OUT/sft/hf and OUT/data")
+    s.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="RL seeds of every configuration")
+    s.add_argument("--steps", type=int, default=12, help="RL steps (train.sh's code stage: 12)")
+    s.add_argument("--share", type=float, default=0.3, help="share of problems with one corrupted test")
+    s.add_argument("--lr", type=float, default=5e-5, help="RL learning rate (train.sh's: 5e-5)")
+    s.add_argument("--configs", nargs="+", type=int, default=list(range(len(CODE_RUNS))),
+                   help="indices into CODE_RUNS (default: all 8)")
+    s.add_argument("--results", default="docs/ablation.json", help="JSON rows (same key: replaced)")
+    s.add_argument("--table", default="docs/RESULTS.md", help="markdown file that gets the table")
+    s.add_argument("--limit", type=int, default=None, help="held-out problems (default: all 200)")
     a = p.parse_args(argv)
     if a.cmd == "data":
         print(json.dumps(write_demo(a.folder, seed=a.seed)))
@@ -329,6 +469,9 @@ def main(argv: list[str] | None = None) -> None:
         print(rl_seconds(a.metrics))
     elif a.cmd == "summary":
         summary(a.out, a.run)
+    elif a.cmd == "ablate-code":
+        ablate_code(a.out, a.seeds, a.steps, a.share, a.lr, a.results, a.table, a.limit,
+                    [CODE_RUNS[i] for i in a.configs])
     else:
         ablate_loss(a.out, a.regime, a.kinds, a.seeds, a.steps, a.lr, a.results, a.table, a.limit)
 

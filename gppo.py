@@ -138,12 +138,14 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
 
 
 # ------------------------------------------------------------------------------------------ section 3: advantages
-def group_advantages(rewards, group_size: int, correct: float = 1.0, truncated=None,
-                     drop_truncated: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def group_advantages(rewards, group_size: int, correct: float = 1.0, truncated=None, drop_truncated: bool = False,
+                     keep_on: str = "accuracy") -> tuple[torch.Tensor, torch.Tensor]:
     """GRPO advantages A = (R - mean) / (std_unbiased + 1e-6) per group of `group_size` consecutive rollouts.
 
-    keep is False for groups whose accuracy (R == correct) is all 0 or all 1 (no signal), for every group of size 1
-    (no baseline), and, with drop_truncated, for truncated rollouts (their group statistics still count them)."""
+    keep is False for groups without signal: keep_on="accuracy" (the recipe) drops a group whose accuracy
+    (R == correct) is all 0 or all 1, keep_on="reward" one whose rewards are all equal (so partial credit can
+    train). Also False for every group of size 1 (no baseline), and, with drop_truncated, for truncated
+    rollouts (their group statistics still count them)."""
     R = torch.as_tensor(rewards, dtype=torch.float32).flatten()
     if group_size < 1 or R.numel() % group_size:
         raise ValueError(f"{R.numel()} rewards do not split into groups of {group_size}")
@@ -151,7 +153,8 @@ def group_advantages(rewards, group_size: int, correct: float = 1.0, truncated=N
     std = g.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(g[:, :1])
     adv = (g - g.mean(dim=1, keepdim=True)) / (std + 1e-6)
     acc = g == correct
-    keep = (acc.any(dim=1) & ~acc.all(dim=1))[:, None].expand_as(g).flatten().clone()
+    varies = (g != g[:, :1]).any(dim=1) if keep_on == "reward" else acc.any(dim=1) & ~acc.all(dim=1)
+    keep = varies[:, None].expand_as(g).flatten().clone()
     if drop_truncated and truncated is not None:
         keep &= ~torch.as_tensor(truncated, dtype=torch.bool).flatten()
     return torch.where(keep, adv.flatten(), 0.0), keep
@@ -252,8 +255,13 @@ def advantages_filter_cap(ctx: Context, items: list[dict], met: dict) -> list[li
     """Advantages, the zero-variance filter, then a cap of --prompts-per-step groups over all ranks (section 3);
     returns this rank's kept groups."""
     a, W = ctx.args, ctx.dist.world_size
-    adv, keep = group_advantages([it["reward"] for it in items], a.n, a.correct,
-                                 [it["truncated"] for it in items], a.drop_truncated)
+    rewards_ = [it["reward"] for it in items]
+    adv, keep = group_advantages(rewards_, a.n, a.correct, [it["truncated"] for it in items], a.drop_truncated,
+                                 a.filter)
+    # groups only a reward filter keeps: rewards differ, accuracy does not (partial credit, faulty tests, penalties)
+    R = torch.tensor(rewards_).view(-1, a.n)
+    acc = R == a.correct
+    partial = ((R != R[:, :1]).any(1) & (acc.all(1) | ~acc.any(1))).sum().item()
     groups = []
     for g in range(len(items) // a.n):
         grp = items[g * a.n:(g + 1) * a.n]
@@ -268,6 +276,7 @@ def advantages_filter_cap(ctx: Context, items: list[dict], met: dict) -> list[li
     kept = [int(c) for c in sft.all_reduce_sum(counts).round().tolist()]  # kept groups of every rank
     quota = cap_groups(kept, a.prompts_per_step)
     met["groups_kept"], met["filtered"] = float(sum(quota)), 1.0 - sum(kept) / max(ctx.draw * W, 1)
+    met["partial_groups"] = sft.all_reduce_sum(torch.tensor(float(partial))).item() / max(ctx.draw * W, 1)
     return groups[:quota[ctx.dist.rank]]
 
 
@@ -361,7 +370,7 @@ def rl_step(ctx: Context, step: int) -> dict:
     met["resp_len_max"] = all_reduce_max(torch.tensor(float(max(len(it["tokens"]) for it in items)))).item()
     groups = advantages_filter_cap(ctx, items, met)
     if met["groups_kept"] == 0:
-        met["skipped"] = "every group filtered (zero-variance accuracy)"
+        met["skipped"] = f"every group filtered (zero-variance {a.filter})"
         return met
     plan = old_logprobs(ctx, build_plan(ctx, groups, min(items, key=lambda it: it["len"])), met)
     t0, acc = time.perf_counter(), UpdateSums()
@@ -424,7 +433,7 @@ def setup(a, dist) -> Context:
     tasks, prompts = load_prompts(a, tok)
     probe = data.render_chat([{"role": "user", "content": "x"}], add_generation_prompt=True,
                              enable_thinking=not a.no_thinking)
-    reward_opts = {"correct": a.correct, "timeout_s": a.code_timeout}
+    reward_opts = {"correct": a.correct, "timeout_s": a.code_timeout, "soft": a.code_reward == "soft"}
     # a prompt that already holds the think tags (--no-thinking) turns the reward's think checks off
     if "<think>" in probe:
         reward_opts["check_think"] = False
@@ -501,6 +510,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "per rank (default: 85%% of the free GPU memory; 1M slots on CPU)")
     g.add_argument("--correct", type=float, default=1.0, help="the score of a correct response")
     g.add_argument("--drop-truncated", action="store_true", help="mask truncated rollouts out of the loss")
+    g.add_argument("--code-reward", choices=("soft", "hard"), default="soft", help="soft: 2 * share of tests "
+                   "passed - 1 (the recipe); hard: 1 only when every test passes, else -1")
+    g.add_argument("--filter", choices=("accuracy", "reward"), default="accuracy", help="drop groups whose "
+                   "accuracy is all 0 or all 1 (the recipe), or groups whose rewards are all equal")
     g.add_argument("--reward-workers", type=int, default=8, help="concurrent reward jobs per rank")
     g.add_argument("--code-timeout", type=float, default=35.0, help="seconds per code test (the paper's limit)")
     g = p.add_argument_group("loss (docs/ALGORITHM.md section 2)")

@@ -323,10 +323,17 @@ def reward_many(jobs, workers: int = 8, job_timeout_s: float | None = None, stat
     """Rewards of (response, task) jobs on at most `workers` threads (sandboxes and math helpers are processes,
     so threads suffice). Never raises: a job that raises or outlives job_timeout_s scores `wrong` and its thread
     is abandoned (it no longer counts against `workers`; statuses counts it under 'abandoned job').
-    statuses, when given, gets each code test's status added (sandbox.STATUSES; see check_sandbox)."""
+    statuses, when given, gets each code test's status added (sandbox.STATUSES; see check_sandbox).
+    Identical jobs (same response, same task: common once a policy is confident) are scored once."""
     if set(opts) - set(_CODE_OPTS):  # a caller's typo must not silently score every job `wrong`
         raise TypeError(f"reward_many: unknown options {sorted(set(opts) - set(_CODE_OPTS))}")
-    jobs, wrong = list(jobs), float(opts.get("wrong", -1.0))
+    everyone = list(jobs)
+    keys = [json.dumps(job, sort_keys=True, default=str) for job in everyone]
+    copies, first = Counter(keys), {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    keys_u = list(first)  # distinct jobs, in first-seen order
+    jobs, wrong = [everyone[i] for i in first.values()], float(opts.get("wrong", -1.0))
     if job_timeout_s is None:
         job_timeout_s = (opts.get("max_tests") or 16) * (opts.get("timeout_s", 10.0) + 2) + 60
     scores, done, running, nxt = [wrong] * len(jobs), queue.Queue(), {}, 0
@@ -348,13 +355,14 @@ def reward_many(jobs, workers: int = 8, job_timeout_s: float | None = None, stat
             if running.pop(i, None) is not None:
                 scores[i] = s
                 if statuses is not None:
-                    statuses.update(seen)
+                    statuses.update({st: c * copies[keys_u[i]] for st, c in seen.items()})
         except queue.Empty:
             for i in [i for i, t in running.items() if t <= time.monotonic()]:
                 running.pop(i)
                 if statuses is not None:
-                    statuses["abandoned job"] += 1
-    return scores
+                    statuses["abandoned job"] += copies[keys_u[i]]
+    by_key = dict(zip(keys_u, scores))
+    return [by_key[k] for k in keys]
 
 
 def check_sandbox(statuses: Counter) -> None:

@@ -177,6 +177,18 @@ def test_group_advantages_drop_truncated():
     assert adv1[[0, 2, 3]].tolist() == adv0[[0, 2, 3]].tolist() and adv1[1] == 0
 
 
+def test_group_advantages_reward_filter_keeps_partial_credit():
+    """Faulty tests or partial passes give rewards that differ while accuracy is all 0: only the reward filter
+    keeps such a group; a group of equal rewards is dropped by both filters, a mixed-accuracy one kept by both."""
+    R = [0.5, 0.5, -1.0, -1.0,   -1.0, -1.0, -1.0, -1.0,   1.0, -1.0, 1.0, 1.0]
+    _, by_acc = gppo.group_advantages(R, 4)
+    adv, by_reward = gppo.group_advantages(R, 4, keep_on="reward")
+    assert by_acc.tolist() == [False] * 8 + [True] * 4
+    assert by_reward.tolist() == [True] * 4 + [False] * 4 + [True] * 4
+    a = 0.75 / (math.sqrt(4 * 0.75 ** 2 / 3) + 1e-6)  # mean -0.25, deviations +-0.75, unbiased std
+    assert adv[:4].tolist() == pytest.approx([a, a, -a, -a])
+
+
 def test_cap_groups():
     assert gppo.cap_groups([5, 1, 3], 6) == [3, 1, 2]
     assert gppo.cap_groups([2, 0], 10) == [2, 0]

@@ -251,6 +251,21 @@ def test_status_counts_and_sandbox_check(monkeypatch):
         rewards.check_sandbox(broken)
 
 
+def test_reward_many_scores_identical_jobs_once(monkeypatch):
+    calls, score = [], rewards._score
+
+    def spy(response, task, opts, statuses):
+        calls.append(response)
+        return score(response, task, opts, statuses)
+    monkeypatch.setattr(rewards, "_score", spy)
+    right, wrong = py("a, b = map(int, input().split())\nprint(a + b)"), py("print(0)")
+    task, seen = {"kind": "code", "tests": ADD[:2]}, Counter()
+    jobs = [(right, task), (wrong, task), (right, task), (right, dict(task, tests=ADD[:1])), (right, task)]
+    assert rewards.reward_many(jobs, workers=2, statuses=seen, timeout_s=10) == [1.0, -1.0, 1.0, 1.0, 1.0]
+    assert len(calls) == 3  # (right, 2 tests), (wrong, 2 tests), (right, 1 test)
+    assert seen == Counter({"pass": 3 * 2 + 1, "wrong answer": 2}), seen  # counted per job, as if run each
+
+
 def test_filter_problems():
     folder = need_shared("code")
     probs = [p for p in map(json.loads, open(folder / "taco_stdin.jsonl")) if len(p["tests"]) >= 2][:4]
