@@ -1,34 +1,18 @@
 """Fused LM-head log-probs and entropy that never hold the (N, V) logits.
 
-`token_logprobs(hidden (N, H), weight (V, H), targets (N,), temperature=1.0, return_entropy=False, backend="auto")`
-returns log softmax(hidden @ weight.T / temperature)[target] per token (fp32; fp64 for fp64 inputs) and, on
-request, the entropy of that distribution; differentiable w.r.t. hidden and weight through both outputs. Targets
-equal to IGNORE_INDEX (-100) give 0 and no gradient. SFT uses the log-probs, RL the log-probs and the entropy.
+`token_logprobs(hidden (N, H), weight (V, H), targets (N,), temperature, return_entropy, backend)`
+returns log softmax(hidden @ weight.T / temperature)[target] per token (fp32; fp64 for fp64 inputs)
+and, on request, the entropy; differentiable w.r.t. hidden and weight. Targets equal to IGNORE_INDEX
+give 0 and no gradient. The forward keeps O(N) statistics (lse, entropy) and the backward recomputes
+each token chunk's logits: memory flat in N for one more logits GEMM. Backends: "torch" (chunked
+matmuls, the CPU default), "triton" (CUDA: online softmax over vocab blocks, dlogits tiles then two
+cuBLAS GEMMs), "naive" (full logits, for tests and benchmarks), "auto" (triton on CUDA, else torch).
 
-Design
-- Token chunks (and vocab blocks inside the Triton kernels) with a log-sum-exp per chunk / an online one per
-  block. The forward saves O(N) statistics (lse, entropy) next to its inputs; the backward recomputes each
-  chunk's logits. Extra memory is O(chunk * V + V * H): flat in N. The price is one more logits GEMM than the
-  naive graph keeps (4 instead of 3), so in user CPU time the ratio cannot go below about 4/3; the naive graph
-  pays instead for page-faulting its fresh (N, V) tensors (kernel time that grows with N), which the fused path,
-  reusing its chunk buffers, does not.
-- Per logit z_v (p = softmax(z), t = target, Hent = entropy): dlogp/dz = onehot_t - p and
-  dHent/dz = -p * (log p + Hent); both are scaled by 1/temperature on the way back to hidden @ weight.T.
-- Rows whose target is IGNORE_INDEX are dropped up front (index_select): no FLOPs, exactly zero output and grad.
-- Backends: "torch" = chunked matmuls with in-place softmax (one (chunk, V) buffer for log-probs, two with the
-  entropy, allocated once per call); the CPU default and wherever triton is absent. "triton" = GPU path, bf16
-  tiles on the tensor cores with fp32 accumulation: a forward kernel over (token block, vocab split) keeping
-  running max / sum-exp / sum exp*z, merged across splits in torch; a backward kernel that recomputes a logits
-  tile and writes its dlogits into a (chunk, V) input-dtype buffer (~1 GiB), then two cuBLAS GEMMs (dh = dz @ W,
-  dW += dz.T @ h).
-  "naive" = full logits + log_softmax + gather (tests and benchmarks only). "auto" = triton on CUDA, else torch.
-
-Commands
-  python bench.py kernels         # CPU: fused vs naive, N in {1024, 4096, 8192}, H=1024, V=151936, fp32
-  python bench.py kernels_gpu     # GPU: Triton at N=8192, H=4096, V=151936, bf16: TFLOP/s and memory vs naive
-  pytest tests/test_kernels.py    # Triton parts re-run in a subprocess under TRITON_INTERPRET=1
+    python bench.py kernels          # CPU: fused vs naive, memory and time
+    python bench.py kernels_gpu      # GPU: Triton TFLOP/s and memory vs naive
+    pytest tests/test_kernels.py     # Triton parts re-run in a subprocess under TRITON_INTERPRET=1
 """
-from __future__ import annotations  # keeps `tl.constexpr` annotations lazy, so this file imports without triton
+from __future__ import annotations  # keeps `tl.constexpr` annotations lazy: imports without triton
 
 import os
 
@@ -41,10 +25,10 @@ except ImportError:  # CPU-only installs: the torch backend still works
     triton = tl = None
 
 IGNORE_INDEX = -100
-BACKENDS = ("auto", "torch", "triton", "naive")
-# (chunk, V) logits per torch chunk: 80M elements = 526 tokens at V = 151936 (320 MB fp32). On a busy 2-core CPU
-# at N = 2048, 512-token chunks beat 256 and 1024 on wall time (noisy); the GEMMs dominate either way.
+# (chunk, V) logits per torch chunk: 80M elements = 526 tokens at V = 151936 (320 MB fp32); on a
+# 2-core CPU 512-token chunks beat 256 and 1024 on wall time (the GEMMs dominate either way)
 TORCH_CHUNK_ELEMS = 80_000_000
+TRITON_CHUNK_BYTES = 2**30  # the Triton backward's (chunk, V) dlogits buffer, in the input dtype
 
 
 def _jit(fn):
@@ -52,52 +36,30 @@ def _jit(fn):
 
 
 def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-                   return_entropy: bool = False, backend: str = "auto", chunk_size: int | None = None):
-    """logp (N,) fp32 (fp64 for fp64 inputs), or (logp, entropy) when return_entropy; 0 where target == -100."""
-    _check_inputs(hidden, weight, targets, temperature, backend)
+                   return_entropy: bool = False, backend: str = "auto"):
+    """logp (N,) fp32 (fp64 for fp64 inputs), or (logp, entropy); 0 where the target is ignored."""
+    assert backend in ("auto", "torch", "triton", "naive"), f"unknown backend {backend!r}"
+    assert hidden.dim() == weight.dim() == 2 and hidden.shape[1] == weight.shape[1], "hidden (N, H), weight (V, H)"
+    assert targets.shape == hidden.shape[:1] and targets.dtype == torch.long, "targets: (N,) torch.long"
+    assert hidden.is_floating_point() and hidden.dtype == weight.dtype, "hidden and weight: one float dtype"
+    assert temperature > 0, f"temperature must be > 0, got {temperature}"
     if backend == "auto":
         backend = "triton" if hidden.is_cuda and triton is not None else "torch"
     if backend == "naive":
         return naive_token_logprobs(hidden, weight, targets, temperature, return_entropy)
     idx = (targets != IGNORE_INDEX).nonzero().squeeze(1)  # (n_valid,)
     tgt = targets.index_select(0, idx)
-    if tgt.numel() and (tgt.min() < 0 or tgt.max() >= weight.shape[0]):
-        raise ValueError(f"targets must lie in [0, {weight.shape[0]}) or equal {IGNORE_INDEX}")
+    V = weight.shape[0]
+    assert not tgt.numel() or (tgt.min() >= 0 and tgt.max() < V), f"targets outside [0, {V}) and not ignored"
     h = hidden.index_select(0, idx)  # (n_valid, H)
-    logp, ent = _LogProbs.apply(h, weight.contiguous(), tgt, 1.0 / temperature, return_entropy, backend, chunk_size)
+    logp, ent = _LogProbs.apply(h, weight.contiguous(), tgt, 1.0 / temperature, return_entropy, backend)
     logp = logp.new_zeros(targets.shape[0]).index_copy(0, idx, logp)
     return (logp, ent.new_zeros(targets.shape[0]).index_copy(0, idx, ent)) if return_entropy else logp
 
 
-def _check_inputs(hidden, weight, targets, temperature, backend) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    if hidden.dim() != 2:
-        raise ValueError(f"hidden must be 2-D (N, H), got shape {tuple(hidden.shape)}")
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D (V, H), got shape {tuple(weight.shape)}")
-    if hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"hidden (N, H) = {tuple(hidden.shape)} and weight (V, H) = {tuple(weight.shape)} differ in H")
-    if targets.shape != hidden.shape[:1]:
-        raise ValueError(f"targets must have shape ({hidden.shape[0]},), got {tuple(targets.shape)}")
-    if targets.dtype != torch.long:
-        raise TypeError(f"targets must be torch.long, got {targets.dtype}")
-    if not hidden.is_floating_point() or hidden.dtype != weight.dtype:
-        raise TypeError(f"hidden and weight must share one floating dtype, got {hidden.dtype} and {weight.dtype}")
-    if not hidden.device == weight.device == targets.device:
-        raise ValueError(f"hidden, weight, targets on different devices: {hidden.device}, {weight.device}, "
-                         f"{targets.device}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def naive_token_logprobs(hidden, weight, targets, temperature=1.0, return_entropy=False):
     """Reference: full (N, V) logits, log_softmax, gather. Tests and benchmarks only."""
-    logits = (hidden @ weight.T).to(_compute_dtype(hidden.dtype))  # (N, V)
+    logits = (hidden @ weight.T).to(torch.promote_types(hidden.dtype, torch.float32))  # (N, V): fp32/fp64
     if temperature != 1.0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, dim=-1)  # (N, V)
@@ -109,30 +71,29 @@ def naive_token_logprobs(hidden, weight, targets, temperature=1.0, return_entrop
 
 
 class _LogProbs(torch.autograd.Function):
-    """(hidden (n, H), weight (V, H), targets (n,)) -> (logp (n,), entropy (n,)); saves O(n) stats only."""
+    """(hidden (n, H), weight (V, H), targets (n,)) -> (logp (n,), entropy (n,)); saves O(n) stats.
+    Per logit z (p = softmax(z), t = target, Hent = entropy): dlogp/dz = onehot_t - p and
+    dHent/dz = -p (log p + Hent), both times 1/temperature on the way back to hidden @ weight.T."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, inv_t, want_entropy, backend, chunk):
+    def forward(ctx, hidden, weight, targets, inv_t, want_entropy, backend):
         fwd = _torch_forward if backend == "torch" else _triton_forward
-        lse, z_tgt, ent = fwd(hidden, weight, targets, inv_t, want_entropy, chunk)
+        lse, z_tgt, ent = fwd(hidden, weight, targets, inv_t, want_entropy)
         ctx.save_for_backward(hidden, weight, targets, lse, ent)
-        ctx.cfg = (inv_t, backend, chunk)
+        ctx.cfg = (inv_t, backend)
         ctx.set_materialize_grads(False)  # an unused output gives None, and its terms are skipped
         return z_tgt - lse, ent
 
     @staticmethod
     def backward(ctx, g_logp, g_ent):
         hidden, weight, targets, lse, ent = ctx.saved_tensors
-        inv_t, backend, chunk = ctx.cfg
+        inv_t, backend = ctx.cfg
         # fold 1/temperature (d z / d (h W^T)) into the per-row output grads; dz is linear in them
         gl = lse.new_zeros(lse.shape) if g_logp is None else g_logp.to(lse.dtype) * inv_t  # (n,)
         ge = None if g_ent is None else g_ent.to(lse.dtype) * inv_t  # (n,)
         bwd = _torch_backward if backend == "torch" else _triton_backward
-        dh, dw = bwd(hidden, weight, targets, lse, ent, gl, ge, inv_t, chunk)
-        return dh, dw, None, None, None, None, None
-
-
-# ---------------------------------------------------------------- torch backend: chunked matmuls
+        dh, dw = bwd(hidden, weight, targets, lse, ent, gl, ge, inv_t)
+        return dh, dw, None, None, None, None
 
 
 def _chunks(n: int, chunk: int):
@@ -140,23 +101,23 @@ def _chunks(n: int, chunk: int):
 
 
 def _torch_logits(h, w, inv_t, out):
-    """(C, H) x (V, H) -> (C, V) logits / temperature into `out`; the scale goes on the small side."""
+    """(C, H) x (V, H) -> (C, V) logits / temperature into `out`, scaling the small side."""
     h = h.to(w.dtype)
     return torch.mm(h if inv_t == 1.0 else h * inv_t, w.T, out=out[:h.shape[0]])
 
 
-def _torch_buffers(n: int, w: torch.Tensor, chunk: int | None, count: int) -> tuple[int, list[torch.Tensor]]:
-    """`count` (chunk, V) scratch buffers allocated once per call: fresh 300 MB tensors per chunk would each be
-    mmap'ed, page-faulted and unmapped again by the allocator, which cost ~10% of the CPU time here."""
-    chunk = max(1, min(n, chunk or TORCH_CHUNK_ELEMS // w.shape[0]))
+def _torch_buffers(n: int, w: torch.Tensor, count: int) -> tuple[int, list[torch.Tensor]]:
+    """`count` (chunk, V) buffers, once per call: a fresh 300 MB tensor per chunk is mmap'ed,
+    page-faulted and unmapped again by the allocator (~10% of the CPU time)."""
+    chunk = max(1, min(n, TORCH_CHUNK_ELEMS // w.shape[0]))
     return chunk, [w.new_empty(chunk, w.shape[0]) for _ in range(count)]
 
 
-def _torch_forward(hidden, weight, targets, inv_t, want_entropy, chunk):
-    cdt = _compute_dtype(hidden.dtype)
+def _torch_forward(hidden, weight, targets, inv_t, want_entropy):
+    cdt = torch.promote_types(hidden.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
     w = weight.to(cdt)  # (V, H); no copy for fp32 / fp64
     lse, z_tgt, ent = (hidden.new_zeros(hidden.shape[0], dtype=cdt) for _ in range(3))
-    chunk, bufs = _torch_buffers(hidden.shape[0], w, chunk, 1 + want_entropy)
+    chunk, bufs = _torch_buffers(hidden.shape[0], w, 1 + want_entropy)
     for s, e in _chunks(hidden.shape[0], chunk):
         z = _torch_logits(hidden[s:e], w, inv_t, bufs[0])  # (C, V)
         z_tgt[s:e] = z.gather(1, targets[s:e, None]).squeeze(1)
@@ -165,44 +126,36 @@ def _torch_forward(hidden, weight, targets, inv_t, want_entropy, chunk):
         p = torch.exp(z, out=bufs[1][:e - s]) if want_entropy else z.exp_()  # exp(z - m)
         total = p.sum(1)  # (C,)
         lse[s:e] = m.squeeze(1) + total.log()
-        if want_entropy:  # H = lse - sum_v p_v z_v = log total - sum_v exp(z_v - m) (z_v - m) / total
+        # H = lse - sum_v p_v z_v = log total - sum_v exp(z_v - m) (z_v - m) / total
+        if want_entropy:
             ent[s:e] = total.log() - p.mul_(z).sum(1) / total
     return lse, z_tgt, ent
 
 
-def _torch_dlogits(z, p, targets, lse, ent, gl, ge):
-    """In place: (C, V) logits -> d(sum gl * logp + ge * entropy) / dz = gl * (onehot - p) - ge * p (log p + H).
-    `p` is a second (C, V) buffer, used only with the entropy term."""
-    logp = z.sub_(lse[:, None])
-    if ge is None:
-        dz = logp.exp_().mul_(-gl[:, None])  # one (C, V) buffer
-    else:
-        p = torch.exp(logp, out=p)
-        dz = logp.add_(ent[:, None]).mul_(ge[:, None]).add_(gl[:, None]).mul_(p).neg_()
-    return dz.scatter_add_(1, targets[:, None], gl[:, None])
-
-
-def _torch_backward(hidden, weight, targets, lse, ent, gl, ge, inv_t, chunk):
+def _torch_backward(hidden, weight, targets, lse, ent, gl, ge, inv_t):
     w = weight.to(lse.dtype)  # (V, H)
     dh = torch.empty(hidden.shape, dtype=w.dtype, device=w.device)  # (N, H)
     dw = torch.zeros_like(w)  # (V, H), accumulated over chunks
-    chunk, bufs = _torch_buffers(hidden.shape[0], w, chunk, 1 + (ge is not None))
+    chunk, bufs = _torch_buffers(hidden.shape[0], w, 1 + (ge is not None))
     for s, e in _chunks(hidden.shape[0], chunk):
         h = hidden[s:e].to(w.dtype)
-        dz = _torch_dlogits(_torch_logits(h, w, inv_t, bufs[0]), bufs[-1][:e - s], targets[s:e], lse[s:e],
-                            ent[s:e], gl[s:e], None if ge is None else ge[s:e])  # (C, V), scaled by 1/temperature
+        # in place: logits -> dz = gl (onehot - p) - ge p (log p + H), scaled by 1/temperature
+        logp = _torch_logits(h, w, inv_t, bufs[0]).sub_(lse[s:e, None])  # (C, V)
+        if ge is None:
+            dz = logp.exp_().mul_(-gl[s:e, None])  # one (C, V) buffer
+        else:
+            p = torch.exp(logp, out=bufs[1][:e - s])
+            dz = logp.add_(ent[s:e, None]).mul_(ge[s:e, None]).add_(gl[s:e, None]).mul_(p).neg_()
+        dz.scatter_add_(1, targets[s:e, None], gl[s:e, None])
         torch.mm(dz, w, out=dh[s:e])
         dw.addmm_(dz.T, h)
     return dh.to(hidden.dtype), dw.to(weight.dtype)
 
 
-# ---------------------------------------------------------------- triton backend
-
-
 @_jit
 def _logits_tile(h_ptr, w_ptr, rows, cols, N, V, H, BN: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr,
                  UPCAST: tl.constexpr, PREC: tl.constexpr):
-    # (BN, BV) fp32 tile of hidden[rows] @ weight[cols].T, reduced over H in BK steps on the tensor cores
+    # (BN, BV) fp32 tile of hidden[rows] @ weight[cols].T, over H in BK steps on the tensor cores
     acc = tl.zeros((BN, BV), dtype=tl.float32)
     for k0 in range(0, H, BK):
         k = k0 + tl.arange(0, BK)
@@ -229,7 +182,7 @@ def _fwd_kernel(h_ptr, w_ptr, tgt_ptr, stats_ptr, N, V, H, v_per_split, inv_t, B
     v_hi = tl.minimum(v_lo + v_per_split, V)
     for v0 in range(v_lo, v_hi, BV):
         cols = v0 + tl.arange(0, BV)  # (BV,)
-        z = _logits_tile(h_ptr, w_ptr, rows, cols, N, v_hi, H, BN, BV, BK, UPCAST, PREC) * inv_t  # (BN, BV)
+        z = _logits_tile(h_ptr, w_ptr, rows, cols, N, v_hi, H, BN, BV, BK, UPCAST, PREC) * inv_t
         valid = cols[None, :] < v_hi  # past the split's end z = 0 (masked loads); keep p = 0 there
         m_new = tl.maximum(m, tl.max(tl.where(valid, z, float("-inf")), 1))
         alpha = tl.exp(m - m_new)
@@ -250,11 +203,12 @@ def _fwd_kernel(h_ptr, w_ptr, tgt_ptr, stats_ptr, N, V, H, v_per_split, inv_t, B
 def _dlogits_kernel(h_ptr, w_ptr, tgt_ptr, lse_ptr, ent_ptr, gl_ptr, ge_ptr, dz_ptr, N, V, H, inv_t,
                     HAS_GE: tl.constexpr, BN: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr,
                     UPCAST: tl.constexpr, PREC: tl.constexpr):
-    # program (token block, vocab block): recompute the logits tile, write dz = gl (onehot - p) - ge p (log p + H)
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)  # token blocks vary fastest: neighbours share a weight tile
+    # program (token block, vocab block): recompute the logits tile, write dz = gl (onehot - p)
+    # - ge p (log p + H); token blocks vary fastest, so neighbours share a weight tile
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
     cols = tl.program_id(1) * BV + tl.arange(0, BV)
     rmask = rows < N
-    z = _logits_tile(h_ptr, w_ptr, rows, cols, N, V, H, BN, BV, BK, UPCAST, PREC) * inv_t  # (BN, BV)
+    z = _logits_tile(h_ptr, w_ptr, rows, cols, N, V, H, BN, BV, BK, UPCAST, PREC) * inv_t
     logp = z - tl.load(lse_ptr + rows, mask=rmask, other=0.0)[:, None]
     gl = tl.load(gl_ptr + rows, mask=rmask, other=0.0)[:, None]
     coef = gl  # (BN, 1), or (BN, BV) with the entropy term
@@ -268,29 +222,27 @@ def _dlogits_kernel(h_ptr, w_ptr, tgt_ptr, lse_ptr, ent_ptr, gl_ptr, ge_ptr, dz_
 
 
 def _triton_setup(hidden):
-    """Launch config: H200-sized tiles on CUDA; tiny tiles (and fp32 dots) under TRITON_INTERPRET=1 on CPU."""
-    if triton is None:
-        raise RuntimeError("backend='triton' needs the triton package (pip install triton)")
-    if hidden.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise TypeError(f"backend='triton' supports float32/bfloat16/float16, got {hidden.dtype}")
-    prec = "ieee" if hidden.dtype == torch.float32 else "tf32"  # fp32 inputs stay exact; bf16 ignores it
+    """Launch config: H200-sized tiles on CUDA; tiny tiles, fp32 dots under TRITON_INTERPRET=1."""
+    assert triton is not None, "backend='triton' needs the triton package"
+    assert hidden.dtype in (torch.float32, torch.bfloat16, torch.float16), f"triton: no {hidden.dtype}"
+    prec = "ieee" if hidden.dtype == torch.float32 else "tf32"  # fp32 stays exact; bf16 ignores it
     if hidden.is_cuda:
         return dict(BN=128, BV=128, BK=64, UPCAST=False, PREC=prec, num_warps=8, num_stages=3)
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before importing triton")
+    assert os.environ.get("TRITON_INTERPRET") == "1", "backend='triton' needs CUDA, or TRITON_INTERPRET=1"
     return dict(BN=16, BV=64, BK=16, UPCAST=True, PREC=prec)
 
 
-def _triton_forward(hidden, weight, targets, inv_t, want_entropy, chunk):
+def _triton_forward(hidden, weight, targets, inv_t, want_entropy):
     cfg = _triton_setup(hidden)
     (n, h), v = hidden.shape, weight.shape[0]
     n_blocks, v_blocks = triton.cdiv(n, cfg["BN"]), triton.cdiv(v, cfg["BV"])
-    # split the vocab so that (token blocks x splits) fills the GPU about twice; 2 in the interpreter
+    # split the vocab so that token blocks x splits fill the GPU about twice; 2 in the interpreter
     sms = torch.cuda.get_device_properties(hidden.device).multi_processor_count if hidden.is_cuda else 0
     splits = min(v_blocks, max(1, triton.cdiv(2 * sms, max(n_blocks, 1))) if sms else 2)
     v_per_split = triton.cdiv(v_blocks, splits) * cfg["BV"]
     splits = triton.cdiv(v, v_per_split)
-    stats = torch.empty(4, splits, n, dtype=torch.float32, device=hidden.device)  # m, sum exp, sum exp*z, z_tgt
+    # m, sum exp, sum exp * z, z_tgt
+    stats = torch.empty(4, splits, n, dtype=torch.float32, device=hidden.device)
     if n:
         _fwd_kernel[(n_blocks, splits)](hidden, weight, targets, stats, n, v, h, v_per_split, inv_t, **cfg)
     m, s, e, z_tgt = stats
@@ -300,18 +252,17 @@ def _triton_forward(hidden, weight, targets, inv_t, want_entropy, chunk):
     return lse, z_tgt.sum(0), lse - e_all / s_all  # entropy = lse - sum p z
 
 
-def _triton_backward(hidden, weight, targets, lse, ent, gl, ge, inv_t, chunk):
+def _triton_backward(hidden, weight, targets, lse, ent, gl, ge, inv_t):
     cfg = _triton_setup(hidden)
     (n, h), v = hidden.shape, weight.shape[0]
-    # (chunk, V) dlogits buffer in the input dtype: about 1 GiB whatever N is
-    chunk = chunk or max(cfg["BN"], 2**30 // (v * hidden.element_size()) // cfg["BN"] * cfg["BN"])
+    chunk = max(cfg["BN"], TRITON_CHUNK_BYTES // (v * hidden.element_size()) // cfg["BN"] * cfg["BN"])
     dz = torch.empty(min(chunk, n), v, dtype=hidden.dtype, device=hidden.device)
-    dh, dw = torch.empty_like(hidden), torch.zeros_like(weight, dtype=torch.float32)  # dw: fp32 over chunks
+    dh, dw = torch.empty_like(hidden), torch.zeros_like(weight, dtype=torch.float32)  # dw: fp32 sum
     for s, e in _chunks(n, chunk):
         grid = (triton.cdiv(e - s, cfg["BN"]), triton.cdiv(v, cfg["BV"]))
         _dlogits_kernel[grid](hidden[s:e], weight, targets[s:e], lse[s:e], ent[s:e], gl[s:e],
                               gl[s:e] if ge is None else ge[s:e], dz, e - s, v, h, inv_t, HAS_GE=ge is not None,
                               **cfg)
         dh[s:e] = dz[: e - s] @ weight  # cuBLAS: (C, V) @ (V, H)
-        dw += dz[: e - s].T @ hidden[s:e]  # (V, C) @ (C, H), fp32-accumulated inside, rounded once per chunk
+        dw += dz[: e - s].T @ hidden[s:e]  # (V, C) @ (C, H): fp32 inside, rounded once per chunk
     return dh, dw.to(weight.dtype)
