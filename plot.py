@@ -1,20 +1,12 @@
-"""The run dashboard: the curves RL practitioners watch, drawn from the metrics.jsonl of one or more run folders.
-
-What: one PNG with one panel per metric group. RL runs (gppo.py: rows with `reward`): reward and accuracy (with the
-held-out eval/avg@n points), response length and truncation, entropy, clip fractions and the ratio range, the
-sampler-trainer log-prob gap, time per stage, grad norm and loss. SFT runs (sft.py): loss, lr, grad norm, tokens/s.
-Several runs are overlaid: one colour per run, one line style per metric.
-
-Design:
-- Reads only metrics.jsonl (a later line for a step wins, as after a resume; gppo's eval line joins its step's line),
-  so it works on a live run, a finished one, or a copy of its folder. A panel is drawn when some run has one of its
-  metrics; a metric on the right axis (truncation, ratio range, MFU) has its own scale.
-- matplotlib is optional: nothing in the product imports this file, and without matplotlib it says so in one line.
+"""The run dashboard: one PNG, a panel per metric group, from the metrics.jsonl of one or more run
+folders (overlaid: a colour per run, a line style per metric). RL runs (gppo.py): reward, accuracy,
+eval/avg@n, length, entropy, clipping, logp_diff, stage times, grad norm, loss; SFT runs (sft.py):
+loss, lr, grad norm, tokens/s. A later line for a step wins (a resume); live runs plot too.
+matplotlib is optional: nothing in the product imports this file.
 
 Run:
-  python plot.py runs/demo/gppo/math                            # -> runs/demo/gppo/math/dashboard.png
+  python plot.py runs/demo/gppo/math                      # -> runs/demo/gppo/math/dashboard.png
   python plot.py runs/demo/sft runs/demo/gppo/math runs/demo/gppo/code --out runs/demo/dashboard.png
-  python -m pytest -q tests/test_trackers.py
 """
 from __future__ import annotations
 
@@ -23,12 +15,13 @@ import json
 import math
 from pathlib import Path
 
-# (kind, title, metrics on the left axis, metrics on the right axis)
+# (kind, title, metrics on the left axis, metrics on the right axis: their own scale)
 PANELS = [
     ("rl", "reward / accuracy", ["reward", "acc", "eval/avg@n"], []),
     ("rl", "response length / truncation", ["resp_len", "resp_len_max"], ["trunc"]),
     ("rl", "entropy", ["entropy"], []),
-    ("rl", "clip fractions / ratio range", ["clip_low", "clip_high", "dual_clip"], ["ratio_min", "ratio_max"]),
+    ("rl", "clip fractions / ratio range", ["clip_low", "clip_high", "dual_clip"],
+     ["ratio_min", "ratio_max"]),
     ("rl", "logp_diff (sampler vs trainer)", ["logp_diff"], []),
     ("rl", "time per stage (s)", ["t_generate", "t_reward", "t_old_logp", "t_update", "t_step"], []),
     ("rl", "grad norm / loss", ["grad_norm"], ["loss"]),
@@ -42,10 +35,9 @@ STYLES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))]  # one per metric of a 
 
 def read_metrics(run: Path) -> dict[int, dict]:
     """step -> the merged numeric metrics of that step (later lines win)."""
-    path = Path(run) / "metrics.jsonl"
+    path, rows = Path(run) / "metrics.jsonl", {}
     if not path.is_file():
-        raise SystemExit(f"plot.py: error: {path} not found (a run folder of sft.py or gppo.py holds one)")
-    rows: dict[int, dict] = {}
+        raise SystemExit(f"plot.py: error: {path} not found (sft.py and gppo.py runs hold one)")
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -54,33 +46,26 @@ def read_metrics(run: Path) -> dict[int, dict]:
             step = int(r["step"])
         except (ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"plot.py: error: {path}:{n}: not a metrics line with a step ({e})") from None
-        rows.setdefault(step, {}).update({k: v for k, v in r.items() if isinstance(v, (int, float)) and k != "step"})
+        nums = {k: v for k, v in r.items() if isinstance(v, (int, float)) and k != "step"}
+        rows.setdefault(step, {}).update(nums)
     return dict(sorted(rows.items()))
 
 
-def run_kind(rows: dict[int, dict]) -> str:
-    return "rl" if any("reward" in r for r in rows.values()) else "sft"
-
-
-def series(rows: dict[int, dict], key: str) -> tuple[list[int], list[float]]:
-    pts = [(s, float(r[key])) for s, r in rows.items() if key in r and math.isfinite(r[key])]
-    return [s for s, _ in pts], [v for _, v in pts]
-
-
-def draw_panel(ax, title: str, left: list[str], right: list[str], runs: list[tuple[str, dict, str]]) -> None:
-    """One metric group: every run's curves of `left` on ax and of `right` on a twin axis (its own scale)."""
+def draw_panel(ax, title: str, left: list[str], right: list[str], runs: list[tuple]) -> None:
+    """One metric group: every run's curves of `left` on ax and of `right` on a twin axis."""
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("step", fontsize=8)
-    has = lambda keys: any(k in r for _, rows, _ in runs for r in rows.values() for k in keys)
-    axes = [(ax, left)] + ([(ax.twinx(), right)] if right and has(right) else [])
+    has_right = any(k in r for _, rows, _ in runs for r in rows.values() for k in right)
+    axes = [(ax, left)] + ([(ax.twinx(), right)] if has_right else [])
     handles = []
     for n, (axis, key) in enumerate((axis, k) for axis, keys in axes for k in keys):
         for label, rows, colour in runs:
-            x, y = series(rows, key)
-            if x:
-                sparse = len(x) < max(2, len(rows) // 4)  # eval points: markers, not a line read as a curve
-                handles += axis.plot(x, y, linestyle=STYLES[n % len(STYLES)], color=colour, linewidth=1.2,
-                                     marker="o" if sparse or len(x) == 1 else None, markersize=3,
+            pts = [(s, float(r[key])) for s, r in rows.items() if key in r and math.isfinite(r[key])]
+            if pts:
+                # eval points: markers, not a line read as a curve
+                sparse = len(pts) < max(2, len(rows) // 4) or len(pts) == 1
+                handles += axis.plot(*zip(*pts), linestyle=STYLES[n % len(STYLES)], color=colour,
+                                     linewidth=1.2, marker="o" if sparse else None, markersize=3,
                                      label=f"{label}: {key}")
     for axis, _ in axes:
         axis.tick_params(labelsize=7)
@@ -95,21 +80,20 @@ def dashboard(run_dirs: list[Path]):
     try:
         import matplotlib
     except ImportError:
-        raise SystemExit("plot.py: error: the dashboard needs matplotlib, which is not installed: "
-                         "pip install matplotlib") from None
+        raise SystemExit("plot.py: error: the dashboard needs matplotlib: pip install matplotlib") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    runs = [(_label(p, run_dirs), read_metrics(p), colours[i % len(colours)]) for i, p in enumerate(run_dirs)]
+    runs = [(_label(p, run_dirs), read_metrics(p), colours[i % len(colours)])
+            for i, p in enumerate(run_dirs)]
     panels = []
-    for kind, title, left, right in PANELS:
-        mine = [r for r in runs if run_kind(r[1]) == kind]
+    for kind, title, left, right in PANELS:  # a run that logs a reward is an RL run
+        mine = [r for r in runs if any("reward" in x for x in r[1].values()) == (kind == "rl")]
         if any(k in row for _, rows, _ in mine for row in rows.values() for k in left + right):
             panels.append((title, left, right, mine))
     if not panels:
-        raise SystemExit(f"plot.py: error: no metric to plot in {', '.join(str(p) for p in run_dirs)}")
-    cols = min(3, len(panels))
-    nrows = math.ceil(len(panels) / cols)
+        raise SystemExit(f"plot.py: error: no metric to plot in {', '.join(map(str, run_dirs))}")
+    cols, nrows = min(3, len(panels)), math.ceil(len(panels) / 3)
     fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 3.6 * nrows), squeeze=False)
     for ax, (title, left, right, mine) in zip(axes.flat, panels):
         draw_panel(ax, title, left, right, mine)
@@ -124,16 +108,15 @@ def _label(path: Path, all_paths: list[Path]) -> str:
     """The shortest tail of the path that tells the runs apart (e.g. gppo/math vs gppo/code)."""
     parts = Path(path).resolve().parts
     for n in range(1, len(parts) + 1):
-        tails = [Path(*Path(p).resolve().parts[-n:]) for p in all_paths]
-        if len(set(tails)) == len(tails):
+        if len({Path(*Path(p).resolve().parts[-n:]) for p in all_paths}) == len(all_paths):
             return str(Path(*parts[-n:]))
     return str(path)
 
 
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders holding metrics.jsonl")
-    p.add_argument("--out", type=Path, help="PNG to write (default: RUN_DIR/dashboard.png of the first run)")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders with metrics.jsonl")
+    p.add_argument("--out", type=Path, help="PNG to write (default: the first RUN_DIR/dashboard.png)")
     a = p.parse_args(argv)
     out = a.out or a.runs[0] / "dashboard.png"
     fig, titles = dashboard(a.runs)
