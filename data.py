@@ -1,15 +1,15 @@
 """Data for the Klear-Reasoner stack: tokenizer, the Qwen3 chat template, JSONL readers, SFT loss
 masks, the token store, best-fit packing and rank sharding (the demo's task lives in demo.py).
 
-An SFT example learns its LAST assistant turn only (`<think>\\n...</think>\\n\\n`, answer, `<|im_end|>`):
-the template strips the reasoning of earlier turns, so learning those would teach answering without
-thinking. build_token_store tokenises the files once into flat memory-mapped arrays (Klear scale:
-billions of tokens); PackedRows plans best-fit rows from the lengths alone and builds a row's tensors
-only when asked for; ShardedSampler strides a seeded per-epoch permutation over the ranks.
+An SFT example learns its LAST assistant turn only (reasoning, answer, `<|im_end|>`): the template
+strips the reasoning of earlier turns, so learning those would teach answering without thinking.
+build_token_store tokenises the files once into flat memory-mapped arrays (Klear scale: billions of
+tokens); PackedRows plans best-fit rows from the lengths alone and builds a row's tensors only when
+asked for; ShardedSampler strides a seeded per-epoch permutation over the ranks.
 
 Commands:
-  python data.py --sft FILE.jsonl --tokenizer DIR --seq-len 8192   # packing statistics of a file
-  python data.py --sft FILE.jsonl --tokenizer DIR --cache DIR      # tokenise ahead (sft.py --data-cache)
+  python data.py --sft FILE.jsonl --tokenizer DIR --seq-len 8192  # packing statistics of a file
+  python data.py --sft FILE.jsonl --tokenizer DIR --cache DIR     # tokenise ahead (--data-cache)
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class Tokenizer:
 
 
 def _content(token) -> str | None:
-    return token.get("content") if isinstance(token, dict) else token  # old configs store AddedToken dicts
+    return token.get("content") if isinstance(token, dict) else token  # or an AddedToken dict
 
 
 def load_tokenizer(path) -> Tokenizer:
@@ -73,7 +73,7 @@ def load_tokenizer(path) -> Tokenizer:
         raise FileNotFoundError(f"{folder}: a tokenizer folder needs tokenizer.json and tokenizer_config.json")
     tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
     config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    for i, spec in config.get("added_tokens_decoder", {}).items():  # both files must agree on special ids
+    for i, spec in config.get("added_tokens_decoder", {}).items():  # the files agree on special ids
         if tok.token_to_id(spec["content"]) != int(i):
             raise ValueError(f"{folder}: tokenizer_config.json gives {spec['content']!r} id {i}, "
                              f"tokenizer.json gives {tok.token_to_id(spec['content'])}")
@@ -146,8 +146,8 @@ def _sft_texts(record: dict) -> tuple[str, str]:
     """An SFT record -> (its text up to the last assistant turn's generation prompt, the whole)."""
     if "messages" in record:
         messages = record["messages"]
-        if not (isinstance(messages, list) and messages and messages[-1].get("role") == "assistant"
-                and all(isinstance(m, dict) and "role" in m for m in messages)):
+        if not (isinstance(messages, list) and messages and all(isinstance(m, dict) and "role" in m for m in messages)
+                and messages[-1]["role"] == "assistant"):
             raise ValueError("field 'messages' must be a list of {role, content} ending with an assistant turn")
     else:
         for field in ("prompt", "response"):
@@ -163,8 +163,7 @@ def _sft_texts(record: dict) -> tuple[str, str]:
 
 def _sft_mask(p_ids: list[int], ids: list[int], eos_id: int) -> tuple[list[int], list[int]]:
     """(ids, loss mask): 1 (learn) on what follows the generation prompt, up to and including
-    `<|im_end|>` (not the newline after it): exactly what the model generates after that prompt at
-    sampling time."""
+    `<|im_end|>` (not the newline after it): what the model generates after that prompt."""
     if ids[:len(p_ids)] != p_ids:
         raise ValueError("the conversation before the last assistant turn does not tokenise as its prefix")
     assert ids[-2] == eos_id, "the rendered turn ends with <|im_end|>\\n"
@@ -172,7 +171,7 @@ def _sft_mask(p_ids: list[int], ids: list[int], eos_id: int) -> tuple[list[int],
 
 
 # ---------------------------------------------------------------------------- SFT data at any scale
-STORE_FORMAT = 1  # bump when render_chat or the mask rule changes: stores written before are rebuilt
+STORE_FORMAT = 1  # bump when render_chat or the mask rule changes: older stores are rebuilt
 
 
 class TokenStore:
@@ -197,8 +196,7 @@ class TokenStore:
 
 
 def _store_key(paths: list, tokenizer: Tokenizer, skip_bad: bool) -> str:
-    """What a store was made from: the files (path, size, mtime), the tokenizer, the format,
-    skip_bad."""
+    """What a store is made from: files (path, size, mtime), tokenizer, format and skip_bad."""
     files = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in map(Path, paths)]
     spec = {"format": STORE_FORMAT, "files": files, "skip_bad": skip_bad, "eos": tokenizer.eos_id,
             "tokenizer": hashlib.sha256(tokenizer.tok.to_str().encode()).hexdigest()}
@@ -206,13 +204,12 @@ def _store_key(paths: list, tokenizer: Tokenizer, skip_bad: bool) -> str:
 
 
 def store_ready(folder, key: str) -> bool:
-    meta = Path(folder) / "meta.json"  # written last, inside the temp folder that is renamed into place
+    meta = Path(folder) / "meta.json"  # written last, in the temp folder that is renamed into place
     return meta.is_file() and json.loads(meta.read_text()).get("key") == key
 
 
 def _tokenised(path, tokenizer: Tokenizer, skip_bad: bool, batch: int = 256):
-    """(ids, mask) of each SFT record of a file, tokenised in batches (the tokenizers library
-    threads them)."""
+    """(ids, mask) of each SFT record of a file, tokenised in batches (tokenizers threads them)."""
     records = _jsonl(path, skip_bad, parse=_sft_texts)
     while chunk := list(itertools.islice(records, batch)):
         enc = tokenizer.tok.encode_batch([t for _, texts in chunk for t in texts], add_special_tokens=False)
@@ -304,11 +301,11 @@ def _best_fit(lengths: list[int], cap: int) -> list[list[int]]:
 
 
 class PackedRows:
-    """Documents of a TokenStore packed best-fit into rows of seq_len tokens (overlong ones
-    truncated or skipped). Only the plan is held; `batch(rows)` builds (len(rows), seq_len) tensors:
-    input_ids, targets (the next token of the same document where it is learned, else -100), doc_ids
-    (0, 1, ... per row, padding one more) and position_ids (restarting per document). `stats` counts
-    what was packed."""
+    """A TokenStore's documents packed best-fit into rows of seq_len tokens (overlong ones truncated
+    or skipped); `stats` counts what was packed. Only the plan is held: `batch(rows)` builds
+    (len(rows), seq_len) tensors: input_ids, targets (the next token of the same document where it
+    is learned, else -100), doc_ids (0, 1, ... per row; padding one more) and position_ids (from 0
+    in each document)."""
 
     def __init__(self, store: TokenStore, seq_len: int, pad_id: int, overlong: str = "truncate"):
         assert overlong in ("truncate", "skip"), overlong
@@ -320,7 +317,8 @@ class PackedRows:
         bins = _best_fit(cut.tolist(), seq_len)
         self.store, self.seq_len, self.pad_id = store, seq_len, pad_id
         self.docs = keep[np.concatenate(bins)]  # store document ids in row order
-        self.starts = np.cumsum([0] + [len(b) for b in bins])  # row r holds docs[starts[r]:starts[r + 1]]
+        # row r holds docs[starts[r]:starts[r + 1]]
+        self.starts = np.cumsum([0] + [len(b) for b in bins])
         long = keep[lengths[keep] > seq_len]  # truncated: count their learned tokens up to the cut
         lost = sum(int(store.n_loss[d]) - int(store.mask[store.offsets[d] + 1:store.offsets[d] + seq_len].sum())
                    for d in long)

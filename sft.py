@@ -77,9 +77,8 @@ def init_distributed(timeout_min: float = DIST_TIMEOUT_MIN) -> Dist:
         backend, timeout = "nccl" if cuda else "gloo", datetime.timedelta(minutes=timeout_min)
         if "MASTER_ADDR" in os.environ:
             dist.init_process_group(backend, device_id=device if cuda else None, timeout=timeout)
-        else:
-            store = dist.HashStore()  # `python sft.py`: nothing to rendezvous with
-            dist.init_process_group(backend, store=store, rank=0, world_size=1, timeout=timeout)
+        else:  # `python sft.py`: an in-memory store, nothing to rendezvous with
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     return Dist(dist.get_rank(), dist.get_world_size(), local, device)
 
 
@@ -133,7 +132,7 @@ def shard_model(model: qwen3.Qwen3, dist_: Dist, checkpointing: bool = False,
         else MixedPrecisionPolicy()
     for layer in model.model.layers:
         fully_shard(layer, mesh=mesh, mp_policy=mp)
-    # The root keeps its params gathered from forward to backward: batch_logprobs reads lm_head.weight.
+    # The root keeps its params gathered from forward to backward (batch_logprobs reads lm_head).
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
     # a plain SUM over ranks (the loss is already a global mean; gloo has no PREMUL_SUM)
     for unit in [*model.model.layers, model]:
@@ -345,7 +344,7 @@ class RunDir:
         out = Path(out)
         if self.rank == 0:
             tmp = out.with_name(f".{out.name}.export-tmp")
-            qwen3.save_pretrained(model, tmp, state_dict=sd)  # the tokenizer joins before the rename
+            qwen3.save_pretrained(model, tmp, state_dict=sd)  # the tokenizer joins before rename
             tokenizer.save(tmp)
             qwen3.fsync_dir(tmp)
             qwen3.replace_dir(tmp, out)
@@ -508,13 +507,11 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     """The flags both trainers share: the collective timeout and the trackers (read by RunDir)."""
     g = p.add_argument_group("cluster and tracking")
     g.add_argument("--dist-timeout-min", type=float, default=DIST_TIMEOUT_MIN, help="minutes a collective waits "
-                   "for the slowest rank before the job is ended (default %(default)s: RL's worst wait for one "
-                   "rank's rollouts, with headroom; see sft.DIST_TIMEOUT_MIN)")
+                   "for the slowest rank before the job ends (default %(default)s: see sft.DIST_TIMEOUT_MIN)")
     g.add_argument("--wandb", metavar="PROJECT", action=_NeedsPackage, package="wandb", help="log metrics and the "
                    "config to this wandb project (rank 0; the wandb package is optional)")
     g.add_argument("--wandb-name", help="wandb run name (unset: wandb picks one)")
-    g.add_argument("--wandb-offline", action="store_true", help="wandb offline mode: the run's files stay in "
-                   "OUT/wandb for `wandb sync` (WANDB_MODE=offline does the same)")
+    g.add_argument("--wandb-offline", action="store_true", help="wandb offline: files stay in OUT/wandb to sync")
     g.add_argument("--tensorboard", nargs=0, default=False, action=_NeedsPackage, package="tensorboard",
                    help="TensorBoard event files in OUT/tensorboard (rank 0; the tensorboard package is optional)")
 
@@ -529,8 +526,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--max-length", type=int, default=32768, help="tokens per packed row (= longest example)")
     g.add_argument("--overlong", choices=["truncate", "skip"], default="truncate", help="examples over max-length")
     g.add_argument("--skip-bad", action="store_true", help="skip and count malformed lines instead of failing")
-    g.add_argument("--data-cache", help="token store folder (default: OUT/tokens), reused while files and "
-                   "tokenizer are unchanged")
+    g.add_argument("--data-cache", help="token store folder (default: OUT/tokens), reused for the same data")
     g = p.add_argument_group("optimisation (Klear SFT: 8e-5 -> 4e-5 cosine, 4 epochs, 32K)")
     g.add_argument("--lr", type=float, default=8e-5, help="peak learning rate")
     g.add_argument("--min-lr", type=float, default=4e-5, help="cosine floor reached at the last step")
@@ -546,8 +542,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in --out")
     g.add_argument("--seed", type=int, default=0, help="init and data-order seed")
     g.add_argument("--max-steps", type=int, default=0, help="stop after this step (schedule still spans --epochs)")
-    g.add_argument("--max-seconds", type=float, default=0.0, help="stop once this run has trained this long "
-                   "(the demo's continued-SFT control gets RL's wall time)")
+    g.add_argument("--max-seconds", type=float, default=0.0, help="stop (saved, exported) after this much time")
     g.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (and at the end)")
     g.add_argument("--keep", type=int, default=2, help="complete checkpoints kept")
     add_run_args(p)

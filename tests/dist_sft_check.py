@@ -1,13 +1,16 @@
-"""torchrun helper for tests/test_sft.py, so that one start-up covers four 2-rank checks:
+"""torchrun helper for tests/test_sft.py, so that one start-up covers these 2-rank checks:
 1. train steps 1-3 with FSDP2, then --resume from the sharded checkpoint of step 3 and train steps 4-5;
 2. the GPU configuration on CPU (bf16 params, fp32 reduce, activation checkpointing, tied lm_head read after the
    root forward): the gathered gradient vs an unsharded fp32 model on the same global batch, printed as
    `bf16 grad rel err X`;
 3. --model on 2 ranks: rank 1 builds on the meta device and receives its shards from rank 0
-   (`broadcast load max diff X`).
+   (`broadcast load max diff X`);
+4. all_reduce_sum with op=MAX.
 Usage: torchrun --nproc_per_node 2 tests/dist_sft_check.py OUT [sft.py args...]"""
 import sys
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
@@ -49,3 +52,5 @@ if __name__ == "__main__":
         sft.print0(f"bf16 grad rel err {bf16_grad_error(sft.parse_args(args)):.3e}")
         err = broadcast_load_error(sft.parse_args(args + ["--model", out + "/hf"]))
         sft.print0(f"broadcast load max diff {err:.3e}")
+        top = sft.all_reduce_sum(torch.tensor([float(sft.dist.get_rank()), -1.0]), op=sft.dist.ReduceOp.MAX)
+        assert top.tolist() == [1.0, -1.0], top
