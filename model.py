@@ -1,15 +1,12 @@
 """Qwen3 from scratch: config, decoder, paged KV cache, packed-document masks, HF safetensors I/O.
 
-Parameter names are the Hugging Face checkpoint keys: a checkpoint loads with
-`load_state_dict(strict=True, assign=True)` and no mapping table. `model(ids)` returns the final
-normed hidden states (B, T, H); logits are `model.lm_head(h)`, so kernels.token_logprobs reads `h`
-and `lm_head.weight` without materialising them. Packed documents (`doc_ids`) attend only within
-their document (FlexAttention on CUDA, a bool mask with SDPA elsewhere); decoding goes through the
-paged `KVCache`. RoPE angles are computed in fp32 (YaRN per arXiv:2309.00071). save_pretrained
-writes a temp folder and renames it into place (atomic_write, fsync_dir, replace_dir: the stack's
-one copy of each).
+Parameter names are the Hugging Face checkpoint keys (no mapping table). `model(ids)` returns the
+final normed hidden states (B, T, H); logits are `model.lm_head(h)`, so kernels.token_logprobs never
+materialises them. Packed documents (`doc_ids`) attend only within their document (FlexAttention on
+CUDA, a bool mask with SDPA elsewhere); decoding goes through the paged `KVCache`. RoPE angles are
+fp32 (YaRN: docs/ALGORITHM.md section 1). atomic_write, fsync_dir and replace_dir are the stack's
+one copy of each.
 
-Run:
     python model.py --check DIR     # validate a checkpoint folder without loading it
     python bench.py model           # fwd+bwd tokens/s vs transformers' Qwen3, tiny config, CPU
 """
@@ -420,26 +417,20 @@ def build_model(config: Qwen3Config, device="cpu", dtype: torch.dtype = torch.fl
     return model
 
 
-def _checkpoint_files(path: Path) -> list[Path]:
-    """A folder's safetensors files: model.safetensors, or the shards its index.json names."""
-    index = path / "model.safetensors.index.json"
-    if not index.is_file():
-        return [path / "model.safetensors"]
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (ValueError, KeyError) as e:
-        raise ValueError(f"bad checkpoint index {index}: {e!r}") from e
-    return [path / shard for shard in sorted(set(weight_map.values()))]
-
-
 def load_pretrained(path: str | Path, device="cpu", dtype: torch.dtype = torch.float32) -> Qwen3:
     """HF checkpoint folder (config.json + safetensors, single or sharded) -> Qwen3 on `device` in
     `dtype`. On device "meta" only the tensors' names and shapes are read."""
     from safetensors import safe_open
     path = Path(path)
     config = Qwen3Config.from_json(path / "config.json")
+    index, files = path / "model.safetensors.index.json", [path / "model.safetensors"]
+    if index.is_file():  # sharded: the files the index names
+        try:
+            files = [path / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"bad checkpoint index {index}: {e!r}") from e
     sd = {}
-    for file in _checkpoint_files(path):
+    for file in files:
         if not file.is_file():
             raise FileNotFoundError(f"checkpoint file not found: {file}")
         try:
