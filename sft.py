@@ -323,7 +323,7 @@ class RunDir:
         return done[-1] if done else None
 
     def load(self, ckpt, model, optimizer) -> dict:
-        """Restore model + optimizer (any sharding) and this rank's RNG; return its saved `state`."""
+        """Restore model + optimizer (any sharding) and this rank's RNG; return the saved `state`."""
         ckpt = Path(ckpt)
         meta = json.loads((ckpt / "meta.json").read_text())
         if meta["world_size"] != dist.get_world_size():
@@ -338,7 +338,7 @@ class RunDir:
         return extra["state"]
 
     def export_hf(self, model, tokenizer, out) -> Path:
-        """Gather the full state dict on rank 0's CPU: a HF folder (config, safetensors, tokenizer)."""
+        """Gather the full weights on rank 0's CPU: a HF folder (config, safetensors, tokenizer)."""
         opts = dcp_sd.StateDictOptions(full_state_dict=True, cpu_offload=True)
         sd = dcp_sd.get_model_state_dict(model, options=opts)
         out = Path(out)
@@ -460,7 +460,7 @@ def train(args) -> None:
         sampler.load_state_dict(state["sampler"])
         print0(f"resumed from {ckpt} at step {step}")
     elif ckpt is not None or args.resume:
-        print0(f"starting at step 0 (resume: {args.resume}; latest checkpoint in {run.ckpts}: {ckpt})")
+        print0(f"starting at step 0 (resume: {args.resume}; latest in {run.ckpts}: {ckpt})")
     last = min(total, args.max_steps) if args.max_steps > 0 else total
     lr = lambda s: lr_at(s, args.lr, args.min_lr, warmup, total)
     peak = peak_flops(d.device) * d.world_size
@@ -520,7 +520,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model and data")
     g.add_argument("--model", help="HF checkpoint folder to start from (weights, config, tokenizer)")
-    g.add_argument("--config", help="config.json of a model trained from scratch (with --tokenizer)")
+    g.add_argument("--config", help="config.json of a model to train from scratch (with --tokenizer)")
     g.add_argument("--tokenizer", help="tokenizer folder (default: --model)")
     g.add_argument("--data", nargs="+", help="SFT JSONL file(s): {messages} or {prompt, response} records")
     g.add_argument("--max-length", type=int, default=32768, help="tokens per packed row (= longest example)")
@@ -529,16 +529,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--data-cache", help="token store folder (default: OUT/tokens), reused for the same data")
     g = p.add_argument_group("optimisation (Klear SFT: 8e-5 -> 4e-5 cosine, 4 epochs, 32K)")
     g.add_argument("--lr", type=float, default=8e-5, help="peak learning rate")
-    g.add_argument("--min-lr", type=float, default=4e-5, help="cosine floor reached at the last step")
+    g.add_argument("--min-lr", type=float, default=4e-5, help="cosine floor, reached at the end")
     g.add_argument("--warmup-ratio", type=float, default=0.03, help="share of all steps in linear warmup")
     g.add_argument("--epochs", type=float, default=4.0, help="passes over the packed rows")
     g.add_argument("--tokens-per-step", type=int, default=128 * 32768, help="global tokens per optimizer step")
-    g.add_argument("--micro-batch", type=int, default=1, help="rows per forward/backward on each rank")
-    g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (matrices only)")
-    g.add_argument("--grad-clip", type=float, default=1.0, help="max global grad norm (0: no clipping)")
+    g.add_argument("--micro-batch", type=int, default=1, help="rows per forward/backward per rank")
+    g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (matrices)")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="max global grad norm (0: no clip)")
     g.add_argument("--checkpointing", action="store_true", help="activation checkpointing per decoder layer")
     g = p.add_argument_group("run")
-    g.add_argument("--out", default="runs/sft", help="run folder: args, metrics, checkpoints, HF export")
+    g.add_argument("--out", default="runs/sft", help="run folder: metrics, checkpoints, HF export")
     g.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in --out")
     g.add_argument("--seed", type=int, default=0, help="init and data-order seed")
     g.add_argument("--max-steps", type=int, default=0, help="stop after this step (schedule still spans --epochs)")
