@@ -36,16 +36,20 @@ import tokenizers
 import data
 import rollout
 
-DEMO_CHARS = "\t\n" + "".join(chr(c) for c in range(32, 127))  # printable ASCII, newline, tab; one token each
+# printable ASCII, newline, tab; one token each
+DEMO_CHARS = "\t\n" + "".join(chr(c) for c in range(32, 127))
 DEMO_ADDED = [("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
-              ("<think>", False), ("</think>", False), ("\\boxed{", False)]  # (token, special) as in Qwen3
+              # (token, special) as in Qwen3
+              ("<think>", False), ("</think>", False), ("\\boxed{", False)]
 MATH_SOURCE, CODE_SOURCE = "math_longcot_math_verify", "coder1_longcot"
 MATH_WIDTH = 3  # demo operands have at most this many digits and are shown zero-padded to it
 
 
 def demo_tokenizer() -> data.Tokenizer:
-    """Character-level: every char its own token (unknown chars map to <unk>), plus Qwen3's special tokens."""
-    vocab = {c: i for i, c in enumerate(list(DEMO_CHARS) + ["<unk>"])}  # "<unk>" text itself splits into chars
+    """Character-level: every char its own token (unknown chars map to <unk>), plus Qwen3's special
+    tokens."""
+    # "<unk>" text itself splits into chars
+    vocab = {c: i for i, c in enumerate(list(DEMO_CHARS) + ["<unk>"])}
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Split(tokenizers.Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = tokenizers.decoders.Fuse()  # join the characters back without spaces
@@ -71,10 +75,10 @@ def demo_config(tok: data.Tokenizer) -> dict:
 
 
 def math_trace(ops: list[int], flawed: bool = False) -> tuple[str, int, bool]:
-    """Units-first column trace `carry+digits=sum` over MATH_WIDTH columns, the sum, and whether a column (carry
-    included) sums to exactly 10. Fixed widths (zero-padded operands, two-digit sums) put every digit a tiny
-    model must read at a fixed distance from where it writes. flawed: the teacher's bug, the carry out of such a
-    column is dropped (trace and answer both wrong)."""
+    """Units-first column trace `carry+digits=sum` over MATH_WIDTH columns, the sum, and whether a
+    column (carry included) sums to exactly 10. Fixed widths (zero-padded operands, two-digit sums)
+    put every digit a tiny model must read at a fixed distance from where it writes. flawed: the
+    teacher's bug, the carry out of such a column is dropped (trace and answer both wrong)."""
     lines, digits, carry, ten = [], [], 0, False
     for col in range(MATH_WIDTH):
         ds = [o // 10**col % 10 for o in ops]
@@ -109,7 +113,8 @@ def code_text(a: int, b: int) -> tuple[str, str, str]:
 
 
 def demo_record(kind: str, problem, split: str, rng: random.Random, flaw_rate: float) -> tuple[dict, bool]:
-    """One record of a split ("sft" | "rl" | "eval") and whether the teacher's flaw was applied (sft only)."""
+    """One record of a split ("sft" | "rl" | "eval") and whether the teacher's flaw was applied (sft
+    only)."""
     if kind == "math":
         prompt = "+".join(f"{o:0{MATH_WIDTH}d}" for o in problem)
         flawed = split == "sft" and math_trace(problem)[2] and rng.random() < flaw_rate
@@ -117,7 +122,8 @@ def demo_record(kind: str, problem, split: str, rng: random.Random, flaw_rate: f
         content, gold, ability = f"\\boxed{{{answer}}}", str(answer), "math"
     else:
         a, b = problem
-        flawed = split == "sft" and b < 0 and rng.random() < flaw_rate  # the teacher misreads the sign of b
+        # the teacher misreads the sign of b
+        flawed = split == "sft" and b < 0 and rng.random() < flaw_rate
         prompt, (_, trace, program) = code_text(a, b)[0], code_text(a, -b if flawed else b)
         content, ability = f"```python\n{program}\n```", "code"
         xs = [rng.randint(-99, -1), rng.randint(0, 9), rng.randint(10, 99), rng.randint(-999, 999)]
@@ -130,7 +136,8 @@ def demo_record(kind: str, problem, split: str, rng: random.Random, flaw_rate: f
         source = MATH_SOURCE if kind == "math" else CODE_SOURCE
         rec = {"data_source": source, "prompt": [user], "ability": ability,
                "reward_model": {"style": "rule", "ground_truth": gold}}
-        return (rec if kind == "math" else rec | {"solution": program}), False  # code: the reference program
+        # code: the reference program
+        return (rec if kind == "math" else rec | {"solution": program}), False
     return ({"problem": prompt, "answer": gold} if kind == "math" else {"problem": prompt, "tests": tests}), False
 
 
@@ -146,15 +153,17 @@ def _fresh(draw, seen: set):
 
 def write_demo(folder, seed: int = 0, n_sft: int = 2000, n_rl: int = 1000, n_eval: int = 200,
                flaw_rate: float = 0.6, p_ten: float = 0.4) -> dict:
-    """Tokenizer, config.json and the JSONL files of the demo; counts are per flavour, problems are distinct
-    across all splits (eval is held out from SFT and RL). Returns counts, including how many traces are flawed."""
+    """Tokenizer, config.json and the JSONL files of the demo; counts are per flavour, problems are
+    distinct across all splits (eval is held out from SFT and RL). Returns counts, including how
+    many traces are flawed."""
     folder, rng = Path(folder), random.Random(seed)
     tok = demo_tokenizer()
     tok.save(folder)
     (folder / "config.json").write_text(json.dumps(demo_config(tok), indent=2))
     draw = {"math": lambda: math_problem(rng, p_ten), "code": lambda: code_problem(rng)}
     seen, stats = set(), {}
-    files = {"sft": [], "rl_math": [], "rl_code": [], "eval_math": [], "eval_code": []}  # RL: one file per stage
+    # RL: one file per stage
+    files = {"sft": [], "rl_math": [], "rl_code": [], "eval_math": [], "eval_code": []}
     for split, n in (("eval", n_eval), ("rl", n_rl), ("sft", n_sft)):
         for kind in ("math", "code"):
             recs = [demo_record(kind, _fresh(draw[kind], seen), split, rng, flaw_rate) for _ in range(n)]
@@ -167,7 +176,7 @@ def write_demo(folder, seed: int = 0, n_sft: int = 2000, n_rl: int = 1000, n_eva
     return stats
 
 
-# ------------------------------------------------------------------------------------------------ train.sh steps
+# ----------------------------------------------------------------------------------- train.sh steps
 def evaluate_stage(model: str, name: str, folder: str, out: str, limit: str | None = None) -> None:
     """Held-out accuracy of both flavours, greedy and with one sample at temperature 1, top-p 1 (RL's sampling).
     A few seconds each: redone from scratch, never resumed."""
@@ -189,13 +198,15 @@ def rl_seconds(metrics: list[str]) -> int:
 
 
 def summary(out: str, run: str) -> None:
-    """summary.json (held-out accuracy per stage; earlier runs' columns stay) and the table train.sh prints."""
+    """summary.json (held-out accuracy per stage; earlier runs' columns stay) and the table train.sh
+    prints."""
     path = f"{out}/summary.json"
     old = json.load(open(path)) if os.path.exists(path) else {}
     table = {}
     for stage in dict.fromkeys(["sft", "sft_more", *old.get("math", {}), run]):
         for f in ("math", "code"):
-            for key, suffix in ((f, ""), (f + "@t1", "_t1")):  # flavour: greedy; flavour@t1: temperature 1
+            # flavour: greedy; flavour@t1: temperature 1
+            for key, suffix in ((f, ""), (f + "@t1", "_t1")):
                 if os.path.exists(p := f"{out}/eval_{stage}_{f}{suffix}.json"):
                     table.setdefault(key, {})[stage] = json.load(open(p))["avg@n"]
     Path(path).write_text(json.dumps(table, indent=1))
@@ -210,7 +221,7 @@ def summary(out: str, run: str) -> None:
         print(f"{run} over the better of sft and sft_more (greedy), {f}: {100 * (table[f][run] - base):+.1f} points")
 
 
-# ------------------------------------------------------------------------------------------------ experiments
+# -------------------------------------------------------------------------------------- experiments
 # the loss kinds compared (docs/ALGORITHM.md section 2): name -> (--loss, --beta-low, --beta-high)
 LOSS_KINDS = {"gppo": ("gppo", 1.0, 1.0), "ce-gppo": ("gppo", 0.75, 1.0), "grpo": ("grpo", 1.0, 1.0),
               "dapo": ("dapo", 1.0, 1.0), "cispo": ("cispo", 1.0, 1.0)}
@@ -218,7 +229,8 @@ REGIMES = {"default": 2, "offpolicy": 8}  # optimizer steps (mini-batches) per R
 
 
 def held_out(model_dir: str, folder: str, temperature: float, limit: int | None = None, flavour="math") -> float:
-    """Held-out accuracy (avg@1) of a model on one flavour: greedy, or one sample at temperature 1, top-p 1."""
+    """Held-out accuracy (avg@1) of a model on one flavour: greedy, or one sample at temperature 1,
+    top-p 1."""
     import model as qwen3
     m, tok = qwen3.load_pretrained(model_dir).eval(), data.load_tokenizer(model_dir)
     tasks = rollout.load_tasks(f"{folder}/eval_{flavour}.jsonl")[:limit]
@@ -240,8 +252,8 @@ def save_rows(path: str, rows: list[dict], key=ROW_KEY) -> list:
 
 
 def loss_kinds_table(rows: list[dict]) -> str:
-    """The markdown table of the loss-kinds experiment: per regime and kind, the mean over seeds +- half their
-    range (max - min); a difference from gppo within either range is called a tie."""
+    """The markdown table of the loss-kinds experiment: per regime and kind, the mean over seeds +-
+    half their range (max - min); a difference from gppo within either range is called a tie."""
     groups: dict = {}
     for r in (r for r in rows if r["experiment"] == "loss-kinds"):
         groups.setdefault((r["mini_batches"], r["kind"]), []).append(r)
@@ -344,7 +356,8 @@ def filter_code_set(src: str, dst: str, workers: int = 2) -> list[int]:
 
 
 def drawn_problems(n_tasks: int, seed: int, steps: int, draw: int) -> list[int]:
-    """The problems a one-rank gppo.py run draws in `steps` steps of `draw` prompts (its sampler, replayed)."""
+    """The problems a one-rank gppo.py run draws in `steps` steps of `draw` prompts (its sampler,
+    replayed)."""
     sampler = data.ShardedSampler(n_tasks, 0, 1, seed)
     return [i for _ in range(steps) for i in sampler.next_indices(draw)]
 
@@ -408,7 +421,8 @@ def ablate_code(out: str, seeds: list[int], steps: int, share: float, lr: float,
                        "--max-response-tokens", "96", "--reward-workers", "2", "--save-every", "1000",
                        "--steps", str(steps), "--prompts-per-step", "8", "--mini-batch-prompts", "4", "--resume"])
             ms = list({m["step"]: m for m in map(json.loads, open(run / "metrics.jsonl")) if "t_step" in m}.values())
-            drawn = drawn_problems(n_tasks, seed, steps, 16)  # --prompts-per-step 8 x --oversample 2
+            # --prompts-per-step 8 x --oversample 2
+            drawn = drawn_problems(n_tasks, seed, steps, 16)
             save_rows(results, [dict(
                 experiment="code-reward", reward=reward, filter=filt, faulty=share if is_faulty else 0.0,
                 filtered_problems=len(dropped) if filtered else None, seed=seed, steps=steps, lr=lr,

@@ -1,43 +1,19 @@
-"""GPPO reinforcement learning: Klear-Reasoner's RL stage (docs/ALGORITHM.md sections 2-4), on FSDP2 over any
-number of ranks.
+"""GPPO reinforcement learning, Klear-Reasoner's RL stage (docs/ALGORITHM.md sections 2-4), on FSDP2
+over any number of ranks.
 
-Map to docs/ALGORITHM.md:
-- section 2, the loss: `policy_loss` (explicit masks, dual clip, CE-GPPO betas, the ablation kinds) and the alpha *
-  NLL term on correct rollouts in `accumulate`; old log-probs recomputed by the trainer in `old_logprobs`.
-- section 3, batch shaping: `group_advantages` (GRPO normalisation, zero-variance filter, truncated drop),
-  `advantages_filter_cap` + `cap_groups` (oversampled draw, at most --prompts-per-step groups kept),
-  `build_plan` (mini-batches, one optimizer step each, one epoch), optimizer and lr in `setup` / `rl_step`
-  (AdamW 0.9/0.999, wd 0.1, clip 1.0, constant lr after 10 warmup steps); `context_split` (prompt/response caps).
-- section 4, rewards: rewards.reward_many (never raises: a crashed or hung job scores `wrong`).
-
-One RL step (`rl_step`): draw prompts, each rank its share -> rollout.generate (n = 8, eval mode, no grad) ->
-reward_many -> advantages, filter, cap -> old log-probs (the mean |sampler - trainer| log-prob gap is logged as
-`logp_diff`) -> per mini-batch: micro-batch forwards/backwards, one AdamW step. One `|` line + a JSON line per step.
-
-Design choices:
-- Kinds: gppo (default; CE-GPPO through --beta-low/--beta-high), only-high (GPPO on the upper side, F = 0 below),
-  grpo (symmetric PPO clip at eps_low), dapo (clip-higher: eps_low / eps_high), cispo (F = sg(clip(r, 1-eps_low,
-  1+eps_high)) on every token, no dual clip: its weight is already bounded by 1 + eps_high). Every PPO-style kind
-  has the dual clip for A < 0 with -A * c (section 7's trap is tested against).
-- Token means are exact over the whole mini-batch on all ranks: the token counts are all-reduced first, each
-  micro-batch's loss is its share, and sft.shard_model sums (not averages) gradients over ranks.
-- A group of size 1 has no baseline and is always filtered. Dropped truncated rollouts are masked out of the loss;
-  their group's mean/std still count them (no re-normalisation). The NLL term covers correct rollouts of kept groups.
-- Micro-batches are right-padded rows sorted by length under --micro-tokens; every rank runs the same number of
-  forwards (a rank with nothing left runs a zero-weight dummy), as FSDP2's collectives require.
-- Randomness of a step comes from (seed, step, rank), so a resumed run replays the uninterrupted one; a checkpoint
-  (sft.RunDir: sharded model + optimizer) holds the step, the prompt sampler position and the bad-step count.
-- A step whose groups are all filtered is skipped and logged with its reason; an optimizer step with a non-finite
-  loss or grad norm is skipped and counted, and --max-bad-steps of them in a row stop the run.
-- No KL term, no reference model, no entropy bonus (entropy is logged).
+One RL step (`rl_step`): draw prompts -> rollout.generate (n samples each, eval mode) ->
+rewards.reward_many -> `advantages_filter_cap` (group advantages, zero-variance filter, at most
+--prompts-per-step groups kept) -> `old_logprobs` (recomputed by the trainer; the |sampler -
+trainer| gap is logged as logp_diff) -> per mini-batch, `update`: `accumulate` (policy_loss + alpha
+* NLL of correct rollouts, exact token means over all ranks) and one AdamW step. A step's randomness
+comes from (seed, step, rank), so a resumed run replays the uninterrupted one. How and why, choice
+by choice: docs/ALGORITHM.md section 3, "How gppo.py runs a step".
 
 Run (defaults = the math stage; `--stage code` = lr 5e-7 and 32-prompt mini-batches):
   python gppo.py --model runs/sft/hf --data math.jsonl --out runs/rl-math
   torchrun --nproc_per_node 8 gppo.py --model runs/sft/hf --data math.jsonl --out runs/rl-math \\
       --eval aime2024.jsonl --eval-every 50 --eval-n 8 [--resume]
   torchrun --nproc_per_node 8 gppo.py --stage code --model runs/rl-math/hf --data code.jsonl --out runs/rl-code
-  python bench.py gppo          # a few steps of the demo's tiny model: time per stage and the rollout share
-  python -m pytest -q tests/test_gppo.py
 """
 import argparse
 import json
@@ -48,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as tdist
 
 import data
 import kernels
@@ -58,6 +33,8 @@ import rollout
 import sandbox
 import sft
 
+# the all-reduce of maxima over ranks (sft.all_reduce_sum's op)
+MAX = torch.distributed.ReduceOp.MAX
 KINDS = ("gppo", "only-high", "grpo", "dapo", "cispo")
 STAGES = {"math": {"lr": 1e-6, "mini_batch_prompts": 16}, "code": {"lr": 5e-7, "mini_batch_prompts": 32}}
 
@@ -70,7 +47,8 @@ class Context:
     opt: torch.optim.Optimizer | None = None
     dist: sft.Dist | None = None
     tok: data.Tokenizer | None = None
-    tasks: list[dict] = field(default_factory=list)  # RL tasks and their rendered prompts, index-aligned
+    # RL tasks and their rendered prompts, index-aligned
+    tasks: list[dict] = field(default_factory=list)
     prompts: list[list[int]] = field(default_factory=list)
     sampler: data.ShardedSampler | None = None
     draw: int = 0  # prompts drawn per rank and step (oversampled)
@@ -82,7 +60,8 @@ class Context:
 
 @dataclass
 class UpdateSums:
-    """This rank's sums over one RL step's micro-batches and optimizer steps (reduce_update_metrics averages)."""
+    """This rank's sums over one RL step's micro-batches and optimizer steps (reduce_update_metrics
+    averages)."""
     clip_low: float = 0.0  # clipped-token counts and ratios, weighted by tokens
     clip_high: float = 0.0
     dual_clip: float = 0.0
@@ -98,23 +77,26 @@ class UpdateSums:
     bad_steps: int = 0
 
 
-# ----------------------------------------------------------------------------------------------- section 2: loss
+# ---------------------------------------------------------------------------------- section 2: loss
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 kind: str = "gppo", eps_low: float = 0.2, eps_high: float = 0.28, dual_clip: float = 10.0,
                 beta_low: float = 1.0, beta_high: float = 1.0, denom=None) -> tuple[torch.Tensor, dict]:
-    """Token-level policy loss sum(l * mask) / denom; d l / d theta = -F * A * grad log pi (docs/ALGORITHM.md,
-    section 2: the table of F).
+    """Token-level policy loss sum(l * mask) / denom; d l / d theta = -F * A * grad log pi
+    (docs/ALGORITHM.md, section 2: the table of F).
 
-    `denom` is the token count of the whole mini-batch over all ranks and micro-batches (default: mask.sum())."""
+    `denom` is the token count of the whole mini-batch over all ranks and micro-batches (default:
+    mask.sum())."""
     if kind not in KINDS:
         raise ValueError(f"unknown loss kind {kind!r}; choose one of {KINDS}")
     assert dual_clip > 1.0, "the dual clip c must exceed 1"
     m = mask.bool()
     A = advantages.float()
     logp = logp.float()
-    r = torch.exp((logp - old_logp.float()).clamp(max=20.0))  # ratio; clamp: exp overflow -> nan through where
+    # ratio; clamp: exp overflow -> nan through where
+    r = torch.exp((logp - old_logp.float()).clamp(max=20.0))
     r_sg = r.detach()
-    unit = torch.exp(logp - logp.detach())  # value 1, gradient grad log pi: the "r / sg(r)" of section 2
+    # value 1, gradient grad log pi: the "r / sg(r)" of section 2
+    unit = torch.exp(logp - logp.detach())
     eps_high = eps_low if kind == "grpo" else eps_high
     if kind == "cispo":  # F = sg(clip(r, 1-eps_low, 1+eps_high)) on every token
         hi, lo = r_sg > 1 + eps_high, r_sg < 1 - eps_low
@@ -126,7 +108,8 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         s_hi = beta_high * (1 + eps_high) * unit if kind in ("gppo", "only-high") else torch.full_like(r, 1 + eps_high)
         s_lo = beta_low * (1 - eps_low) * unit if kind == "gppo" else torch.full_like(r, 1 - eps_low)
         s = torch.where(hi, s_hi, torch.where(lo, s_lo, r))
-        dual = (A < 0) & (s.detach() > dual_clip)  # min(-A s, -A c) for A < 0 (section 7: -A c, not -A)
+        # min(-A s, -A c) for A < 0 (section 7: -A c, not -A)
+        dual = (A < 0) & (s.detach() > dual_clip)
     l = torch.where(dual, -A * dual_clip, -A * s)
     n = m.sum()
     loss = torch.where(m, l, 0.0).sum() / (n.clamp(min=1) if denom is None else denom)
@@ -137,15 +120,16 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     return loss, {k: v.detach() for k, v in metrics.items()}
 
 
-# ------------------------------------------------------------------------------------------ section 3: advantages
+# ---------------------------------------------------------------------------- section 3: advantages
 def group_advantages(rewards, group_size: int, correct: float = 1.0, truncated=None, drop_truncated: bool = False,
                      keep_on: str = "accuracy") -> tuple[torch.Tensor, torch.Tensor]:
-    """GRPO advantages A = (R - mean) / (std_unbiased + 1e-6) per group of `group_size` consecutive rollouts.
+    """GRPO advantages A = (R - mean) / (std_unbiased + 1e-6) per group of `group_size` consecutive
+    rollouts.
 
-    keep is False for groups without signal: keep_on="accuracy" (the recipe) drops a group whose accuracy
-    (R == correct) is all 0 or all 1, keep_on="reward" one whose rewards are all equal (so partial credit can
-    train). Also False for every group of size 1 (no baseline), and, with drop_truncated, for truncated
-    rollouts (their group statistics still count them)."""
+    keep is False for groups without signal: keep_on="accuracy" (the recipe) drops a group whose
+    accuracy (R == correct) is all 0 or all 1, keep_on="reward" one whose rewards are all equal (so
+    partial credit can train). Also False for every group of size 1 (no baseline), and, with
+    drop_truncated, for truncated rollouts (their group statistics still count them)."""
     R = torch.as_tensor(rewards, dtype=torch.float32).flatten()
     if group_size < 1 or R.numel() % group_size:
         raise ValueError(f"{R.numel()} rewards do not split into groups of {group_size}")
@@ -170,16 +154,7 @@ def cap_groups(kept: list[int], target: int) -> list[int]:
     return quota
 
 
-# ------------------------------------------------------------------------------------------------- distributed
-def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
-    """Element-wise max over ranks (sft.all_reduce_sum's companion), returned on the CPU."""
-    if tdist.is_initialized() and tdist.get_world_size() > 1:
-        x = x.detach().clone().to("cuda" if tdist.get_backend() == "nccl" else "cpu")
-        tdist.all_reduce(x, op=tdist.ReduceOp.MAX)
-    return x.cpu()
-
-
-# --------------------------------------------------------------------------------------------- micro-batches
+# ------------------------------------------------------------------------------------ micro-batches
 def plan_micro(items: list[dict], micro_tokens: int) -> list[list[dict]]:
     """Greedy micro-batches of length-sorted rollouts, rows * longest row <= micro_tokens (one row at least)."""
     out, cur = [], []
@@ -192,8 +167,9 @@ def plan_micro(items: list[dict], micro_tokens: int) -> list[list[dict]]:
 
 
 def collate(micro: list[dict], pad_id: int, device) -> dict:
-    """Right-padded input_ids (B, T) and targets (B, T): each response token at the position that predicts it,
-    -100 elsewhere; per-token vectors (N,) follow the row-major order of the N valid targets."""
+    """Right-padded input_ids (B, T) and targets (B, T): each response token at the position that
+    predicts it, -100 elsewhere; per-token vectors (N,) follow the row-major order of the N valid
+    targets."""
     T = max(it["len"] for it in micro)
     ids = torch.full((len(micro), T), pad_id, dtype=torch.long)
     tgt = torch.full((len(micro), T), kernels.IGNORE_INDEX, dtype=torch.long)
@@ -209,20 +185,21 @@ def collate(micro: list[dict], pad_id: int, device) -> dict:
 
 
 def forward_logp(model, b: dict, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi and entropy (N,) of the response tokens, through kernels.token_logprobs (via sft.batch_logprobs,
-    which reads the gathered FSDP2 lm_head weight right after the forward)."""
+    """log pi and entropy (N,) of the response tokens, through kernels.token_logprobs (via
+    sft.batch_logprobs, which reads the gathered FSDP2 lm_head weight right after the forward)."""
     logp, ent = sft.batch_logprobs(model, b, temperature, return_entropy=True)  # (B, T) each
     return logp[b["valid"]], ent[b["valid"]]
 
 
-# ---------------------------------------------------------------------------------------------- the RL step
+# -------------------------------------------------------------------------------------- the RL step
 def rollouts(ctx: Context, step: int, met: dict) -> list[dict]:
     """Sample n responses per drawn prompt on this rank and score them (section 3 steps 1-2)."""
     a, model, tok = ctx.args, ctx.model, ctx.tok
     idx = ctx.sampler.next_indices(ctx.draw)
     t0 = time.perf_counter()
     model.eval()
-    stats = rollout.EngineStats()  # the whole draw in one call: the engine schedules it within the KV budget
+    # the whole draw in one call: the engine schedules it within the KV budget
+    stats = rollout.EngineStats()
     samples = rollout.generate(model, [ctx.prompts[i] for i in idx], n=a.n, max_new_tokens=a.max_response_tokens,
                                temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, stop_ids=ctx.stop_ids,
                                seed=a.seed * 1_000_003 + step * 1009 + ctx.dist.rank,
@@ -230,7 +207,7 @@ def rollouts(ctx: Context, step: int, met: dict) -> list[dict]:
     t1 = time.perf_counter()
     totals = sft.all_reduce_sum(torch.tensor(list(stats.as_dict().values()), dtype=torch.float64))
     met.update({k: v.item() for k, v in zip(stats.as_dict(), totals)})  # summed over ranks
-    met["gen/peak_kv"] = all_reduce_max(torch.tensor(float(stats.peak_kv))).item()
+    met["gen/peak_kv"] = sft.all_reduce_sum(torch.tensor(float(stats.peak_kv)), MAX).item()
     statuses = Counter()
     # the tests sampled per problem (at most 16) change from step to step; a step's n samples share them
     _, scores = rollout.decode_and_score(tok, samples, [ctx.tasks[idx[s.prompt_index]] for s in samples],
@@ -252,8 +229,8 @@ def test_statuses(statuses: Counter, met: dict) -> None:
 
 
 def advantages_filter_cap(ctx: Context, items: list[dict], met: dict) -> list[list[dict]]:
-    """Advantages, the zero-variance filter, then a cap of --prompts-per-step groups over all ranks (section 3);
-    returns this rank's kept groups."""
+    """Advantages, the zero-variance filter, then a cap of --prompts-per-step groups over all ranks
+    (section 3); returns this rank's kept groups."""
     a, W = ctx.args, ctx.dist.world_size
     rewards_ = [it["reward"] for it in items]
     adv, keep = group_advantages(rewards_, a.n, a.correct, [it["truncated"] for it in items], a.drop_truncated,
@@ -273,7 +250,8 @@ def advantages_filter_cap(ctx: Context, items: list[dict], met: dict) -> list[li
             groups.append([it for it in grp if it["weight"]])
     counts = torch.zeros(W)
     counts[ctx.dist.rank] = len(groups)
-    kept = [int(c) for c in sft.all_reduce_sum(counts).round().tolist()]  # kept groups of every rank
+    # kept groups of every rank
+    kept = [int(c) for c in sft.all_reduce_sum(counts).round().tolist()]
     quota = cap_groups(kept, a.prompts_per_step)
     met["groups_kept"], met["filtered"] = float(sum(quota)), 1.0 - sum(kept) / max(ctx.draw * W, 1)
     met["partial_groups"] = sft.all_reduce_sum(torch.tensor(float(partial))).item() / max(ctx.draw * W, 1)
@@ -281,12 +259,13 @@ def advantages_filter_cap(ctx: Context, items: list[dict], met: dict) -> list[li
 
 
 def build_plan(ctx: Context, groups: list[list[dict]], dummy: dict) -> list[list[list[dict]]]:
-    """Mini-batches (list of micro-batches) identical in count on every rank; empty slots get a zero-weight dummy."""
+    """Mini-batches (list of micro-batches) identical in count on every rank; empty slots get a
+    zero-weight dummy."""
     a = ctx.args
     n_mini = math.ceil(sft.all_reduce_sum(float(len(groups))).item() / a.mini_batch_prompts)
     cuts = [round(i * len(groups) / n_mini) for i in range(n_mini + 1)]
     minis = [plan_micro([it for g in groups[cuts[i]:cuts[i + 1]] for it in g], a.micro_tokens) for i in range(n_mini)]
-    n_micro = all_reduce_max(torch.tensor([len(mb) for mb in minis], dtype=torch.float32)).long().tolist()
+    n_micro = sft.all_reduce_sum(torch.tensor([len(mb) for mb in minis]), MAX).tolist()
     dummy = dict(dummy, weight=0.0, sft=0.0, adv=0.0)
     return [mb + [[dummy]] * (k - len(mb)) for mb, k in zip(minis, n_micro)]
 
@@ -315,13 +294,15 @@ def accumulate(ctx: Context, mini: list[dict], acc: UpdateSums) -> float:
     den = sft.all_reduce_sum(torch.stack([sum(b["mask"].sum() for b in mini), sum(b["sft"].sum() for b in mini)]))
     den_pg, den_sft = max(den[0].item(), 1.0), max(den[1].item(), 1.0)
     local = 0.0
-    for b in mini:  # FSDP2 reduce-scatters after each backward into fp32 sharded grads (no unsharded fp32 copy)
+    # FSDP2 reduce-scatters after each backward into fp32 sharded grads (no unsharded fp32 copy)
+    for b in mini:
         logp, ent = forward_logp(model, b, a.temperature)
         pg, m = policy_loss(logp, b["old_logp"], b["adv"], b["mask"], a.loss, a.eps_low, a.eps_high, a.dual_clip,
                             a.beta_low, a.beta_high, denom=den_pg)
         nll = -(logp * b["sft"]).sum() / den_sft
         loss = pg + a.sft_alpha * nll
-        loss.backward()  # the local share of a global mean: sft.shard_model sums gradients over ranks
+        # the local share of a global mean: sft.shard_model sums gradients over ranks
+        loss.backward()
         local += loss.item()
         acc.clip_low += (m["clip_low"] * m["tokens"]).item()
         acc.clip_high += (m["clip_high"] * m["tokens"]).item()
@@ -367,7 +348,7 @@ def rl_step(ctx: Context, step: int) -> dict:
                                              it["truncated"], 1.0] for it in items]).sum(0))
     reward, correct, length, truncated, n = sums.tolist()  # over all ranks
     met.update(lr=lr, reward=reward / n, acc=correct / n, resp_len=length / n, trunc=truncated / n)
-    met["resp_len_max"] = all_reduce_max(torch.tensor(float(max(len(it["tokens"]) for it in items)))).item()
+    met["resp_len_max"] = sft.all_reduce_sum(torch.tensor(float(max(len(it["tokens"]) for it in items))), MAX).item()
     groups = advantages_filter_cap(ctx, items, met)
     if met["groups_kept"] == 0:
         met["skipped"] = f"every group filtered (zero-variance {a.filter})"
@@ -385,19 +366,20 @@ def reduce_update_metrics(acc: UpdateSums, n_mini: int) -> dict:
     keys = ("clip_low", "clip_high", "dual_clip", "ratio_mean", "entropy", "nll", "tokens")
     tot = dict(zip(keys, sft.all_reduce_sum(torch.tensor([getattr(acc, k) for k in keys])).tolist()))
     out = {k: tot[k] / max(tot["tokens"], 1.0) for k in keys[:5]}
-    low, high = all_reduce_max(torch.tensor([-acc.ratio_min, acc.ratio_max])).tolist()
+    low, high = sft.all_reduce_sum(torch.tensor([-acc.ratio_min, acc.ratio_max]), MAX).tolist()
     return out | dict(ratio_min=-low, ratio_max=high, grad_norm=acc.grad_norm / n_mini, loss=acc.loss / n_mini,
                       nll=tot["nll"] / n_mini, opt_steps=acc.opt_steps, bad_steps=acc.bad_steps,
-                      pg_tokens=tot["tokens"])  # response tokens the loss covered (weights the clip fractions)
+                      # response tokens the loss covered (weights the clip fractions)
+                      pg_tokens=tot["tokens"])
 
 
-# ------------------------------------------------------------------------------------------------ set-up and run
+# ----------------------------------------------------------------------------------- set-up and run
 def context_split(a, context: int) -> None:
     """How the recipe spends the model's context (docs/ALGORITHM.md, section 3): responses up to
-    --max-response-tokens, by default min(32,768, the context less the prompt cap, which takes at most half of it),
-    and prompts up to min(--max-prompt-tokens, what the responses leave). Qwen3-8B-Base (max_position_embeddings
-    32,768) gets prompts <= 4,096 + responses <= 28,672. Sets both caps on `a`; no room for either is an error
-    naming both flags and the config field."""
+    --max-response-tokens, by default min(32,768, the context less the prompt cap, which takes at
+    most half of it), and prompts up to min(--max-prompt-tokens, what the responses leave).
+    Qwen3-8B-Base (max_position_embeddings 32,768) gets prompts <= 4,096 + responses <= 28,672. Sets
+    both caps on `a`; no room for either is an error naming both flags and the config field."""
     if a.max_response_tokens is None:
         a.max_response_tokens = min(32768, context - min(a.max_prompt_tokens, context // 2))
     a.max_prompt_tokens = min(a.max_prompt_tokens, context - a.max_response_tokens)
@@ -427,7 +409,8 @@ def load_prompts(a, tok) -> tuple[list[dict], list[list[int]]]:
 
 
 def setup(a, dist) -> Context:
-    tok, model = sft.load_model(a, dist.rank)  # fp32 on the CPU (rank 0); shard_model shards it to the devices
+    # fp32 on the CPU (rank 0); shard_model shards it to the devices
+    tok, model = sft.load_model(a, dist.rank)
     model = sft.shard_model(model, dist, checkpointing=a.checkpointing)  # gradients SUM over ranks
     context_split(a, model.config.max_position_embeddings)
     tasks, prompts = load_prompts(a, tok)

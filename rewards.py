@@ -1,23 +1,15 @@
-"""Rewards for RL: the Klear reward scheme (docs/ALGORITHM.md 4), Math-Verify math grading, code tests in sandbox.py.
+"""Rewards for RL (docs/ALGORITHM.md section 4): the Klear score scheme, math graded by Math-Verify,
+code by tests run in sandbox.py, and the faulty-problem filter.
 
-- Scheme: no `<think>` -2, no `</think>` -0.5, else +1 / -1 for the text after the last `</think>` (math: that text
-  is equivalent to the gold answer; code: soft = 2 * pass rate - 1 over sampled tests, hard = all pass).
-- Math: `math_equal` is Math-Verify's parse + verify (its LaTeX and plain-expression extraction, which prefers the
-  last \\boxed{}), with set/relation comparison on ("x > 2" equals "(2, \\infty)"). A few lines of ours come first:
-  unicode symbols, 1e3 notation, \\$ and \\varnothing are rewritten, and a bare answer such as "\\frac12" (no $,
-  \\boxed, \\[ or \\( in it) is read as if boxed. Accepted verdicts of Math-Verify: a decimal that only
-  approximates an exact answer (3.1416 vs \\pi) is wrong, degrees are not radians, i is a symbol.
-- Time bound: Math-Verify (sympy) only runs in helper processes (`python rewards.py --serve`, started on demand,
-  at most one per core), never in the caller, where it cannot be interrupted. A check that outlives timeout_s
-  (default 3 s; honest checks take up to ~0.4 s on a loaded core) kills its helper and is False; a warm
-  replacement starts at once. Works from any thread.
-- Code: the last ```python block after `</think>`; tests come from to_tests (Klear, TACO, LeetCode, HumanEval
-  layouts) and run in sandbox.py. `reward_many(..., statuses=Counter())` counts each code test's status
-  (sandbox.STATUSES) and `check_sandbox(statuses)` raises when more than half of them are 'sandbox error'.
-- `filter_problems` drops problems with too few tests or whose reference solution fails them (docs/ALGORITHM.md 4).
+- Math: `math_equal` asks Math-Verify (parse + verify, set/relation comparison on) after a few
+  rewrites of ours (`_texts`). Math-Verify (sympy) runs only in helper processes (`python rewards.py
+  --serve`, at most one per core), so a check that outlives timeout_s kills its helper and is False;
+  never in the caller, where it could not be interrupted.
+- Code: the last ```python block after `</think>`, judged on tests from `to_tests` (Klear, TACO,
+  LeetCode, HumanEval layouts); `reward_many(..., statuses=Counter())` counts each test's status and
+  `check_sandbox` stops a run whose sandbox cannot run programs.
 
-Run: pytest tests/test_rewards.py tests/test_sandbox.py
-     python rewards.py --filter data.jsonl --out clean.jsonl [--min-tests 16]
+Run: python rewards.py --filter data.jsonl --out clean.jsonl [--min-tests 16]
 """
 from __future__ import annotations
 
@@ -41,9 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 import sandbox
 from sandbox import run_tests
 
-# ----------------------------------------------------------------------------------------------- math
 
-
+# --------------------------------------------------------------------------------------------- math
 def _after_think(response, check_think: bool, no_close_think, no_open_think):
     """(text to grade, None) or (None, penalty). check_think=False skips the <think> rule (prompt holds it);
     no_close_think=None grades the whole text when </think> is missing."""
@@ -55,48 +46,21 @@ def _after_think(response, check_think: bool, no_close_think, no_open_think):
     return response.rsplit("</think>", 1)[1], None
 
 
-def _braced(s: str, i: int) -> str | None:
-    """Content of the balanced {...} opening at s[i]; None when unbalanced."""
-    depth = 0
-    for j in range(i, len(s)):
-        depth += (s[j] == "{") - (s[j] == "}")
-        if depth == 0:
-            return s[i + 1:j]
-    return None
-
-
-def extract_answer(text: str) -> str | None:
-    """The answer to grade: the \\boxed{}/\\fbox{} content when every box agrees, else an 'answer is X' / 'Answer: X'
-    ending, else a short one-line text; None when ambiguous (grade the whole text: Math-Verify reads several boxes
-    as a set)."""
-    if not isinstance(text, str):
-        return None
-    boxes = []
-    for m in re.finditer(r"\\(?:boxed|fbox)\s*", text):
-        k, bare = m.end(), re.match(r"[^\s${}]+", text[m.end():])
-        got = _braced(text, k) if text[k:k + 1] == "{" else bare.group(0) if bare else None
-        boxes.append(got.strip() if got is not None else None)
-    if boxes:  # a cut-off last box is no answer
-        return boxes[-1] or None if len(set(boxes)) == 1 else None
-    hits = re.findall(r"(?i)\banswer\s*(?:is\s*:?|:)\s*\$?([^$\n]+?)\$?\.?\s*$", text)
-    if hits and "answer" not in hits[-1].lower():
-        return hits[-1].strip() or None
-    t = text.strip()
-    return t if t and "\n" not in t and len(t) <= 30 and not re.search(r"\b(?:and|or)\b", t) else None
-
-
 _UNICODE = str.maketrans({"√": "\\sqrt ", "∞": "\\infty ", "π": "\\pi ", "°": "^\\circ ", "−": "-"})
 _DELIMITED = re.compile(r"(?<!\\)\$|\\boxed|\\fbox|\\\[|\\\(")
-_GROUPED = re.compile(r"-?\d{1,3}(?:[ ,]\d{3})+(?:\.\d+)?")  # 1,000 / 1 000 000: Math-Verify's number reader
+# 1,000 / 1 000 000: Math-Verify's number reader
+_GROUPED = re.compile(r"-?\d{1,3}(?:[ ,]\d{3})+(?:\.\d+)?")
 
 
 def _texts(s: str) -> list[str]:
     """What Math-Verify is asked to parse for one side, first hit wins (module docstring)."""
     s = s.translate(_UNICODE).replace("\\$", "").replace("\\varnothing", "\\emptyset")
-    s = re.sub(r"(?<![\w.])(\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])", r"\1\\times 10^{\2}", s)  # 1e3 = 10^3
+    # 1e3 = 10^3
+    s = re.sub(r"(?<![\w.])(\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])", r"\1\\times 10^{\2}", s)
     if _DELIMITED.search(s) or _GROUPED.fullmatch(s.strip()):
         return [s]
-    return ["\\boxed{" + s + "}", s]  # a bare answer; prose without delimiters falls back to plain extraction
+    # a bare answer; prose without delimiters falls back to plain extraction
+    return ["\\boxed{" + s + "}", s]
 
 
 def _equal(pred: str, gold: str) -> bool:
@@ -127,15 +91,18 @@ class _Helper:
         return line
 
     def ask(self, pred: str, gold: str, timeout_s: float) -> bool:
-        self.ready = self.ready or self._line(120.0) == b"ready"  # start-up (imports) is not check time
+        # start-up (imports) is not check time
+        self.ready = self.ready or self._line(120.0) == b"ready"
         self.proc.stdin.write(json.dumps([pred, gold]).encode() + b"\n")
         self.proc.stdin.flush()
         return self._line(timeout_s) == b"1"
 
 
-_IDLE: list[_Helper] = []  # idle helpers of process _IDLE_PID (a forked child must not share their pipes)
+# idle helpers of process _IDLE_PID (a forked child must not share their pipes)
+_IDLE: list[_Helper] = []
 _IDLE_PID, _IDLE_LOCK = [os.getpid()], threading.Lock()
-_SLOTS = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))  # more helpers than cores would only queue
+# more helpers than cores would only queue
+_SLOTS = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
 atexit.register(lambda: [h.proc.kill() for h in _IDLE])
 
 
@@ -152,7 +119,8 @@ def _ask(pred: str, gold: str, timeout_s: float) -> bool:
         except Exception:
             h.proc.kill()
             h.proc.wait()
-            h, ok = _Helper(), False  # start the replacement now so that it is warm for the next call
+            # start the replacement now so that it is warm for the next call
+            h, ok = _Helper(), False
         with _IDLE_LOCK:
             _IDLE.append(h)
         return ok
@@ -168,7 +136,8 @@ def _serve() -> None:
     out.write(b"ready\n")
     out.flush()
     for line in sys.stdin.buffer:
-        signal.alarm(60)  # backstop: a helper whose caller vanished mid-check must not compute forever
+        # backstop: a helper whose caller vanished mid-check must not compute forever
+        signal.alarm(60)
         try:
             ok = _equal(*json.loads(line))
         except Exception:
@@ -194,16 +163,15 @@ def math_equal(pred: str, gold: str, timeout_s: float = 3.0) -> bool:
 
 def math_reward(response: str, gold: str, correct: float = 1.0, wrong: float = -1.0, no_close_think=-0.5,
                 no_open_think: float = -2.0, check_think: bool = True) -> float:
-    """Klear scheme: no <think> -2, no </think> -0.5, else +1 / -1 for the text after the last </think>."""
+    """Klear scheme: no <think> -2, no </think> -0.5, else +1 / -1 for the text after the last
+    </think>."""
     text, penalty = _after_think(response, check_think, no_close_think, no_open_think)
     if text is None:
         return penalty
     return correct if math_equal(text, str(gold)) else wrong
 
 
-# ----------------------------------------------------------------------------------------------- code tests
-
-
+# --------------------------------------------------------------------------------------- code tests
 def extract_code(response: str) -> str | None:
     """The last ```python (or untagged) fenced block after the last </think>."""
     text = response.rsplit("</think>", 1)[-1] if isinstance(response, str) else ""
@@ -217,8 +185,9 @@ def _text(x) -> str:
 
 
 def _call_test(fn: str, args, out) -> dict:
-    """An APPS/TACO call-based case (fn_name): a split call (a tuple result compares as a list; a one-element list
-    output may be the bare value), with the same check as assert code for the in-sandbox path."""
+    """An APPS/TACO call-based case (fn_name): a split call (a tuple result compares as a list; a
+    one-element list output may be the bare value), with the same check as assert code for the
+    in-sandbox path."""
     args = args if isinstance(args, list) else [args]
     entry = f"Solution().{fn} if 'Solution' in globals() else {fn}"
     legacy = (f"_f = {entry}\n_r = _f(*{args!r})\n_r = list(_r) if isinstance(_r, tuple) else _r\n_o = {out!r}\n"
@@ -228,8 +197,9 @@ def _call_test(fn: str, args, out) -> dict:
 
 
 def _check_tests(code: str, entry: str, prefix: str = "", per_assert: bool = True) -> list[dict]:
-    """`def check(candidate)` test code: one test per top-level assert (LeetCode layout), else one test. Asserts
-    of known shapes become split calls (sandbox.split_asserts), keeping the assert code for the in-sandbox path."""
+    """`def check(candidate)` test code: one test per top-level assert (LeetCode layout), else one
+    test. Asserts of known shapes become split calls (sandbox.split_asserts), keeping the assert
+    code for the in-sandbox path."""
     call, whole = f"\ncheck({entry})\n", {"functional": f"{code}\ncheck({entry})\n", "prefix": prefix}
     setup, parts = sandbox.split_asserts(code) or ("", [None])
     try:
@@ -286,9 +256,9 @@ def to_tests(ground_truth) -> list[dict]:
 def code_reward(response: str, tests, soft: bool = True, correct: float = 1.0, wrong: float = -1.0,
                 no_close_think=-0.5, no_open_think: float = -2.0, check_think: bool = True,
                 statuses: Counter | None = None, **run_opts) -> float:
-    """Klear code reward: think-tag rules as math_reward; no code block or no tests -> wrong; soft = wrong +
-    (correct - wrong) * pass rate (= 2 * rate - 1), hard = correct only if every sampled test passes.
-    statuses, when given, counts each test's status."""
+    """Klear code reward: think-tag rules as math_reward; no code block or no tests -> wrong; soft =
+    wrong + (correct - wrong) * pass rate (= 2 * rate - 1), hard = correct only if every sampled
+    test passes. statuses, when given, counts each test's status."""
     text, penalty = _after_think(response, check_think, no_close_think, no_open_think)
     if text is None:
         return penalty
@@ -304,8 +274,7 @@ def code_reward(response: str, tests, soft: bool = True, correct: float = 1.0, w
     return wrong + (correct - wrong) * rate
 
 
-# ----------------------------------------------------------------------------------------------- batches
-
+# ------------------------------------------------------------------------------------------ batches
 _MATH_OPTS = ("correct", "wrong", "no_close_think", "no_open_think", "check_think")
 _CODE_OPTS = _MATH_OPTS + ("soft", "timeout_s", "memory_mb", "max_tests", "seed", "stop_on_fail", "output_mb")
 
@@ -320,11 +289,12 @@ def _score(response, task: dict, opts: dict, statuses: Counter) -> float:
 
 def reward_many(jobs, workers: int = 8, job_timeout_s: float | None = None, statuses: Counter | None = None,
                 **opts) -> list[float]:
-    """Rewards of (response, task) jobs on at most `workers` threads (sandboxes and math helpers are processes,
-    so threads suffice). Never raises: a job that raises or outlives job_timeout_s scores `wrong` and its thread
-    is abandoned (it no longer counts against `workers`; statuses counts it under 'abandoned job').
-    statuses, when given, gets each code test's status added (sandbox.STATUSES; see check_sandbox).
-    Identical jobs (same response, same task: common once a policy is confident) are scored once."""
+    """Rewards of (response, task) jobs on at most `workers` threads (sandboxes and math helpers are
+    processes, so threads suffice). Never raises: a job that raises or outlives job_timeout_s scores
+    `wrong` and its thread is abandoned (it no longer counts against `workers`; statuses counts it
+    under 'abandoned job'). statuses, when given, gets each code test's status added
+    (sandbox.STATUSES; see check_sandbox). Identical jobs (same response, same task: common once a
+    policy is confident) are scored once."""
     if set(opts) - set(_CODE_OPTS):  # a caller's typo must not silently score every job `wrong`
         raise TypeError(f"reward_many: unknown options {sorted(set(opts) - set(_CODE_OPTS))}")
     everyone = list(jobs)
@@ -383,9 +353,9 @@ def _reference(p: dict) -> str | None:
 
 
 def filter_problems(problems, min_tests: int = 16, workers: int = 8, **run_opts) -> tuple[list, dict]:
-    """Keep problems with >= min_tests tests whose reference solution (when present) passes all of them.
-    Report: total, kept, dropped per reason, unverified (kept, no reference solution), and per dropped problem
-    (its index, reason, detail) under 'dropped_list'."""
+    """Keep problems with >= min_tests tests whose reference solution (when present) passes all of
+    them. Report: total, kept, dropped per reason, unverified (kept, no reference solution), and per
+    dropped problem (its index, reason, detail) under 'dropped_list'."""
     problems = list(problems)
     run_opts.setdefault("max_tests", 0)
 
