@@ -1,7 +1,8 @@
-"""The generation engine for Qwen3 (paged KV memory, continuous batching, batch-independent sampling),
-plus chat and evaluation (avg@n, pass@n) from the command line. Design: docs/ALGORITHM.md section 6.
-`generate` samples from model.py's Qwen3 with fp32 logits, so its log-probs equal the trainer's to float
-precision; `evaluate` scores each task with rewards.py as soon as its samples are done.
+"""The generation engine for Qwen3 (paged KV memory, continuous batching, batch-independent
+sampling), plus chat and evaluation (avg@n, pass@n) from the command line; the design is in
+docs/ALGORITHM.md section 6. `generate` samples from model.py's Qwen3 with fp32 logits, so its
+log-probs equal the trainer's to float precision; `evaluate` scores each task with rewards.py as
+soon as its samples are done.
 
 Run:
     python rollout.py --model DIR --prompt "What is 17 * 23?"
@@ -96,8 +97,8 @@ def kv_budget(model, prompts: list[list[int]], n: int, max_new_tokens: int, max_
 
 @contextlib.contextmanager
 def gathered(model: torch.nn.Module):
-    """FSDP2: all-gather every fully_shard'ed module's parameters for the block, then restore the
-    default policy (the root keeps its parameters after forward, others reshard). Yields `sharded`."""
+    """FSDP2: all-gather the fully_shard'ed modules' parameters for the block, then restore the
+    default (the root keeps them after forward, others reshard). Yields whether it is sharded."""
     fsdp = sys.modules.get("torch.distributed.fsdp")  # imported if the model is sharded
     mods = [m for m in model.modules() if isinstance(m, fsdp.FSDPModule)] if fsdp else []
     for m in mods:
@@ -136,7 +137,7 @@ def _row_seeds(seed: int, keys: list[int], steps: list[int], device) -> torch.Te
 
 def _logits(h: torch.Tensor, head: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
     """(B, H) -> logits (B, V) accumulated and kept in fp32 (bf16-rounded logits would put ~1e-3
-    between sampler and trainer log-probs). CUDA: bf16 products, fp32 output; else `head` is fp32."""
+    between sampler and trainer log-probs). CUDA: bf16 products, fp32 out; else `head` is fp32."""
     if h.is_cuda and h.dtype != torch.float32:
         return torch.mm(h, head.t(), out_dtype=torch.float32)
     return torch.mm(h.float(), head.t(), out=buf[:h.shape[0]])  # reused: no page faults per step
@@ -144,7 +145,7 @@ def _logits(h: torch.Tensor, head: torch.Tensor, buf: torch.Tensor) -> torch.Ten
 
 def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, row_seed):
     """logits (B, V) fp32 (overwritten) -> tokens (B,), log-probs (B,) under softmax(logits / T)
-    before filtering. The draw is an exponential race, argmax p_i / E_i, E_i ~ Exp(1) from `_noise`."""
+    before filtering. The draw is an exponential race: argmax p_i / E_i, E_i ~ Exp(1) (`_noise`)."""
     if temperature <= 0:  # greedy: the best logit is both the token and the log-sum-exp shift
         top, tok = logits.max(-1, keepdim=True)  # (B, 1) each
         return tok.squeeze(1), logits.sub_(top).exp_().sum(-1).log_().neg_()
@@ -173,14 +174,14 @@ class _Seq:
     prompt: list[int]
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
-    pages: list[int] = field(default_factory=list)  # KV pages in position order (the first may be shared)
+    pages: list[int] = field(default_factory=list)  # KV pages in position order (first ones shared)
     cached: int = 0  # positions already in the KV cache
 
 
 class Engine:
-    """One `generate` call's scheduler: a waiting queue of groups (a prompt's samples, prefilled once,
-    sharing its full pages), the running rows, and the KV pages (free list + reference counts; page 0
-    is the null page). `generate` runs the steps: reserve, admit + prefill, decode, sample, finish."""
+    """One `generate` call's scheduler: a waiting queue of groups (a prompt's samples, prefilled
+    once, sharing its full pages), the running rows, and the KV pages (free list + reference counts;
+    page 0 is the null page). Steps: reserve, admit + prefill, decode, sample, finish."""
 
     def __init__(self, model, prompts, n, max_new, pages, max_rows, stops, on_finish, stats, stop_after,
                  flex, graphs):
@@ -218,8 +219,8 @@ class Engine:
         s.pages, s.cached = [], 0
 
     def reserve(self) -> int:
-        """Room for one more token in every running row; when the pages run out, evict the newest rows
-        to the head of the queue (recomputed later from prompt + tokens so far). Returns how many."""
+        """Room for one more token in every running row; when the pages run out, evict the newest
+        rows to the head of the queue (to be recomputed from prompt + tokens). Returns how many."""
         i, evicted = 0, 0
         while i < len(self.running):
             s = self.running[i]
@@ -228,7 +229,7 @@ class Engine:
             elif self.free:
                 self._give(s)
                 i += 1
-            else:  # the victim may be s itself; the oldest row always goes on, so every sequence ends
+            else:  # the victim may be s; the oldest row always goes on, so every sequence ends
                 victim = self.running.pop()
                 self._release(victim)
                 self.waiting.appendleft((victim.prompt, [victim]))
@@ -236,13 +237,13 @@ class Engine:
         return evicted
 
     def admit(self) -> list[tuple[list[int], list[_Seq]]]:
-        """Waiting groups (or leading parts of them) that fit the free pages (less the watermark) and rows."""
+        """Waiting groups (or parts of them) that fit the free rows and pages (less a watermark)."""
         rows, free = self.max_rows - len(self.running), len(self.free) - (self.watermark if self.running else 0)
         batch = []
         while self.waiting and rows > 0:
             prompt, seqs = self.waiting[0]
             L = len(prompt) + len(seqs[0].tokens)  # a recomputed sequence re-reads its own tokens
-            base, extra = _pages(L), int(L % PAGE_SIZE > 0)  # each further sample copies the last page
+            base, extra = _pages(L), int(L % PAGE_SIZE > 0)  # more samples copy the last page
             k = min(len(seqs), rows, (free - base) // extra + 1 if extra else len(seqs)) if free >= base else 0
             if k < 1:
                 break
@@ -255,7 +256,7 @@ class Engine:
         return batch
 
     def _view(self, seqs: list[_Seq], lengths: list[int], end: int, rows: int) -> None:
-        """Point the cache at these sequences' block tables and lengths, padded to `rows` null rows."""
+        """Point the cache at these sequences' block tables and lengths, padded to `rows` rows."""
         keys = torch.tensor([s.key for s in seqs])
         table = torch.zeros(rows, self.tables.shape[1], dtype=torch.long)
         table[:len(seqs)] = self.tables.index_select(0, keys)
@@ -278,7 +279,7 @@ class Engine:
         self._view([seqs[0] for _, seqs in batch], [0] * P, 0, P)
         chunk, rows, last = max(1, PREFILL_TOKENS // P), torch.arange(P, device=self.dev), None
         for t0 in range(0, T, chunk):
-            h = self.model(pad[:, t0:t0 + chunk], cache=self.cache)  # (P, c, H); padding lies ahead only
+            h = self.model(pad[:, t0:t0 + chunk], cache=self.cache)  # (P, c, H); padding lies ahead
             j = lens - 1 - t0  # (P,) each row's last input token inside this chunk
             here = h[rows, j.clamp(0, h.shape[1] - 1)]  # (P, H)
             last = here if last is None else torch.where(((j >= 0) & (j < h.shape[1]))[:, None], here, last)
@@ -286,7 +287,7 @@ class Engine:
         for x, seqs in batch:
             full = len(x) // PAGE_SIZE
             for s in seqs:
-                if s is not seqs[0]:  # share the full pages, copy the partial one (it writes into it)
+                if s is not seqs[0]:  # share the full pages, copy the partial one (written to)
                     for p in seqs[0].pages[:full]:
                         self._give(s, p)
                     if len(x) % PAGE_SIZE:
@@ -296,8 +297,8 @@ class Engine:
         return last.repeat_interleave(torch.tensor([len(seqs) for _, seqs in batch], device=self.dev), 0)
 
     def decode(self, seqs: list[_Seq]) -> torch.Tensor:
-        """One forward of the rows' last tokens (B, 1) -> hidden states (B, H). With FlexAttention the
-        rows are padded to a power of two (one compiled kernel, or one CUDA graph, per size)."""
+        """One forward of the rows' last tokens (B, 1) -> hidden states (B, H). With FlexAttention
+        the rows are padded to a power of two (one compiled kernel, or CUDA graph, per size)."""
         B, lens = len(seqs), [s.cached for s in seqs]
         rows = min(1 << (B - 1).bit_length(), max(self.max_rows, B)) if self.cache.flex else B
         self._view(seqs, lens, max(lens), rows)
@@ -312,11 +313,11 @@ class Engine:
         return h
 
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """The decode forward (rows, 1) -> (rows, H): eager, or a CUDA graph captured per row count."""
+        """The decode forward (rows, 1) -> (rows, H): eager, or a CUDA graph per row count."""
         rows, c = ids.shape[0], self.cache
         if self.graphs is not None and rows not in self.graphs:
             self.graphs[rows] = _capture(self.model, c, ids)
-        if self.graphs is None or self.graphs[rows] is None:  # eager, or capture failed (logged once)
+        if self.graphs is None or self.graphs[rows] is None:  # eager, or a failed capture
             return self.model(ids, cache=c)[:, -1]
         graph, static, out = self.graphs[rows]
         for x, new in zip(static, (ids, c.block_table, c.lengths)):
@@ -325,7 +326,7 @@ class Engine:
         return out
 
     def finish(self, seqs: list[_Seq], tokens: list[int], logprobs: list[float]) -> None:
-        """Append each row's new token; rows that stopped or reached their length leave, freeing pages."""
+        """Append each row's new token; rows that stopped or reached their length leave."""
         for s, t, lp in zip(seqs, tokens, logprobs):
             s.tokens.append(t)
             s.logprobs.append(lp)
@@ -342,8 +343,8 @@ class Engine:
 
 def _capture(model, cache: KVCache, ids: torch.Tensor):
     """Capture the decode forward for ids' row count as a CUDA graph over static inputs (ids, block
-    table, lengths), after two warm-up runs on a side stream (they compile FlexAttention). Returns
-    (graph, inputs, output), or None (logged once) where capture fails: the caller then runs eagerly."""
+    table, lengths), after two warm-ups on a side stream (they compile FlexAttention). Returns
+    (graph, inputs, output), or None (logged once) if capture fails: then run eagerly."""
     static = (ids.clone(), cache.block_table.clone(), cache.lengths.clone())
     run = lambda: (cache.view(static[1], static[2], cache.end), model(static[0], cache=cache)[:, -1])[1]
     try:
@@ -375,11 +376,11 @@ def generate(model, prompts: list[list[int]], n: int = 1, max_new_tokens: int = 
              flex: bool | None = None, graphs: bool | None = None) -> list[Sample]:
     """Sample n completions per prompt in one call, within `max_kv_tokens` KV slots (kv_budget) and
     `max_rows` rows; prompt-major (sample i*n + j = j-th sample of prompt i). A stop token ends its
-    sample and is its last token. Sample j draws from (seed, keys[i] (default i), j, token index) alone.
-    `on_token(keys, tokens)` gets each step's sample indices and new tokens, `on_finish(key, sample)`
-    each finished sample, `stats` the work counters; `stop_after(key)` (tests, benchmarks) ends sample
-    `key` after that many tokens. `flex` (default: on CUDA) decodes through FlexAttention, else a
-    gather; `graphs` (default: on CUDA with flex, unless FSDP-sharded) replays CUDA graphs."""
+    sample and is its last token. Sample j draws from (seed, keys[i] (default i), j, token index)
+    alone. `on_token(keys, tokens)` gets each step's sample indices and tokens, `on_finish(key,
+    sample)` each finished sample, `stats` the work counters; `stop_after(key)` (tests, benchmarks)
+    ends sample `key` after that many tokens. `flex` (default: on CUDA) decodes through
+    FlexAttention, else a gather; `graphs` (default: flex on CUDA, not FSDP) replays CUDA graphs."""
     keys = list(range(len(prompts))) if keys is None else keys
     stats = EngineStats() if stats is None else stats
     # FSDP2 gathers outside inference mode (its buffers are updated in place later); inference mode
@@ -404,7 +405,7 @@ def generate(model, prompts: list[list[int]], n: int = 1, max_new_tokens: int = 
             seeds = _row_seeds(seed, [keys[s.key // n] * n + s.key % n for s in rows],
                                [len(s.tokens) for s in rows], w.device)
             tok, lp = _sample(_logits(torch.cat(parts), head, buf), temperature, top_k, top_p, seeds)
-            tok, lp = tok.tolist(), lp.tolist()  # one device read per step: the host schedules on it
+            tok, lp = tok.tolist(), lp.tolist()  # one device read per step, to schedule on
             if on_token:
                 on_token([s.key for s in rows], tok)
             eng.finish(rows, tok, lp)
@@ -417,13 +418,13 @@ FUNCTION_PROMPT = ("{problem}\n\nComplete the following Python code. Give the co
 
 
 def _layout(rec: dict, source: str) -> dict | None:
-    """One record of any supported layout (docs/ALGORITHM.md section 5) -> {"messages", "kind",
-    "answer", "tests", "source"}, or None. A simple layout's problem is the user message, verbatim."""
+    """One record of any layout of docs/ALGORITHM.md section 5 -> {"messages", "kind", "answer",
+    "tests", "source"}, or None. A simple layout's problem is the user message, verbatim."""
     user = lambda text: [{"role": "user", "content": text}]
     source = rec.get("data_source") or source
     task = lambda messages, kind, answer=None, tests=None: dict(messages=messages, kind=kind, answer=answer,
                                                                 tests=tests, source=source)
-    if isinstance(rec.get("prompt"), list) and isinstance(rec.get("reward_model"), dict):  # Klear RL
+    if isinstance(rec.get("prompt"), list) and isinstance(rec.get("reward_model"), dict):  # Klear
         gt, ability = rec["reward_model"]["ground_truth"], str(rec.get("ability") or "")
         code = "cod" in ability or not ability and (not isinstance(gt, str) or '"inputs"' in gt or '"functional"' in gt)
         return task(rec["prompt"], "code", tests=rewards.to_tests(gt)) if code else task(rec["prompt"], "math", str(gt))
@@ -442,7 +443,7 @@ def _layout(rec: dict, source: str) -> dict | None:
 
 def load_tasks(path, skip_bad: bool = False) -> list[dict]:
     """Tasks of a JSONL (or .jsonl.gz) file via data.read_jsonl: a bad record raises a ValueError
-    naming file:line, or with skip_bad is skipped. `source`: the record's data_source, else the file."""
+    naming file:line (or is skipped). `source`: the record's data_source, else the file name."""
     source = Path(path).name.split(".")[0]
 
     def parse(rec: dict) -> dict:
@@ -476,8 +477,8 @@ def summarise(rows: list[dict], n: int) -> dict:
 
 def decode_and_score(tokenizer, samples: list[Sample], tasks: list[dict], workers: int, statuses: Counter,
                      **reward_opts) -> tuple[list[str], list[float]]:
-    """Each sample's text (stop token dropped) and reward against its task (rewards.reward_many); code
-    tests' statuses add to `statuses`. The one path from samples to rewards, for RL and evaluation."""
+    """Each sample's text (stop token dropped) and reward against its task (rewards.reward_many);
+    code tests' statuses add to `statuses`. The one path from samples to rewards (RL and eval)."""
     texts = [tokenizer.decode(s.tokens[:-1] if s.finish_reason == "stop" else s.tokens) for s in samples]
     return texts, rewards.reward_many(list(zip(texts, tasks)), workers=workers, statuses=statuses, **reward_opts)
 
@@ -487,10 +488,10 @@ def evaluate(model, tokenizer, tasks: list[dict], n: int = 1, temperature: float
              done_rows: list[dict] = (), on_rows=None, max_kv_tokens: int | None = None,
              stats: EngineStats | None = None, **reward_opts) -> dict:
     """Sample n responses per task in one `generate` call and score them (correct = reward 1.0):
-    summarise(). A task is scored in a background thread as soon as its samples are done, then
+    summarise(). Each task is scored in a background thread once its samples are done, then
     `on_rows(rows)` gets its rows. Sample j of task i draws from (seed, i, j) alone, so `done_rows`
-    (whole tasks of an earlier run, same settings) are kept, not rerun: the result is the uninterrupted
-    run's. max_new_tokens None = the rest of the context, at most 32768."""
+    (whole tasks of an earlier run, same settings) are kept, not rerun: the result is the
+    uninterrupted run's. max_new_tokens None = the rest of the context, at most 32768."""
     assert tasks, "evaluate: no tasks"
     prompts = [tokenizer.encode(data.render_chat(t["messages"], add_generation_prompt=True)) for t in tasks]
     max_new_tokens = max_new_tokens or min(32768, model.config.max_position_embeddings - max(map(len, prompts)))
@@ -528,7 +529,7 @@ def evaluate(model, tokenizer, tasks: list[dict], n: int = 1, temperature: float
                      seed, on_finish=finished, max_kv_tokens=max_kv_tokens, keys=todo, stats=stats)
         for f in futures:
             f.result()  # a scoring error surfaces here
-    rewards.check_sandbox(statuses)  # a sandbox that cannot run programs scores every code sample wrong
+    rewards.check_sandbox(statuses)  # a sandbox that runs no program scores all code wrong
     res = summarise(sorted(rows, key=lambda r: (r["task"], r["sample"])), n)
     return res | {f"tests/{s}": c for s, c in sorted(statuses.items())}
 
@@ -557,7 +558,7 @@ def _json_lines(rows: list[dict]) -> str:
 
 
 def read_rows(path, n: int) -> list[dict]:
-    """The whole tasks (n rows each) of an earlier run's --out file. A crash can only cut its end: the
+    """The whole tasks (n rows each) of an earlier run's --out file. A crash only cuts its end: the
     text after the last newline and a task short of rows are left out (they run again)."""
     groups = defaultdict(list)
     for k, line in enumerate(Path(path).read_bytes().split(b"\n")[:-1], 1):
@@ -570,13 +571,14 @@ def read_rows(path, n: int) -> list[dict]:
 
 
 def _open_out(a, model, tasks: list[dict]) -> tuple[list[dict], object]:
-    """--out: (the rows kept from an earlier run, the file open for appending). OUT.settings.json holds
-    what the rows depend on; a non-empty --out is only continued with --resume and the same settings."""
+    """--out: (the rows kept from an earlier run, the file open for appending). A non-empty --out is
+    only continued with --resume and the settings recorded beside it (OUT.settings.json)."""
     out, meta, w = Path(a.out), Path(a.out + ".settings.json"), model.lm_head.weight
+    # the weights as loaded: a strided sample of every parameter
     weights = torch.cat([p.detach().flatten()[::max(1, p.numel() // 4096)].float() for p in model.parameters()])
     settings = {k: getattr(a, k) for k in ("n", "temperature", "top_p", "top_k", "max_new_tokens", "seed")}
     settings |= {"dtype": str(w.dtype), "device": w.device.type,
-                 "weights": hashlib.sha1(weights.cpu().numpy()).hexdigest(),  # a strided sample, as loaded
+                 "weights": hashlib.sha1(weights.cpu().numpy()).hexdigest(),
                  "task_sha1": hashlib.sha1(json.dumps(tasks, sort_keys=True, default=str).encode()).hexdigest()}
     done = []
     if out.is_file() and out.stat().st_size:
