@@ -33,7 +33,7 @@ import rollout
 import sandbox
 import sft
 
-# the all-reduce of maxima over ranks (sft.all_reduce_sum's op)
+# sft.all_reduce's op for maxima over ranks
 MAX = torch.distributed.ReduceOp.MAX
 KINDS = ("gppo", "only-high", "grpo", "dapo", "cispo")
 STAGES = {"math": {"lr": 1e-6, "mini_batch_prompts": 16}, "code": {"lr": 5e-7, "mini_batch_prompts": 32}}
@@ -205,9 +205,9 @@ def rollouts(ctx: Context, step: int, met: dict) -> list[dict]:
                                seed=a.seed * 1_000_003 + step * 1009 + ctx.dist.rank,
                                max_kv_tokens=a.max_kv_tokens, stats=stats)
     t1 = time.perf_counter()
-    totals = sft.all_reduce_sum(torch.tensor(list(stats.as_dict().values()), dtype=torch.float64))
+    totals = sft.all_reduce(torch.tensor(list(stats.as_dict().values()), dtype=torch.float64))
     met.update({k: v.item() for k, v in zip(stats.as_dict(), totals)})  # summed over ranks
-    met["gen/peak_kv"] = sft.all_reduce_sum(torch.tensor(float(stats.peak_kv)), MAX).item()
+    met["gen/peak_kv"] = sft.all_reduce(torch.tensor(float(stats.peak_kv)), MAX).item()
     statuses = Counter()
     # the tests sampled per problem (at most 16) change from step to step; a step's n samples share them
     _, scores = rollout.decode_and_score(tok, samples, [ctx.tasks[idx[s.prompt_index]] for s in samples],
@@ -223,7 +223,7 @@ def test_statuses(statuses: Counter, met: dict) -> None:
     """Log the code tests' statuses of this step over all ranks (tests/<status>), and stop the run, on every rank
     alike, when more than half of them are 'sandbox error' (rewards.check_sandbox says what failed)."""
     names = sandbox.STATUSES + sandbox.NOTES + ("abandoned job",)
-    totals = sft.all_reduce_sum(torch.tensor([float(statuses[s]) for s in names]))
+    totals = sft.all_reduce(torch.tensor([float(statuses[s]) for s in names]))
     met.update({f"tests/{s}": v.item() for s, v in zip(names, totals) if v})
     rewards.check_sandbox(Counter({s: int(v) for s, v in zip(names, totals.tolist())}))
 
@@ -251,10 +251,10 @@ def advantages_filter_cap(ctx: Context, items: list[dict], met: dict) -> list[li
     counts = torch.zeros(W)
     counts[ctx.dist.rank] = len(groups)
     # kept groups of every rank
-    kept = [int(c) for c in sft.all_reduce_sum(counts).round().tolist()]
+    kept = [int(c) for c in sft.all_reduce(counts).round().tolist()]
     quota = cap_groups(kept, a.prompts_per_step)
     met["groups_kept"], met["filtered"] = float(sum(quota)), 1.0 - sum(kept) / max(ctx.draw * W, 1)
-    met["partial_groups"] = sft.all_reduce_sum(torch.tensor(float(partial))).item() / max(ctx.draw * W, 1)
+    met["partial_groups"] = sft.all_reduce(torch.tensor(float(partial))).item() / max(ctx.draw * W, 1)
     return groups[:quota[ctx.dist.rank]]
 
 
@@ -262,10 +262,10 @@ def build_plan(ctx: Context, groups: list[list[dict]], dummy: dict) -> list[list
     """Mini-batches (list of micro-batches) identical in count on every rank; empty slots get a
     zero-weight dummy."""
     a = ctx.args
-    n_mini = math.ceil(sft.all_reduce_sum(float(len(groups))).item() / a.mini_batch_prompts)
+    n_mini = math.ceil(sft.all_reduce(float(len(groups))).item() / a.mini_batch_prompts)
     cuts = [round(i * len(groups) / n_mini) for i in range(n_mini + 1)]
     minis = [plan_micro([it for g in groups[cuts[i]:cuts[i + 1]] for it in g], a.micro_tokens) for i in range(n_mini)]
-    n_micro = sft.all_reduce_sum(torch.tensor([len(mb) for mb in minis]), MAX).tolist()
+    n_micro = sft.all_reduce(torch.tensor([len(mb) for mb in minis]), MAX).tolist()
     dummy = dict(dummy, weight=0.0, sft=0.0, adv=0.0)
     return [mb + [[dummy]] * (k - len(mb)) for mb, k in zip(minis, n_micro)]
 
@@ -281,7 +281,7 @@ def old_logprobs(ctx: Context, plan: list, met: dict) -> list[list[dict]]:
                 b["old_logp"] = forward_logp(ctx.model, b, ctx.args.temperature)[0]
                 diff += ((b["old_logp"] - b["sampler_logp"]).abs() * b["mask"]).sum().item()
                 cnt += b["mask"].sum().item()
-    totals = sft.all_reduce_sum(torch.tensor([diff, cnt]))
+    totals = sft.all_reduce(torch.tensor([diff, cnt]))
     met["logp_diff"] = (totals[0] / totals[1].clamp(min=1)).item()
     met["t_old_logp"] = time.perf_counter() - t0
     return out
@@ -291,7 +291,7 @@ def accumulate(ctx: Context, mini: list[dict], acc: UpdateSums) -> float:
     """Forward/backward of one mini-batch's micro-batches: GPPO + alpha * NLL(correct rollouts), each an exact
     token mean over the whole mini-batch on all ranks (denominators all-reduced first). Returns the global loss."""
     a, model = ctx.args, ctx.model
-    den = sft.all_reduce_sum(torch.stack([sum(b["mask"].sum() for b in mini), sum(b["sft"].sum() for b in mini)]))
+    den = sft.all_reduce(torch.stack([sum(b["mask"].sum() for b in mini), sum(b["sft"].sum() for b in mini)]))
     den_pg, den_sft = max(den[0].item(), 1.0), max(den[1].item(), 1.0)
     local = 0.0
     # FSDP2 reduce-scatters after each backward into fp32 sharded grads (no unsharded fp32 copy)
@@ -313,7 +313,7 @@ def accumulate(ctx: Context, mini: list[dict], acc: UpdateSums) -> float:
         acc.nll += nll.item()
         acc.ratio_min = min(acc.ratio_min, m["ratio_min"].item())
         acc.ratio_max = max(acc.ratio_max, m["ratio_max"].item())
-    return sft.all_reduce_sum(local).item()
+    return sft.all_reduce(local).item()
 
 
 def update(ctx: Context, mini: list[dict], acc: UpdateSums) -> None:
@@ -344,11 +344,11 @@ def rl_step(ctx: Context, step: int) -> dict:
     for grp in ctx.opt.param_groups:
         grp["lr"] = lr
     items = rollouts(ctx, step, met)
-    sums = sft.all_reduce_sum(torch.tensor([[it["reward"], it["reward"] == a.correct, len(it["tokens"]),
+    sums = sft.all_reduce(torch.tensor([[it["reward"], it["reward"] == a.correct, len(it["tokens"]),
                                              it["truncated"], 1.0] for it in items]).sum(0))
     reward, correct, length, truncated, n = sums.tolist()  # over all ranks
     met.update(lr=lr, reward=reward / n, acc=correct / n, resp_len=length / n, trunc=truncated / n)
-    met["resp_len_max"] = sft.all_reduce_sum(torch.tensor(float(max(len(it["tokens"]) for it in items))), MAX).item()
+    met["resp_len_max"] = sft.all_reduce(torch.tensor(float(max(len(it["tokens"]) for it in items))), MAX).item()
     groups = advantages_filter_cap(ctx, items, met)
     if met["groups_kept"] == 0:
         met["skipped"] = f"every group filtered (zero-variance {a.filter})"
@@ -364,9 +364,9 @@ def rl_step(ctx: Context, step: int) -> dict:
 def reduce_update_metrics(acc: UpdateSums, n_mini: int) -> dict:
     """Token-weighted means over all ranks and mini-batches; ratio min/max over all; grad norm and loss averaged."""
     keys = ("clip_low", "clip_high", "dual_clip", "ratio_mean", "entropy", "nll", "tokens")
-    tot = dict(zip(keys, sft.all_reduce_sum(torch.tensor([getattr(acc, k) for k in keys])).tolist()))
+    tot = dict(zip(keys, sft.all_reduce(torch.tensor([getattr(acc, k) for k in keys])).tolist()))
     out = {k: tot[k] / max(tot["tokens"], 1.0) for k in keys[:5]}
-    low, high = sft.all_reduce_sum(torch.tensor([-acc.ratio_min, acc.ratio_max]), MAX).tolist()
+    low, high = sft.all_reduce(torch.tensor([-acc.ratio_min, acc.ratio_max]), MAX).tolist()
     return out | dict(ratio_min=-low, ratio_max=high, grad_norm=acc.grad_norm / n_mini, loss=acc.loss / n_mini,
                       nll=tot["nll"] / n_mini, opt_steps=acc.opt_steps, bad_steps=acc.bad_steps,
                       # response tokens the loss covered (weights the clip fractions)

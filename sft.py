@@ -82,7 +82,7 @@ def init_distributed(timeout_min: float = DIST_TIMEOUT_MIN) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), local, device)
 
 
-def all_reduce_sum(x: float | torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+def all_reduce(x: float | torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     """Sum (or `op`, e.g. dist.ReduceOp.MAX) over ranks, in float64 (int stays int), on the device
     the backend needs."""
     t = x.detach().clone() if torch.is_tensor(x) else torch.tensor(float(x), dtype=torch.float64)
@@ -125,7 +125,7 @@ def shard_model(model: qwen3.Qwen3, dist_: Dist, checkpointing: bool = False,
         return model  # fp32 on one CPU process: nothing to shard or cast
     meta = any(p.is_meta for p in model.parameters())
     # some rank holds no weights: rank 0 sends its tensors, taken before sharding
-    broadcast = bool(all_reduce_sum(float(meta)) > 0)
+    broadcast = bool(all_reduce(float(meta)) > 0)
     full = model.state_dict() if broadcast and dist_.rank == 0 else {}
     mesh = init_device_mesh(dist_.device.type, (dist_.world_size,))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
@@ -392,7 +392,7 @@ def train_step(model, optimizer, batch: dict, micro_batch: int, lr: float, grad_
     """One optimizer step over this rank's rows `batch` ((R, T) tensors), micro_batch at a time."""
     device = next(model.parameters()).device
     # the loss tokens of all ranks and all micro-steps
-    n_tokens = int(all_reduce_sum((batch["targets"] != IGNORE_INDEX).sum()))
+    n_tokens = int(all_reduce((batch["targets"] != IGNORE_INDEX).sum()))
     for group in optimizer.param_groups:
         group["lr"] = lr
     nll = torch.zeros((), dtype=torch.float64, device=device)
@@ -407,7 +407,7 @@ def train_step(model, optimizer, batch: dict, micro_batch: int, lr: float, grad_
     if finite and n_tokens > 0:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {"loss": float(all_reduce_sum(nll)) / max(n_tokens, 1), "grad_norm": grad_norm,
+    return {"loss": float(all_reduce(nll)) / max(n_tokens, 1), "grad_norm": grad_norm,
             "skipped": int(not finite), "loss_tokens": n_tokens}
 
 
@@ -472,7 +472,7 @@ def train(args) -> None:
         step += 1
         dt, per_step = time.perf_counter() - t0, (time.perf_counter() - t_start) / (step - first)
         # out of time on some rank: every rank stops here, with a checkpoint and the export
-        if args.max_seconds > 0 and all_reduce_sum(float(time.perf_counter() - t_start > args.max_seconds)) > 0:
+        if args.max_seconds > 0 and all_reduce(float(time.perf_counter() - t_start > args.max_seconds)) > 0:
             last = step
         mfu = {"mfu": flops_per_token(model.config, args.max_length) * step_tokens / dt / peak} if peak else {}
         eta = (last - step) * per_step

@@ -5,7 +5,7 @@
    `bf16 grad rel err X`;
 3. --model on 2 ranks: rank 1 builds on the meta device and receives its shards from rank 0
    (`broadcast load max diff X`);
-4. all_reduce_sum with op=MAX.
+4. all_reduce with op=MAX.
 Usage: torchrun --nproc_per_node 2 tests/dist_sft_check.py OUT [sft.py args...]"""
 import sys
 from pathlib import Path
@@ -52,5 +52,5 @@ if __name__ == "__main__":
         sft.print0(f"bf16 grad rel err {bf16_grad_error(sft.parse_args(args)):.3e}")
         err = broadcast_load_error(sft.parse_args(args + ["--model", out + "/hf"]))
         sft.print0(f"broadcast load max diff {err:.3e}")
-        top = sft.all_reduce_sum(torch.tensor([float(sft.dist.get_rank()), -1.0]), op=sft.dist.ReduceOp.MAX)
+        top = sft.all_reduce(torch.tensor([float(sft.dist.get_rank()), -1.0]), op=sft.dist.ReduceOp.MAX)
         assert top.tolist() == [1.0, -1.0], top
