@@ -81,7 +81,7 @@ def bench_engine(argv: list[str]) -> None:
     import numpy as np
     p = argparse.ArgumentParser(prog="bench.py engine")
     p.add_argument("--scale", type=int, default=64, help="lengths and budget divided by this")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the model and the data")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     rng, n, s = np.random.default_rng(a.seed), 8, a.scale
@@ -131,7 +131,7 @@ def bench_engine_gpu(argv: list[str]) -> None:
     bandwidth bound (weights read per decode forward + each row's own KV slots, at HBM bytes/s)."""
     import numpy as np
     p = argparse.ArgumentParser(prog="bench.py engine_gpu")
-    p.add_argument("--sequences", type=int, default=128)
+    p.add_argument("--sequences", type=int, default=128, help="sequences per measurement")
     a = p.parse_args(argv)
     cfg = qwen3_0_6b()
     model = build_model(cfg, "cuda", torch.bfloat16, seed=0).eval()
@@ -289,10 +289,10 @@ def bench_model(argv: list[str]) -> None:
     from transformers import Qwen3ForCausalLM
     p = argparse.ArgumentParser(prog="bench.py model")
     p.add_argument("--config", default=None, help="config.json to use (default: a tiny 4-layer Qwen3)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
+    p.add_argument("--batch", type=int, default=4, help="rows per forward")
+    p.add_argument("--seq", type=int, default=256, help="tokens per row")
     p.add_argument("--iters", type=int, default=10, help="timed steps per model and mode")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (1: steadier on a shared machine)")
     args = p.parse_args(argv)
@@ -569,7 +569,7 @@ def _rewards_args(argv: list[str]):
     import os
     p = argparse.ArgumentParser(prog="bench.py rewards")
     p.add_argument("--data", required=True, help="shared data folder holding math/math500.jsonl and code/*.jsonl")
-    p.add_argument("--part", choices=("math", "verdicts", "sandbox", "all"), default="all")
+    p.add_argument("--part", choices=("math", "verdicts", "sandbox", "all"), default="all", help="which part")
     p.add_argument("--lc-tests", type=int, default=8, help="LeetCode asserts per problem (verdicts part)")
     p.add_argument("--pairs", type=int, default=200, help="MATH-500 answer pairs graded")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="threads (math helpers, sandboxes)")
