@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 import data
 import rewards
@@ -257,11 +259,8 @@ class Engine:
 
     def _view(self, seqs: list[_Seq], lengths: list[int], end: int, rows: int) -> None:
         """Point the cache at these sequences' block tables and lengths, padded to `rows` rows."""
-        keys = torch.tensor([s.key for s in seqs])
-        table = torch.zeros(rows, self.tables.shape[1], dtype=torch.long)
-        table[:len(seqs)] = self.tables.index_select(0, keys)
-        lens = torch.zeros(rows, dtype=torch.long)
-        lens[:len(seqs)] = torch.tensor(lengths)
+        table = F.pad(self.tables[torch.tensor([s.key for s in seqs])], (0, 0, 0, rows - len(seqs)))
+        lens = F.pad(torch.tensor(lengths, dtype=torch.long), (0, rows - len(seqs)))
         self.cache.view(table.to(self.dev), lens.to(self.dev), end)
 
     def prefill(self, batch) -> torch.Tensor:
@@ -271,11 +270,8 @@ class Engine:
         for x, seqs in batch:
             for _ in range(_pages(len(x))):
                 self._give(seqs[0])
-        P, T = len(ids), max(map(len, ids))
-        pad = torch.zeros(P, T, dtype=torch.long)
-        for i, x in enumerate(ids):
-            pad[i, :len(x)] = torch.tensor(x)
-        pad, lens = pad.to(self.dev), torch.tensor([len(x) for x in ids], device=self.dev)
+        pad = pad_sequence([torch.tensor(x, dtype=torch.long) for x in ids], batch_first=True).to(self.dev)
+        (P, T), lens = pad.shape, torch.tensor([len(x) for x in ids], device=self.dev)
         self._view([seqs[0] for _, seqs in batch], [0] * P, 0, P)
         chunk, rows, last = max(1, PREFILL_TOKENS // P), torch.arange(P, device=self.dev), None
         for t0 in range(0, T, chunk):
