@@ -298,8 +298,7 @@ class Engine:
         B, lens = len(seqs), [s.cached for s in seqs]
         rows = min(1 << (B - 1).bit_length(), max(self.max_rows, B)) if self.cache.flex else B
         self._view(seqs, lens, max(lens), rows)
-        ids = torch.zeros(rows, 1, dtype=torch.long)
-        ids[:B, 0] = torch.tensor([s.tokens[-1] for s in seqs])
+        ids = F.pad(torch.tensor([[s.tokens[-1]] for s in seqs]), (0, 0, 0, rows - B))  # (rows, 1)
         h = self._forward(ids.to(self.dev))[:B]
         for s in seqs:
             s.cached += 1
