@@ -196,12 +196,71 @@ def _call_test(fn: str, args, out) -> dict:
             "functional": legacy}
 
 
+def split_asserts(code: str) -> tuple[str, list] | None:
+    """`def check(candidate)` test code as (setup: the code outside check() plus its imports, one
+    entry per assert of check(): (call, check) for a known shape (_shape; sandbox._holds judges the
+    check), () for `assert True`, None for another shape). None when check() holds more than
+    asserts, imports and docstrings."""
+    try:
+        tree = ast.parse(code)
+        fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check")
+    except (SyntaxError, ValueError, StopIteration):
+        return None
+    setup, entries = [ast.unparse(n) for n in tree.body if n is not fn], []
+    for st in fn.body:
+        if isinstance(st, (ast.Import, ast.ImportFrom)):
+            setup.append(ast.unparse(st))
+        elif isinstance(st, ast.Assert):
+            got = () if isinstance(st.test, ast.Constant) and st.test.value is True else _shape(st.test)
+            entries.append((ast.unparse(got[0]), got[1]) if got else got)
+        elif not isinstance(st, ast.Pass) and not (isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant)):
+            return None
+    return "\n".join(setup), entries
+
+
+def _shape(t) -> tuple[ast.AST, list] | None:
+    """(call node, check) of one assert's test: candidate(a) == x (either side), is True/False/None,
+    not, bare, math.isclose(candidate(a), x, ...), abs(candidate(a) - x) < tol; else None."""
+    src = ast.unparse
+    if isinstance(t, ast.Compare) and len(t.ops) == 1:
+        op, a, b = t.ops[0], t.left, t.comparators[0]
+        if isinstance(op, ast.Eq) and _is_call(b) and not _uses(a):
+            a, b = b, a
+        if isinstance(op, ast.Eq) and _is_call(a) and not _uses(b):
+            return a, ["eq", src(b)]
+        if isinstance(op, ast.Is) and _is_call(a) and isinstance(b, ast.Constant) and any(
+                b.value is v for v in (True, False, None)):
+            return a, ["is", repr(b.value)]
+        if (isinstance(op, (ast.Lt, ast.LtE)) and isinstance(a, ast.Call) and src(a.func) == "abs" and len(a.args) == 1
+                and isinstance(a.args[0], ast.BinOp) and isinstance(a.args[0].op, ast.Sub)
+                and _is_call(a.args[0].left) and not _uses(a.args[0].right) and not _uses(b)):
+            return a.args[0].left, ["abs<" if isinstance(op, ast.Lt) else "abs<=", src(a.args[0].right), src(b)]
+    if (isinstance(t, ast.Call) and src(t.func) in ("math.isclose", "isclose") and len(t.args) == 2
+            and _is_call(t.args[0]) and not _uses(t.args[1]) and {k.arg for k in t.keywords} <= {"rel_tol", "abs_tol"}
+            and not any(_uses(k.value) for k in t.keywords)):
+        kw = {k.arg: src(k.value) for k in t.keywords}
+        return t.args[0], ["isclose", src(t.args[1]), kw.get("rel_tol", "1e-09"), kw.get("abs_tol", "0.0")]
+    if isinstance(t, ast.UnaryOp) and isinstance(t.op, ast.Not) and _is_call(t.operand):
+        return t.operand, ["falsy"]
+    return (t, ["truthy"]) if _is_call(t) else None
+
+
+def _is_call(n) -> bool:
+    """candidate(...) with no candidate inside its arguments."""
+    return (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "candidate"
+            and not any(_uses(a) for a in n.args + [k.value for k in n.keywords]))
+
+
+def _uses(n) -> bool:
+    return any(isinstance(x, ast.Name) and x.id == "candidate" for x in ast.walk(n))
+
+
 def _check_tests(code: str, entry: str, prefix: str = "", per_assert: bool = True) -> list[dict]:
     """`def check(candidate)` test code: one test per top-level assert (LeetCode layout), else one
-    test. Asserts of known shapes become split calls (sandbox.split_asserts), keeping the assert
+    test. Asserts of known shapes become split calls (split_asserts), keeping the assert
     code for the in-sandbox path."""
     call, whole = f"\ncheck({entry})\n", {"functional": f"{code}\ncheck({entry})\n", "prefix": prefix}
-    setup, parts = sandbox.split_asserts(code) or ("", [None])
+    setup, parts = split_asserts(code) or ("", [None])
     try:
         fn = next(n for n in ast.parse(code).body if isinstance(n, ast.FunctionDef) and n.name == "check")
     except (SyntaxError, StopIteration, ValueError):

@@ -7,10 +7,11 @@ verdict from a 'sandbox error'. As root the child also gets its own uid, a fresh
 empty network namespace and, where mount namespaces are allowed, a private read-only filesystem view
 (the stdlib, PACKAGES, its folder; no project, data, /etc or host /proc). Always, an audit hook
 refuses sockets and writes outside the folder (without namespaces also process creation; without a
-uid of its own, kill()). Function tests of known assert shapes are split (split_asserts): the call
-runs in the child, its result comes back as a literal of exact built-in types and is judged here, so
-lying objects, patched builtins or forged output earn no more than returning the value; other test
-code passes only if the child prints a random marker after it returns ('in-sandbox verdict').
+uid of its own, kill()). Function tests of known assert shapes are split (rewards.split_asserts):
+the call runs in the child, its result comes back as a literal of exact built-in types and is judged
+here, so lying objects, patched builtins or forged output earn no more than returning the value;
+other test code passes only if the child prints a random marker after it returns ('in-sandbox
+verdict').
 
 Run: pytest tests/test_sandbox.py ; python bench.py rewards --data DIR
 """
@@ -379,67 +380,6 @@ def same_output(got: str, want: str) -> bool:
                    for a, b in zip(g, w) for x, y in zip(a, b))
     except ValueError:  # not a number where the expected token has a '.'
         return False
-
-
-# -------------------------------------------------------------------------------------- split calls
-
-
-def split_asserts(code: str) -> tuple[str, list] | None:
-    """`def check(candidate)` test code as (setup: the code outside check() plus its imports, one
-    entry per assert of check(): (call, check) for a known shape (_shape), () for `assert True`,
-    None for another shape). None when check() holds more than asserts, imports and docstrings."""
-    try:
-        tree = ast.parse(code)
-        fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check")
-    except (SyntaxError, ValueError, StopIteration):
-        return None
-    setup, entries = [ast.unparse(n) for n in tree.body if n is not fn], []
-    for st in fn.body:
-        if isinstance(st, (ast.Import, ast.ImportFrom)):
-            setup.append(ast.unparse(st))
-        elif isinstance(st, ast.Assert):
-            got = () if isinstance(st.test, ast.Constant) and st.test.value is True else _shape(st.test)
-            entries.append((ast.unparse(got[0]), got[1]) if got else got)
-        elif not isinstance(st, ast.Pass) and not (isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant)):
-            return None
-    return "\n".join(setup), entries
-
-
-def _shape(t) -> tuple[ast.AST, list] | None:
-    """(call node, check) of one assert's test: candidate(a) == x (either side), is True/False/None,
-    not, bare, math.isclose(candidate(a), x, ...), abs(candidate(a) - x) < tol; else None."""
-    src = ast.unparse
-    if isinstance(t, ast.Compare) and len(t.ops) == 1:
-        op, a, b = t.ops[0], t.left, t.comparators[0]
-        if isinstance(op, ast.Eq) and _is_call(b) and not _uses(a):
-            a, b = b, a
-        if isinstance(op, ast.Eq) and _is_call(a) and not _uses(b):
-            return a, ["eq", src(b)]
-        if isinstance(op, ast.Is) and _is_call(a) and isinstance(b, ast.Constant) and any(
-                b.value is v for v in (True, False, None)):
-            return a, ["is", repr(b.value)]
-        if (isinstance(op, (ast.Lt, ast.LtE)) and isinstance(a, ast.Call) and src(a.func) == "abs" and len(a.args) == 1
-                and isinstance(a.args[0], ast.BinOp) and isinstance(a.args[0].op, ast.Sub)
-                and _is_call(a.args[0].left) and not _uses(a.args[0].right) and not _uses(b)):
-            return a.args[0].left, ["abs<" if isinstance(op, ast.Lt) else "abs<=", src(a.args[0].right), src(b)]
-    if (isinstance(t, ast.Call) and src(t.func) in ("math.isclose", "isclose") and len(t.args) == 2
-            and _is_call(t.args[0]) and not _uses(t.args[1]) and {k.arg for k in t.keywords} <= {"rel_tol", "abs_tol"}
-            and not any(_uses(k.value) for k in t.keywords)):
-        kw = {k.arg: src(k.value) for k in t.keywords}
-        return t.args[0], ["isclose", src(t.args[1]), kw.get("rel_tol", "1e-09"), kw.get("abs_tol", "0.0")]
-    if isinstance(t, ast.UnaryOp) and isinstance(t.op, ast.Not) and _is_call(t.operand):
-        return t.operand, ["falsy"]
-    return (t, ["truthy"]) if _is_call(t) else None
-
-
-def _is_call(n) -> bool:
-    """candidate(...) with no candidate inside its arguments."""
-    return (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "candidate"
-            and not any(_uses(a) for a in n.args + [k.value for k in n.keywords]))
-
-
-def _uses(n) -> bool:
-    return any(isinstance(x, ast.Name) and x.id == "candidate" for x in ast.walk(n))
 
 
 _LITERAL_CALLS = {"float": float, "complex": complex, "set": set, "frozenset": frozenset}
