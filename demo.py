@@ -34,6 +34,7 @@ from pathlib import Path
 import tokenizers
 
 import data
+import rewards
 import rollout
 
 # printable ASCII, newline, tab; one token each
@@ -233,7 +234,7 @@ def held_out(model_dir: str, folder: str, temperature: float, limit: int | None 
     top-p 1."""
     import model as qwen3
     m, tok = qwen3.load_pretrained(model_dir).eval(), data.load_tokenizer(model_dir)
-    tasks = rollout.load_tasks(f"{folder}/eval_{flavour}.jsonl")[:limit]
+    tasks = rewards.load_tasks(f"{folder}/eval_{flavour}.jsonl")[:limit]
     return rollout.evaluate(m, tok, tasks, 1, temperature, 1.0, 0, 96, workers=2)["avg@n"]
 
 

@@ -395,7 +395,7 @@ def load_prompts(a, tok) -> tuple[list[dict], list[list[int]]]:
     (context_split has made sure that prompt + response fit the model's context)."""
     cap = a.max_prompt_tokens
     tasks, prompts, dropped = [], [], 0
-    for t in rollout.load_tasks(a.data, skip_bad=a.skip_bad):
+    for t in rewards.load_tasks(a.data, skip_bad=a.skip_bad):
         ids = tok.encode(data.render_chat(t["messages"], add_generation_prompt=True, enable_thinking=not a.no_thinking))
         if len(ids) > cap:
             dropped += 1
@@ -427,7 +427,7 @@ def setup(a, dist) -> Context:
                    sampler=data.ShardedSampler(len(tasks), dist.rank, dist.world_size, a.seed),
                    draw=math.ceil(a.prompts_per_step * a.oversample / dist.world_size),
                    stop_ids=(tok.eos_id, tok.pad_id), reward_opts=reward_opts,
-                   eval_tasks=rollout.load_tasks(a.eval) if a.eval else None)
+                   eval_tasks=rewards.load_tasks(a.eval) if a.eval else None)
 
 
 def evaluate(ctx: Context, step: int) -> dict:

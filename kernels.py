@@ -7,6 +7,8 @@ give 0 and no gradient. The forward keeps O(N) statistics (lse, entropy) and the
 each token chunk's logits: memory flat in N for one more logits GEMM. Backends: "torch" (chunked
 matmuls, the CPU default), "triton" (CUDA: online softmax over vocab blocks, dlogits tiles then two
 cuBLAS GEMMs), "naive" (full logits, for tests and benchmarks), "auto" (triton on CUDA, else torch).
+The sampler's side of the same head lives here too: `fp32_logits` and `sample` (an exponential race
+whose noise is a hash of (row seed, vocab id), so a draw never depends on the batch; `row_seeds`).
 
     python bench.py kernels          # CPU: fused vs naive, memory and time
     python bench.py kernels_gpu      # GPU: Triton TFLOP/s and memory vs naive
@@ -266,3 +268,61 @@ def _triton_backward(hidden, weight, targets, lse, ent, gl, ge, inv_t):
         dh[s:e] = dz[: e - s] @ weight  # cuBLAS: (C, V) @ (V, H)
         dw += dz[: e - s].T @ hidden[s:e]  # (V, C) @ (C, H): fp32 inside, rounded once per chunk
     return dh, dw.to(weight.dtype)
+
+
+# -------------------------------------------------------------------------------- sampling (rollout)
+M32 = 0xFFFFFFFF
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xor-shift-multiply, 2 rounds) on int64 tensors of [0, 2^32) values."""
+    x = ((x >> 16) ^ x) * 0x45D9F3B & M32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & M32
+    return (x >> 16) ^ x
+
+
+def _noise(row_seed: torch.Tensor, vocab_ids: torch.Tensor) -> torch.Tensor:
+    """Exponential(1) noise (B, K) for rows (B,) at vocab ids (B or 1, K): a pure function of (row
+    seed, id), so a sequence's draws never depend on which other sequences share its batch."""
+    x = _mix((row_seed[:, None] + vocab_ids * 0x9E3779B1) & M32)  # (B, K) 32 random bits
+    u = ((x >> 8).float() + 0.5) * 2.0 ** -24  # uniform in (0, 1), 24 bits
+    return -torch.log(u)
+
+
+def row_seeds(seed: int, keys: list[int], steps: list[int], device) -> torch.Tensor:
+    """One 32-bit seed per row from (seed, the sequence's key, its token index)."""
+    base = int(_mix(_mix(torch.tensor(seed & M32)) ^ (seed >> 32 & M32)))  # both seed halves
+    k = torch.tensor([[key & M32, t] for key, t in zip(keys, steps)], dtype=torch.long).to(device)
+    return _mix(_mix(base ^ k[:, 0]) ^ k[:, 1])
+
+
+def fp32_logits(h: torch.Tensor, head: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    """(B, H) -> logits (B, V) accumulated and kept in fp32 (bf16-rounded logits would put ~1e-3
+    between sampler and trainer log-probs). CUDA: bf16 products, fp32 out; else `head` is fp32."""
+    if h.is_cuda and h.dtype != torch.float32:
+        return torch.mm(h, head.t(), out_dtype=torch.float32)
+    return torch.mm(h.float(), head.t(), out=buf[:h.shape[0]])  # reused: no page faults per step
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, row_seed):
+    """logits (B, V) fp32 (overwritten) -> tokens (B,), log-probs (B,) under softmax(logits / T)
+    before filtering. The draw is an exponential race: argmax p_i / E_i, E_i ~ Exp(1) (`_noise`)."""
+    if temperature <= 0:  # greedy: the best logit is both the token and the log-sum-exp shift
+        top, tok = logits.max(-1, keepdim=True)  # (B, 1) each
+        return tok.squeeze(1), logits.sub_(top).exp_().sum(-1).log_().neg_()
+    logits.div_(temperature)
+    if 0 < top_k < logits.shape[-1] or top_p < 1:
+        if 0 < top_k < logits.shape[-1]:
+            vals, idx = logits.topk(top_k, -1)  # (B, k), sorted best first
+        else:
+            vals, idx = logits.sort(-1, descending=True)  # (B, V)
+        probs = vals.softmax(-1)
+        if top_p < 1:  # drop a token when the better ones already hold top_p of the mass
+            probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
+        tok = idx.gather(1, (probs / _noise(row_seed, idx)).argmax(-1, keepdim=True)).squeeze(1)
+    else:  # the same race in log space: argmax(logits / T - log E)
+        ids = torch.arange(logits.shape[-1], device=logits.device)[None]
+        tok = (logits - _noise(row_seed, ids).log_()).argmax(-1)
+    picked = logits.gather(1, tok[:, None]).squeeze(1)
+    top = logits.amax(-1, keepdim=True)  # log-sum-exp in place: logits is scratch from here on
+    return tok, picked - logits.sub_(top).exp_().sum(-1).log_() - top.squeeze(1)

@@ -29,7 +29,9 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import data
 import sandbox
 from sandbox import run_tests
 
@@ -331,6 +333,51 @@ def code_reward(response: str, tests, soft: bool = True, correct: float = 1.0, w
     if not soft:
         return correct if res and rate == 1 else wrong
     return wrong + (correct - wrong) * rate
+
+
+# ------------------------------------------------------------------------------------------ tasks
+FUNCTION_PROMPT = ("{problem}\n\nComplete the following Python code. Give the complete solution in one "
+                   "```python code block at the end of your answer.\n```python\n{code}\n```")
+
+
+def _layout(rec: dict, source: str) -> dict | None:
+    """One record of any layout of docs/ALGORITHM.md section 5 -> {"messages", "kind", "answer",
+    "tests", "source"}, or None. A simple layout's problem is the user message, verbatim."""
+    user = lambda text: [{"role": "user", "content": text}]
+    source = rec.get("data_source") or source
+    task = lambda messages, kind, answer=None, tests=None: dict(messages=messages, kind=kind, answer=answer,
+                                                                tests=tests, source=source)
+    if isinstance(rec.get("prompt"), list) and isinstance(rec.get("reward_model"), dict):  # Klear
+        gt, ability = rec["reward_model"]["ground_truth"], str(rec.get("ability") or "")
+        code = "cod" in ability or not ability and (not isinstance(gt, str) or '"inputs"' in gt or '"functional"' in gt)
+        return task(rec["prompt"], "code", tests=to_tests(gt)) if code else task(rec["prompt"], "math", str(gt))
+    if "problem" in rec and "answer" in rec:  # math: ours, the demo, AIME / MATH-500
+        return task(user(str(rec["problem"])), "math", answer=str(rec["answer"]))
+    if "problem" in rec and "test_code" in rec and "entry_point" in rec:  # shared leetcode_function
+        text = FUNCTION_PROMPT.format(problem=rec["problem"], code=rec.get("starter_code", ""))
+        return task(user(text), "code", tests=to_tests(rec))
+    if "problem" in rec and "tests" in rec:  # stdin/stdout: ours, the demo, shared taco_stdin
+        return task(user(str(rec["problem"])), "code", tests=to_tests(rec["tests"]))
+    if "prompt" in rec and "test" in rec and "entry_point" in rec:  # shared HumanEval
+        text = FUNCTION_PROMPT.format(problem="Implement this function.", code=rec["prompt"])
+        return task(user(text), "code", tests=to_tests(rec))
+    return None
+
+
+def load_tasks(path, skip_bad: bool = False) -> list[dict]:
+    """Tasks of a JSONL (or .jsonl.gz) file via data.read_jsonl: a bad record raises a ValueError
+    naming file:line (or is skipped). `source`: the record's data_source, else the file name."""
+    source = Path(path).name.split(".")[0]
+
+    def parse(rec: dict) -> dict:
+        task = _layout(rec, source)
+        if task is None:
+            raise ValueError("record fits no task layout (Klear prompt+reward_model, problem+answer, "
+                             f"problem+tests, ...); keys: {sorted(rec)[:12]}")
+        if task["kind"] == "code" and not task["tests"]:
+            raise ValueError("code record without usable tests (rewards.to_tests found none)")
+        return task
+    return data.read_jsonl(path, skip_bad, parse)
 
 
 # ------------------------------------------------------------------------------------------ batches

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 import data
+import kernels
 import rewards
 from model import KVCache, atomic_write, load_pretrained
 
@@ -38,7 +39,6 @@ PREFILL_TOKENS = 32768  # prompt tokens per prefill forward: bounds activation m
 MAX_ROWS = 256  # default bound on the rows decoded together (their (rows, V) fp32 logits)
 CPU_KV_TOKENS = 1 << 20  # default KV budget on CPU, in token slots
 CUDA_KV_SHARE = 0.85  # default KV budget on CUDA: this share of the free memory, less the buffers
-M32 = 0xFFFFFFFF
 
 
 @dataclass
@@ -112,61 +112,6 @@ def gathered(model: torch.nn.Module):
         for m in mods:
             m.set_reshard_after_forward(m is not model, recurse=False)
             m.reshard()
-
-
-# ----------------------------------------------------------------------------------------- sampling
-def _mix(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (xor-shift-multiply, 2 rounds) on int64 tensors of [0, 2^32) values."""
-    x = ((x >> 16) ^ x) * 0x45D9F3B & M32
-    x = ((x >> 16) ^ x) * 0x45D9F3B & M32
-    return (x >> 16) ^ x
-
-
-def _noise(row_seed: torch.Tensor, vocab_ids: torch.Tensor) -> torch.Tensor:
-    """Exponential(1) noise (B, K) for rows (B,) at vocab ids (B or 1, K): a pure function of (row
-    seed, id), so a sequence's draws never depend on which other sequences share its batch."""
-    x = _mix((row_seed[:, None] + vocab_ids * 0x9E3779B1) & M32)  # (B, K) 32 random bits
-    u = ((x >> 8).float() + 0.5) * 2.0 ** -24  # uniform in (0, 1), 24 bits
-    return -torch.log(u)
-
-
-def _row_seeds(seed: int, keys: list[int], steps: list[int], device) -> torch.Tensor:
-    """One 32-bit seed per row from (seed, the sequence's key, its token index)."""
-    base = int(_mix(_mix(torch.tensor(seed & M32)) ^ (seed >> 32 & M32)))  # both seed halves
-    k = torch.tensor([[key & M32, t] for key, t in zip(keys, steps)], dtype=torch.long).to(device)
-    return _mix(_mix(base ^ k[:, 0]) ^ k[:, 1])
-
-
-def _logits(h: torch.Tensor, head: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
-    """(B, H) -> logits (B, V) accumulated and kept in fp32 (bf16-rounded logits would put ~1e-3
-    between sampler and trainer log-probs). CUDA: bf16 products, fp32 out; else `head` is fp32."""
-    if h.is_cuda and h.dtype != torch.float32:
-        return torch.mm(h, head.t(), out_dtype=torch.float32)
-    return torch.mm(h.float(), head.t(), out=buf[:h.shape[0]])  # reused: no page faults per step
-
-
-def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, row_seed):
-    """logits (B, V) fp32 (overwritten) -> tokens (B,), log-probs (B,) under softmax(logits / T)
-    before filtering. The draw is an exponential race: argmax p_i / E_i, E_i ~ Exp(1) (`_noise`)."""
-    if temperature <= 0:  # greedy: the best logit is both the token and the log-sum-exp shift
-        top, tok = logits.max(-1, keepdim=True)  # (B, 1) each
-        return tok.squeeze(1), logits.sub_(top).exp_().sum(-1).log_().neg_()
-    logits.div_(temperature)
-    if 0 < top_k < logits.shape[-1] or top_p < 1:
-        if 0 < top_k < logits.shape[-1]:
-            vals, idx = logits.topk(top_k, -1)  # (B, k), sorted best first
-        else:
-            vals, idx = logits.sort(-1, descending=True)  # (B, V)
-        probs = vals.softmax(-1)
-        if top_p < 1:  # drop a token when the better ones already hold top_p of the mass
-            probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
-        tok = idx.gather(1, (probs / _noise(row_seed, idx)).argmax(-1, keepdim=True)).squeeze(1)
-    else:  # the same race in log space: argmax(logits / T - log E)
-        ids = torch.arange(logits.shape[-1], device=logits.device)[None]
-        tok = (logits - _noise(row_seed, ids).log_()).argmax(-1)
-    picked = logits.gather(1, tok[:, None]).squeeze(1)
-    top = logits.amax(-1, keepdim=True)  # log-sum-exp in place: logits is scratch from here on
-    return tok, picked - logits.sub_(top).exp_().sum(-1).log_() - top.squeeze(1)
 
 
 # ------------------------------------------------------------------------------------------- engine
@@ -387,7 +332,7 @@ def generate(model, prompts: list[list[int]], n: int = 1, max_new_tokens: int = 
         graphs = flex and w.is_cuda and not sharded if graphs is None else graphs
         eng = Engine(model, prompts, n, max_new_tokens, budget // PAGE_SIZE, max_rows, set(stop_ids),
                      on_finish, stats, stop_after, flex, graphs)
-        head = w if w.is_cuda or w.dtype == torch.float32 else w.float()  # fp32 logits (_logits)
+        head = w if w.is_cuda or w.dtype == torch.float32 else w.float()  # fp32 logits (kernels.fp32_logits)
         buf = torch.empty(min(max_rows, len(prompts) * n), model.config.vocab_size, device=w.device)
         while eng.waiting or eng.running:
             evicted = eng.reserve()
@@ -397,59 +342,14 @@ def generate(model, prompts: list[list[int]], n: int = 1, max_new_tokens: int = 
             parts = ([eng.decode(old)] if old else []) + ([eng.prefill(batch)] if batch else [])
             rows = old + [s for _, seqs in batch for s in seqs]
             assert rows, "the engine made no progress"
-            seeds = _row_seeds(seed, [keys[s.key // n] * n + s.key % n for s in rows],
+            seeds = kernels.row_seeds(seed, [keys[s.key // n] * n + s.key % n for s in rows],
                                [len(s.tokens) for s in rows], w.device)
-            tok, lp = _sample(_logits(torch.cat(parts), head, buf), temperature, top_k, top_p, seeds)
+            tok, lp = kernels.sample(kernels.fp32_logits(torch.cat(parts), head, buf), temperature, top_k, top_p, seeds)
             tok, lp = tok.tolist(), lp.tolist()  # one device read per step, to schedule on
             if on_token:
                 on_token([s.key for s in rows], tok)
             eng.finish(rows, tok, lp)
     return eng.out
-
-
-# -------------------------------------------------------------------------------------------- tasks
-FUNCTION_PROMPT = ("{problem}\n\nComplete the following Python code. Give the complete solution in one "
-                   "```python code block at the end of your answer.\n```python\n{code}\n```")
-
-
-def _layout(rec: dict, source: str) -> dict | None:
-    """One record of any layout of docs/ALGORITHM.md section 5 -> {"messages", "kind", "answer",
-    "tests", "source"}, or None. A simple layout's problem is the user message, verbatim."""
-    user = lambda text: [{"role": "user", "content": text}]
-    source = rec.get("data_source") or source
-    task = lambda messages, kind, answer=None, tests=None: dict(messages=messages, kind=kind, answer=answer,
-                                                                tests=tests, source=source)
-    if isinstance(rec.get("prompt"), list) and isinstance(rec.get("reward_model"), dict):  # Klear
-        gt, ability = rec["reward_model"]["ground_truth"], str(rec.get("ability") or "")
-        code = "cod" in ability or not ability and (not isinstance(gt, str) or '"inputs"' in gt or '"functional"' in gt)
-        return task(rec["prompt"], "code", tests=rewards.to_tests(gt)) if code else task(rec["prompt"], "math", str(gt))
-    if "problem" in rec and "answer" in rec:  # math: ours, the demo, AIME / MATH-500
-        return task(user(str(rec["problem"])), "math", answer=str(rec["answer"]))
-    if "problem" in rec and "test_code" in rec and "entry_point" in rec:  # shared leetcode_function
-        text = FUNCTION_PROMPT.format(problem=rec["problem"], code=rec.get("starter_code", ""))
-        return task(user(text), "code", tests=rewards.to_tests(rec))
-    if "problem" in rec and "tests" in rec:  # stdin/stdout: ours, the demo, shared taco_stdin
-        return task(user(str(rec["problem"])), "code", tests=rewards.to_tests(rec["tests"]))
-    if "prompt" in rec and "test" in rec and "entry_point" in rec:  # shared HumanEval
-        text = FUNCTION_PROMPT.format(problem="Implement this function.", code=rec["prompt"])
-        return task(user(text), "code", tests=rewards.to_tests(rec))
-    return None
-
-
-def load_tasks(path, skip_bad: bool = False) -> list[dict]:
-    """Tasks of a JSONL (or .jsonl.gz) file via data.read_jsonl: a bad record raises a ValueError
-    naming file:line (or is skipped). `source`: the record's data_source, else the file name."""
-    source = Path(path).name.split(".")[0]
-
-    def parse(rec: dict) -> dict:
-        task = _layout(rec, source)
-        if task is None:
-            raise ValueError("record fits no task layout (Klear prompt+reward_model, problem+answer, "
-                             f"problem+tests, ...); keys: {sorted(rec)[:12]}")
-        if task["kind"] == "code" and not task["tests"]:
-            raise ValueError("code record without usable tests (rewards.to_tests found none)")
-        return task
-    return data.read_jsonl(path, skip_bad, parse)
 
 
 # --------------------------------------------------------------------------------------- evaluation
@@ -651,7 +551,7 @@ def main(argv=None) -> None:
     print("rollout config: " + json.dumps(vars(a)), file=sys.stderr)
     dtype = getattr(torch, a.dtype or ("bfloat16" if a.device.startswith("cuda") else "float32"))
     try:
-        tasks = load_tasks(a.eval)[:a.limit] if a.eval else None  # fails before the model loads
+        tasks = rewards.load_tasks(a.eval)[:a.limit] if a.eval else None  # fails before the model loads
         model, tok = load_pretrained(a.model, device=a.device, dtype=dtype), data.load_tokenizer(a.model)
         model.eval()
         _chat(model, tok, a) if a.prompt is not None else _eval(model, tok, a, tasks)

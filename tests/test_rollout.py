@@ -11,6 +11,8 @@ import torch
 from conftest import ROOT, need_shared
 
 import demo
+import kernels
+import rewards
 import rollout
 from model import Qwen3Config, build_model, save_pretrained
 
@@ -219,7 +221,7 @@ def test_sampler_logits_are_fp32_from_bf16(model):
     w = model.lm_head.weight.detach().to(torch.bfloat16)
     h = torch.randn(5, w.shape[1]).to(torch.bfloat16)
     ref = h.float() @ w.float().t()
-    got = rollout._logits(h, w.float(), torch.empty(8, w.shape[0]))  # what generate passes on a bf16 CPU model
+    got = kernels.fp32_logits(h, w.float(), torch.empty(8, w.shape[0]))  # what generate passes on a bf16 CPU model
     assert (got - ref).abs().max() < 1e-5
     assert ((h @ w.t()).float() - ref).abs().max() > 1e-3  # bf16-rounded logits, which this replaces, are not
 
@@ -251,7 +253,7 @@ def test_load_tasks_inline(tmp_path):
         {"problem": "2+2?", "answer": 4},
         {"prompt": user, "reward_model": {"ground_truth": {"inputs": ["1\n"], "outputs": ["2\n"]}}},
         {"problem": "echo", "tests": [{"input": "1\n", "output": "1\n"}]}])
-    t = rollout.load_tasks(path)
+    t = rewards.load_tasks(path)
     assert [x["kind"] for x in t] == ["math", "code", "math", "code", "code"]
     assert [x["source"] for x in t] == ["math_longcot_math_verify", "coder1_longcot", "mix", "mix", "mix"]
     assert t[0]["answer"] == "2" and t[2]["answer"] == "4" and t[2]["messages"][0]["content"] == "2+2?"
@@ -259,12 +261,12 @@ def test_load_tasks_inline(tmp_path):
     assert t[4]["tests"] == [{"input": "1\n", "output": "1\n"}] and t[0]["tests"] is None and t[1]["answer"] is None
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"problem": "x", "answer": "1"}, {"question": "x"}, "{not json"])
     with pytest.raises(ValueError, match=r"bad.jsonl:2: record fits no task layout"):
-        rollout.load_tasks(bad)
-    assert len(rollout.load_tasks(bad, skip_bad=True)) == 1
+        rewards.load_tasks(bad)
+    assert len(rewards.load_tasks(bad, skip_bad=True)) == 1
     with pytest.raises(ValueError, match=r"none.jsonl:1: code record without usable tests"):
-        rollout.load_tasks(write_jsonl(tmp_path / "none.jsonl", [{"problem": "x", "tests": []}]))
+        rewards.load_tasks(write_jsonl(tmp_path / "none.jsonl", [{"problem": "x", "tests": []}]))
     with pytest.raises(FileNotFoundError):
-        rollout.load_tasks(tmp_path / "missing.jsonl")
+        rewards.load_tasks(tmp_path / "missing.jsonl")
 
 
 @pytest.mark.parametrize("name,kind,count", [("math/aime2024.jsonl", "math", 30), ("math/math500.jsonl", "math", 500),
@@ -272,7 +274,7 @@ def test_load_tasks_inline(tmp_path):
                                              ("code/leetcode_function.jsonl", "code", 40),
                                              ("code/humaneval.jsonl.gz", "code", 164)])
 def test_load_tasks_shared(name, kind, count):
-    tasks = rollout.load_tasks(need_shared(*name.split("/")))
+    tasks = rewards.load_tasks(need_shared(*name.split("/")))
     assert len(tasks) == count and {t["kind"] for t in tasks} == {kind}
     assert all(t["answer"] if kind == "math" else t["tests"] for t in tasks)
     assert all(t["messages"][0]["role"] == "user" and t["messages"][0]["content"] for t in tasks)
@@ -300,7 +302,7 @@ def test_evaluate_metrics(monkeypatch):
 def test_evaluate_runs(tmp_path):
     tok = demo.demo_tokenizer()
     m = tiny_model(vocab_size=-(-tok.vocab_size // 16) * 16, max_position_embeddings=128)
-    tasks = rollout.load_tasks(write_jsonl(tmp_path / "t.jsonl", [{"problem": "1+2", "answer": "3"}] * 3))
+    tasks = rewards.load_tasks(write_jsonl(tmp_path / "t.jsonl", [{"problem": "1+2", "answer": "3"}] * 3))
     parts, stats = [], rollout.EngineStats()  # what --out receives, task by task, as soon as each is scored
     res = rollout.evaluate(m, tok, tasks, n=2, max_new_tokens=6, workers=1, on_rows=parts.append, stats=stats)
     assert len(res["rows"]) == 6 and res["mean_length"] <= 6 and 0 <= res["avg@n"] <= res["pass@n"] <= 1
@@ -315,6 +317,7 @@ sys.path.insert(0, {root!r})
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
+import rewards
 import rollout
 from model import Qwen3Config, build_model
 dist.init_process_group("gloo")
@@ -353,7 +356,7 @@ def test_gzip_tasks(tmp_path):
     with gzip.open(path, "wt") as f:
         f.write(json.dumps({"task_id": "x/0", "prompt": "def f():\n", "entry_point": "f",
                             "test": "def check(candidate):\n    assert candidate() == 1\n"}) + "\n")
-    (t,) = rollout.load_tasks(path)
+    (t,) = rewards.load_tasks(path)
     assert t["kind"] == "code" and t["source"] == "he" and "def f():" in t["messages"][0]["content"]
 
 
