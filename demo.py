@@ -1,16 +1,17 @@
-"""The built-in CPU demo that `bash train.sh` runs: its tokenizer, tiny Qwen3 config and task data, the held-out
-evaluation of each stage, the continued-SFT control's time budget and the summary table.
+"""The built-in CPU demo that `bash train.sh` runs: its tokenizer, tiny Qwen3 config and task data,
+the held-out evaluation of each stage, the continued-SFT control's budget, the summary table.
 
 The task (why it shows real RL learning, not an SFT model that merely trained less):
-- Two flavours of problems, both graded by the recipe's rewards: math, column addition of 2-3 operands with a
-  units-first carry trace, then `</think>\\boxed{sum}`; code, read x and print f(x) = a*x + b, judged by
-  stdin/stdout tests in the sandbox.
-- The SFT traces carry a teacher's systematic flaw, the way distilled data does (the recipe keeps incorrect
-  samples on purpose): in 60% of the traces the carry out of a column summing to exactly 10 is dropped, and the
-  sign of a negative b is misread. SFT learns the flaw; samples at temperature 1 are sometimes right, and the RL
-  reward (exact answers, passing tests) pulls them there.
-- The control is the same SFT model trained further with SFT for as long as both RL stages ran: the gain claimed
-  for RL is over the better of the two baselines.
+- Two flavours of problems, both graded by the recipe's rewards: math, column addition of 2-3
+  operands with a units-first carry trace, then `</think>\\boxed{sum}`; code, read x and print f(x)
+  = a*x + b, judged by stdin/stdout tests in the sandbox.
+- The SFT traces carry a teacher's systematic flaw, the way distilled data does (the recipe keeps
+  incorrect samples on purpose): in 60% of the traces the carry out of a column summing to exactly
+  10 is dropped, and the sign of a negative b is misread. SFT learns the flaw; samples at
+  temperature 1 are sometimes right, and the RL reward (exact answers, passing tests) pulls them
+  there.
+- The control is the same SFT model trained further with SFT for as long as both RL stages ran: the
+  gain claimed for RL is over the better of the two baselines.
 
 Run (train.sh does all of this):
     python demo.py data FOLDER [--seed S]            # tokenizer, config.json, sft / rl_{math,code} / eval_* JSONL
@@ -92,7 +93,7 @@ def math_trace(ops: list[int], flawed: bool = False) -> tuple[str, int, bool]:
 
 
 def math_problem(rng: random.Random, p_ten: float = 0.4, max_digits: int = MATH_WIDTH) -> list[int]:
-    """2-3 operands of 1..max_digits digits; a share p_ten has a column summing to 10 (where the flaw bites)."""
+    """2-3 operands of 1..max_digits digits; a share p_ten has a column summing to 10 (the flaw)."""
     want = rng.random() < p_ten
     while True:  # rejection: about a quarter of uniform problems have such a column
         ds = [rng.randint(1, max_digits) for _ in range(rng.randint(2, 3))]
@@ -179,8 +180,8 @@ def write_demo(folder, seed: int = 0, n_sft: int = 2000, n_rl: int = 1000, n_eva
 
 # ----------------------------------------------------------------------------------- train.sh steps
 def evaluate_stage(model: str, name: str, folder: str, out: str, limit: str | None = None) -> None:
-    """Held-out accuracy of both flavours, greedy and with one sample at temperature 1, top-p 1 (RL's sampling).
-    A few seconds each: redone from scratch, never resumed."""
+    """Held-out accuracy of both flavours, greedy and with one sample at temperature 1, top-p 1
+    (RL's sampling). A few seconds each: redone from scratch, never resumed."""
     for f in ("math", "code"):
         for t, suffix in (("0", ""), ("1", "_t1")):
             rows = f"{out}/eval_{name}_{f}{suffix}.jsonl"
@@ -242,7 +243,7 @@ ROW_KEY = ("experiment", "kind", "beta_low", "mini_batches", "reward", "filter",
 
 
 def save_rows(path: str, rows: list[dict], key=ROW_KEY) -> list:
-    """Add rows to the JSON list at `path`, replacing rows with the same key; returns the whole list."""
+    """Add rows to the JSON list at `path`, replacing rows of the same key; returns the list."""
     from model import atomic_write
     old = json.loads(Path(path).read_text()) if Path(path).is_file() else []
     new = {tuple(r.get(k) for k in key) for r in rows}
@@ -277,9 +278,10 @@ def loss_kinds_table(rows: list[dict]) -> str:
 
 def ablate_loss(out: str, regime: str, kinds: list[str], seeds: list[int], steps: int, lr: float, results: str,
                 table: str, limit: int | None = None) -> None:
-    """The math RL stage from out/sft/hf for each loss kind and seed (docs/RESULTS.md, the loss kinds): held-out
-    accuracy, the share of clipped tokens over the run, the final entropy, the RL seconds; rows to `results`
-    (JSON), the table between markers in `table` (markdown), the curves of seed 0 next to it."""
+    """The math RL stage from out/sft/hf for each loss kind and seed (docs/RESULTS.md, the loss
+    kinds): held-out accuracy, the share of clipped tokens over the run, the final entropy, the RL
+    seconds; rows to `results` (JSON), the table between markers in `table` (markdown), the curves
+    of seed 0 next to it."""
     import gppo
     for name in kinds:
         kind, beta_low, beta_high = LOSS_KINDS[name]
@@ -307,7 +309,8 @@ def ablate_loss(out: str, regime: str, kinds: list[str], seeds: list[int], steps
 
 
 def put_table(path: str, name: str, title: str, table: str) -> None:
-    """Write `table` between the `<!-- name: begin/end -->` markers of a markdown file (a new section if absent)."""
+    """Write `table` between the `<!-- name: begin/end -->` markers of a markdown file (or a new
+    section)."""
     begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
     text = Path(path).read_text() if Path(path).is_file() else ""
     block = f"{begin}\n{table}\n{end}"
@@ -332,8 +335,8 @@ CODE_TESTS = 4  # tests per demo code problem (demo_record)
 
 
 def corrupt_tests(src: str, dst: str, share: float, seed: int = 0) -> list[int]:
-    """Copy a demo code RL set, giving a `share` of its problems one test whose expected output is off by 1-9
-    (as scraped tests sometimes are); returns the corrupted problems' line indices."""
+    """Copy a demo code RL set, giving a `share` of its problems one test whose expected output is
+    off by 1-9 (as scraped tests sometimes are); returns the corrupted problems' line indices."""
     # a seed stream of its own: random.Random(0).sample and the RL sampler's Random(0).shuffle are correlated
     rng, recs = random.Random(f"corrupt-tests-{seed}"), [json.loads(line) for line in open(src)]
     bad = sorted(rng.sample(range(len(recs)), round(share * len(recs))))
@@ -347,8 +350,9 @@ def corrupt_tests(src: str, dst: str, share: float, seed: int = 0) -> list[int]:
 
 
 def filter_code_set(src: str, dst: str, workers: int = 2) -> list[int]:
-    """rewards.filter_problems over a demo code set (every problem must have its CODE_TESTS tests and its
-    reference program must pass them): the kept problems go to dst; returns the dropped line indices."""
+    """rewards.filter_problems over a demo code set (every problem must have its CODE_TESTS tests
+    and its reference program must pass them): the kept problems go to dst; returns the dropped line
+    indices."""
     import rewards
     kept, report = rewards.filter_problems([json.loads(line) for line in open(src)], min_tests=CODE_TESTS,
                                            workers=workers, timeout_s=10.0)
@@ -364,8 +368,9 @@ def drawn_problems(n_tasks: int, seed: int, steps: int, draw: int) -> list[int]:
 
 
 def code_reward_table(rows: list[dict]) -> str:
-    """The markdown table of the code-reward experiment: per configuration, the mean over seeds +- half their
-    range; a difference from soft reward + accuracy filter on clean data within either range is called a tie."""
+    """The markdown table of the code-reward experiment: per configuration, the mean over seeds +-
+    half their range; a difference from soft reward + accuracy filter on clean data within either
+    range is called a tie."""
     groups: dict = {}
     for r in (r for r in rows if r["experiment"] == "code-reward"):
         groups.setdefault((r["faulty"], r["filtered_problems"] is not None, r["filter"], r["reward"]), []).append(r)
@@ -393,10 +398,11 @@ def code_reward_table(rows: list[dict]) -> str:
 
 def ablate_code(out: str, seeds: list[int], steps: int, share: float, lr: float, results: str, table: str,
                 limit: int | None = None, runs=CODE_RUNS) -> None:
-    """The code RL stage from out/sft/hf for each configuration of CODE_RUNS and seed (docs/RESULTS.md, code
-    rewards): held-out code accuracy, the share of groups filtered and of groups with partial credit only, the
-    rollouts spent on problems no program can fully pass, the training-reward curve, the RL seconds; rows to
-    `results`, the table between markers in `table`, the curves of the first seed next to it."""
+    """The code RL stage from out/sft/hf for each configuration of CODE_RUNS and seed
+    (docs/RESULTS.md, code rewards): held-out code accuracy, the share of groups filtered and of
+    groups with partial credit only, the rollouts spent on problems no program can fully pass, the
+    training-reward curve, the RL seconds; rows to `results`, the table between markers in `table`,
+    the curves of the first seed next to it."""
     import gppo
     base, clean = Path(out) / "ablation" / "code-reward", f"{out}/data/rl_code.jsonl"
     base.mkdir(parents=True, exist_ok=True)

@@ -156,7 +156,8 @@ def cap_groups(kept: list[int], target: int) -> list[int]:
 
 # ------------------------------------------------------------------------------------ micro-batches
 def plan_micro(items: list[dict], micro_tokens: int) -> list[list[dict]]:
-    """Greedy micro-batches of length-sorted rollouts, rows * longest row <= micro_tokens (one row at least)."""
+    """Greedy micro-batches of length-sorted rollouts, rows * longest row <= micro_tokens (one row
+    at least)."""
     out, cur = [], []
     for it in sorted(items, key=lambda it: -it["len"]):
         if cur and (len(cur) + 1) * cur[0]["len"] > micro_tokens:
@@ -220,8 +221,9 @@ def rollouts(ctx: Context, step: int, met: dict) -> list[dict]:
 
 
 def test_statuses(statuses: Counter, met: dict) -> None:
-    """Log the code tests' statuses of this step over all ranks (tests/<status>), and stop the run, on every rank
-    alike, when more than half of them are 'sandbox error' (rewards.check_sandbox says what failed)."""
+    """Log the code tests' statuses of this step over all ranks (tests/<status>), and stop the run,
+    on every rank alike, when more than half of them are 'sandbox error' (rewards.check_sandbox says
+    what failed)."""
     names = sandbox.STATUSES + sandbox.NOTES + ("abandoned job",)
     totals = sft.all_reduce(torch.tensor([float(statuses[s]) for s in names]))
     met.update({f"tests/{s}": v.item() for s, v in zip(names, totals) if v})
@@ -271,8 +273,9 @@ def build_plan(ctx: Context, groups: list[list[dict]], dummy: dict) -> list[list
 
 
 def old_logprobs(ctx: Context, plan: list, met: dict) -> list[list[dict]]:
-    """Collate the plan and add old_logp (section 2): the training model's log-probs right before the update, at
-    the sampling temperature, no grad. Logs the mean |sampler - trainer| log-prob difference."""
+    """Collate the plan and add old_logp (section 2): the training model's log-probs right before
+    the update, at the sampling temperature, no grad. Logs the mean |sampler - trainer| log-prob
+    difference."""
     t0, diff, cnt, out = time.perf_counter(), 0.0, 0.0, []
     with torch.no_grad():
         for mb in plan:
@@ -288,8 +291,9 @@ def old_logprobs(ctx: Context, plan: list, met: dict) -> list[list[dict]]:
 
 
 def accumulate(ctx: Context, mini: list[dict], acc: UpdateSums) -> float:
-    """Forward/backward of one mini-batch's micro-batches: GPPO + alpha * NLL(correct rollouts), each an exact
-    token mean over the whole mini-batch on all ranks (denominators all-reduced first). Returns the global loss."""
+    """Forward/backward of one mini-batch's micro-batches: GPPO + alpha * NLL(correct rollouts),
+    each an exact token mean over the whole mini-batch on all ranks (denominators all-reduced
+    first). Returns the global loss."""
     a, model = ctx.args, ctx.model
     den = sft.all_reduce(torch.stack([sum(b["mask"].sum() for b in mini), sum(b["sft"].sum() for b in mini)]))
     den_pg, den_sft = max(den[0].item(), 1.0), max(den[1].item(), 1.0)
@@ -317,7 +321,8 @@ def accumulate(ctx: Context, mini: list[dict], acc: UpdateSums) -> float:
 
 
 def update(ctx: Context, mini: list[dict], acc: UpdateSums) -> None:
-    """One optimizer step per mini-batch; a non-finite loss or grad norm skips it (--max-bad-steps in a row stop)."""
+    """One optimizer step per mini-batch; a non-finite loss or grad norm skips it (--max-bad-steps
+    in a row stop)."""
     a, model, opt = ctx.args, ctx.model, ctx.opt
     model.train()
     opt.zero_grad(set_to_none=True)
@@ -362,7 +367,8 @@ def rl_step(ctx: Context, step: int) -> dict:
 
 
 def reduce_update_metrics(acc: UpdateSums, n_mini: int) -> dict:
-    """Token-weighted means over all ranks and mini-batches; ratio min/max over all; grad norm and loss averaged."""
+    """Token-weighted means over all ranks and mini-batches; ratio min/max over all; grad norm and
+    loss averaged."""
     keys = ("clip_low", "clip_high", "dual_clip", "ratio_mean", "entropy", "nll", "tokens")
     tot = dict(zip(keys, sft.all_reduce(torch.tensor([getattr(acc, k) for k in keys])).tolist()))
     out = {k: tot[k] / max(tot["tokens"], 1.0) for k in keys[:5]}
@@ -391,8 +397,9 @@ def context_split(a, context: int) -> None:
 
 
 def load_prompts(a, tok) -> tuple[list[dict], list[list[int]]]:
-    """Tasks from --data rendered with the chat template; prompts over --max-prompt-tokens are dropped and counted
-    (context_split has made sure that prompt + response fit the model's context)."""
+    """Tasks from --data rendered with the chat template; prompts over --max-prompt-tokens are
+    dropped and counted (context_split has made sure that prompt + response fit the model's
+    context)."""
     cap = a.max_prompt_tokens
     tasks, prompts, dropped = [], [], 0
     for t in rewards.load_tasks(a.data, skip_bad=a.skip_bad):
@@ -541,7 +548,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def preflight(a) -> None:
-    """train.sh's check before any long work: the context split fits the model, the data file exists."""
+    """train.sh's check before any long work: the context split fits the model, the data file
+    exists."""
     context_split(a, qwen3.Qwen3Config.from_json(Path(a.model) / "config.json").max_position_embeddings)
     if a.data and not Path(a.data).is_file():
         raise SystemExit(f"gppo: --data not found: {a.data}")

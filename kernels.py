@@ -61,7 +61,8 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
 
 def naive_token_logprobs(hidden, weight, targets, temperature=1.0, return_entropy=False):
     """Reference: full (N, V) logits, log_softmax, gather. Tests and benchmarks only."""
-    logits = (hidden @ weight.T).to(torch.promote_types(hidden.dtype, torch.float32))  # (N, V): fp32/fp64
+    # (N, V): fp32/fp64
+    logits = (hidden @ weight.T).to(torch.promote_types(hidden.dtype, torch.float32))
     if temperature != 1.0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, dim=-1)  # (N, V)
@@ -270,7 +271,7 @@ def _triton_backward(hidden, weight, targets, lse, ent, gl, ge, inv_t):
     return dh, dw.to(weight.dtype)
 
 
-# -------------------------------------------------------------------------------- sampling (rollout)
+# ------------------------------------------------------------------------------- sampling (rollout)
 M32 = 0xFFFFFFFF
 
 

@@ -38,8 +38,8 @@ from sandbox import run_tests
 
 # --------------------------------------------------------------------------------------------- math
 def _after_think(response, check_think: bool, no_close_think, no_open_think):
-    """(text to grade, None) or (None, penalty). check_think=False skips the <think> rule (prompt holds it);
-    no_close_think=None grades the whole text when </think> is missing."""
+    """(text to grade, None) or (None, penalty). check_think=False skips the <think> rule (prompt
+    holds it); no_close_think=None grades the whole text when </think> is missing."""
     response = response if isinstance(response, str) else ""
     if check_think and "<think>" not in response:
         return None, no_open_think
@@ -109,7 +109,8 @@ atexit.register(lambda: [h.proc.kill() for h in _IDLE])
 
 
 def _ask(pred: str, gold: str, timeout_s: float) -> bool:
-    """_equal in a helper; on timeout or any failure the helper is killed and replaced and the answer is False."""
+    """_equal in a helper; on timeout or any failure the helper is killed and replaced and the
+    answer is False."""
     with _SLOTS:
         with _IDLE_LOCK:
             if _IDLE_PID[0] != os.getpid():
@@ -129,7 +130,8 @@ def _ask(pred: str, gold: str, timeout_s: float) -> bool:
 
 
 def _serve() -> None:
-    """Helper process loop (see _Helper); memory is capped so a runaway expression cannot take the host down."""
+    """Helper process loop (see _Helper); memory is capped so a runaway expression cannot take the
+    host down."""
     import logging
     logging.disable(logging.CRITICAL)  # Math-Verify logs every unparsable answer
     resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
@@ -153,8 +155,9 @@ _INT = re.compile(r"\s*(?:\$?\\boxed\{\s*(-?\d{1,50})\s*\}\$?|(-?\d{1,50}))\s*")
 
 
 def math_equal(pred: str, gold: str, timeout_s: float = 3.0) -> bool:
-    """Whether pred (an answer or a whole response) is equivalent to gold; never raises, never hangs. An integer
-    (alone or alone in a box) against an integer gold is decided here, as Math-Verify would, without a helper."""
+    """Whether pred (an answer or a whole response) is equivalent to gold; never raises, never
+    hangs. An integer (alone or alone in a box) against an integer gold is decided here, as
+    Math-Verify would, without a helper."""
     if pred is None or gold is None or not str(pred).strip() or not str(gold).strip():
         return False
     a, b = _INT.fullmatch(str(pred)), _INT.fullmatch(str(gold))
@@ -284,9 +287,9 @@ def _check_tests(code: str, entry: str, prefix: str = "", per_assert: bool = Tru
 
 
 def to_tests(ground_truth) -> list[dict]:
-    """sandbox tests from Klear ground truth ({"inputs","outputs"[,"fn_name"]} / {"functional"}, as a JSON
-    string or dict), a Klear RL record, a list of tests, or a record of the public code sets (TACO, LeetCode,
-    HumanEval). Unreadable input gives []."""
+    """sandbox tests from Klear ground truth ({"inputs","outputs"[,"fn_name"]} / {"functional"}, as
+    a JSON string or dict), a Klear RL record, a list of tests, or a record of the public code sets
+    (TACO, LeetCode, HumanEval). Unreadable input gives []."""
     g = ground_truth
     try:
         g = json.loads(g) if isinstance(g, (str, bytes)) else g
@@ -442,8 +445,9 @@ def reward_many(jobs, workers: int = 8, job_timeout_s: float | None = None, stat
 
 
 def check_sandbox(statuses: Counter) -> None:
-    """Raise RuntimeError when more than half of the counted code tests ended in 'sandbox error': the sandbox
-    cannot run programs here, and every code sample would score `wrong` for that reason alone."""
+    """Raise RuntimeError when more than half of the counted code tests ended in 'sandbox error':
+    the sandbox cannot run programs here, and every code sample would score `wrong` for that reason
+    alone."""
     total = sum(statuses[s] for s in sandbox.STATUSES if s != "skipped")
     bad = statuses["sandbox error"]
     if total and 2 * bad > total:

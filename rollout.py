@@ -332,7 +332,8 @@ def generate(model, prompts: list[list[int]], n: int = 1, max_new_tokens: int = 
         graphs = flex and w.is_cuda and not sharded if graphs is None else graphs
         eng = Engine(model, prompts, n, max_new_tokens, budget // PAGE_SIZE, max_rows, set(stop_ids),
                      on_finish, stats, stop_after, flex, graphs)
-        head = w if w.is_cuda or w.dtype == torch.float32 else w.float()  # fp32 logits (kernels.fp32_logits)
+        # fp32 logits (kernels.fp32_logits)
+        head = w if w.is_cuda or w.dtype == torch.float32 else w.float()
         buf = torch.empty(min(max_rows, len(prompts) * n), model.config.vocab_size, device=w.device)
         while eng.waiting or eng.running:
             evicted = eng.reserve()
@@ -551,7 +552,8 @@ def main(argv=None) -> None:
     print("rollout config: " + json.dumps(vars(a)), file=sys.stderr)
     dtype = getattr(torch, a.dtype or ("bfloat16" if a.device.startswith("cuda") else "float32"))
     try:
-        tasks = rewards.load_tasks(a.eval)[:a.limit] if a.eval else None  # fails before the model loads
+        # fails before the model loads
+        tasks = rewards.load_tasks(a.eval)[:a.limit] if a.eval else None
         model, tok = load_pretrained(a.model, device=a.device, dtype=dtype), data.load_tokenizer(a.model)
         model.eval()
         _chat(model, tok, a) if a.prompt is not None else _eval(model, tok, a, tasks)
