@@ -326,11 +326,13 @@ def plot_runs(runs: list[str], png) -> None:
 
 
 
-# (reward, group filter, faulty set, filter_problems applied): {soft, hard} x {accuracy, reward} on clean data,
-# then soft on the faulty set, without and with filter_problems, under both filters
+# (reward, group filter, faulty set, filter_problems applied): {soft, hard} x {accuracy, reward} on clean data;
+# soft on the faulty set, without and with filter_problems, under both filters; and hard on the faulty set
+# under the reward filter, the one place in the demo where partial credit exists (the demo's own errors fail
+# every test or none)
 CODE_RUNS = [("soft", "accuracy", False, False), ("hard", "accuracy", False, False), ("soft", "reward", False, False),
              ("hard", "reward", False, False), ("soft", "accuracy", True, False), ("soft", "accuracy", True, True),
-             ("soft", "reward", True, False), ("soft", "reward", True, True)]
+             ("soft", "reward", True, False), ("soft", "reward", True, True), ("hard", "reward", True, False)]
 CODE_TESTS = 4  # tests per demo code problem (demo_record)
 
 
@@ -438,7 +440,8 @@ def ablate_code(out: str, seeds: list[int], steps: int, share: float, lr: float,
                 filtered_groups=sum(m["filtered"] for m in ms) / len(ms),
                 partial_groups=sum(m["partial_groups"] for m in ms) / len(ms),
                 unpassable_rollouts=8 * sum(i in bad for i in drawn), rollouts=8 * len(drawn),
-                reward_curve=[round(m["reward"], 4) for m in ms], seconds=round(sum(m["t_step"] for m in ms), 1))])
+                reward_curve=[round(m["reward"], 4) for m in ms], filtered_curve=[m["filtered"] for m in ms],
+                seconds=round(sum(m["t_step"] for m in ms), 1))])
             curves += [str(run)] if seed == seeds[0] else []
     put_table(table, "code-reward", "Code rewards and faulty tests (`python demo.py ablate-code`)",
               code_reward_table(json.loads(Path(results).read_text())))
@@ -478,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--share", type=float, default=0.3, help="share of problems with one corrupted test")
     s.add_argument("--lr", type=float, default=5e-5, help="RL learning rate (train.sh's: 5e-5)")
     s.add_argument("--configs", nargs="+", type=int, default=list(range(len(CODE_RUNS))),
-                   help="indices into CODE_RUNS (default: all 8)")
+                   help="indices into CODE_RUNS (default: all 9)")
     s.add_argument("--results", default="docs/ablation.json", help="JSON rows (same key: replaced)")
     s.add_argument("--table", default="docs/RESULTS.md", help="markdown file that gets the table")
     s.add_argument("--limit", type=int, default=None, help="held-out problems (default: all 200)")

@@ -125,7 +125,8 @@ def test_code_reward_experiment_writes_rows_and_table(tmp_path, monkeypatch):
     assert [(r["reward"], r["filter"], r["faulty"]) for r in rows] == [("hard", "accuracy", 0.0),
                                                                        ("soft", "reward", 0.3)]
     for r in rows:
-        assert r["seed"] == 3 and len(r["reward_curve"]) == 2 and r["rollouts"] == 2 * 16 * 8
+        assert r["seed"] == 3 and len(r["reward_curve"]) == len(r["filtered_curve"]) == 2
+        assert r["rollouts"] == 2 * 16 * 8
         assert 0 <= r["code"] <= 1 and 0 <= r["code@t1"] <= 1 and 0 <= r["filtered_groups"] <= 1
     # the hard run's steps, then the soft run's (evaluation calls leave the option unset)
     assert [x for x in softness if x is not None] == [False, False, True, True]
