@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Klear-Reasoner pipeline end to end: set-up, long-CoT SFT, GPPO RL (math, then code), evaluation.
 #
-#   bash train.sh                          # built-in demo: a tiny Qwen3 from scratch on CPU, ~9 minutes
+#   bash train.sh                          # built-in demo: a tiny Qwen3 from scratch on CPU, ~13 minutes (2 cores)
 #   LOSS=grpo bash train.sh                # demo ablation: RL again from the same SFT checkpoint with another loss
 #   RL_SEED=1 bash train.sh                # the RL stages again with another seed (same SFT checkpoint)
 #   CONTROL=0 bash train.sh                # without the continued-SFT control
