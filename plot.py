@@ -18,6 +18,7 @@ from pathlib import Path
 # (kind, title, metrics on the left axis, metrics on the right axis: their own scale)
 PANELS = [
     ("rl", "reward / accuracy", ["reward", "acc", "eval/avg@n"], []),
+    ("rl", "groups filtered / reward-only groups", ["filtered", "partial_groups"], []),
     ("rl", "response length / truncation", ["resp_len", "resp_len_max"], ["trunc"]),
     ("rl", "entropy", ["entropy"], []),
     ("rl", "clip fractions / ratio range", ["clip_low", "clip_high", "dual_clip"],
@@ -57,16 +58,20 @@ def draw_panel(ax, title: str, left: list[str], right: list[str], runs: list[tup
     ax.set_xlabel("step", fontsize=8)
     has_right = any(k in r for _, rows, _ in runs for r in rows.values() for k in right)
     axes = [(ax, left)] + ([(ax.twinx(), right)] if has_right else [])
-    handles = []
+    handles, styles = [], {}
     for n, (axis, key) in enumerate((axis, k) for axis, keys in axes for k in keys):
         for label, rows, colour in runs:
             pts = [(s, float(r[key])) for s, r in rows.items() if key in r and math.isfinite(r[key])]
             if pts:
                 # eval points: markers, not a line read as a curve
                 sparse = len(pts) < max(2, len(rows) // 4) or len(pts) == 1
-                handles += axis.plot(*zip(*pts), linestyle=STYLES[n % len(STYLES)], color=colour,
+                styles[key] = STYLES[n % len(STYLES)]
+                handles += axis.plot(*zip(*pts), linestyle=styles[key], color=colour,
                                      linewidth=1.2, marker="o" if sparse else None, markersize=3,
                                      label=f"{label}: {key}")
+    if len(runs) > 1:  # the figure's legend names the runs' colours; a panel's, its metrics' styles
+        from matplotlib.lines import Line2D
+        handles = [Line2D([], [], color="0.3", linestyle=st, label=k) for k, st in styles.items()]
     for axis, _ in axes:
         axis.tick_params(labelsize=7)
         vals = [v for line in axis.get_lines() for v in line.get_ydata()]
@@ -99,8 +104,12 @@ def dashboard(run_dirs: list[Path]):
         draw_panel(ax, title, left, right, mine)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(" | ".join(label for label, _, _ in runs), fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))  # room for the title
+    from matplotlib.lines import Line2D
+    ncol = min(3, len(runs))
+    fig.legend(handles=[Line2D([], [], color=c, label=label) for label, _, c in runs], loc="upper center",
+               ncol=ncol, fontsize=9, frameon=False)
+    # room at the top for the legend of runs: a row of it takes about 0.25 inch
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 * math.ceil(len(runs) / ncol) / (3.6 * nrows)))
     return fig, [p[0] for p in panels]
 
 
