@@ -283,6 +283,7 @@ def ablate_loss(out: str, regime: str, kinds: list[str], seeds: list[int], steps
     seconds; rows to `results` (JSON), the table between markers in `table` (markdown), the curves
     of seed 0 next to it."""
     import gppo
+    need_demo(out, "rl_math.jsonl")
     for name in kinds:
         kind, beta_low, beta_high = LOSS_KINDS[name]
         for seed in seeds:
@@ -306,6 +307,13 @@ def ablate_loss(out: str, regime: str, kinds: list[str], seeds: list[int], steps
               loss_kinds_table(json.loads(Path(results).read_text())))
     plot_runs([f"{out}/ablation/loss-kinds-{regime}/{k}_s{seeds[0]}" for k in kinds],
               Path(table).parent / f"loss-kinds-{regime}.png")
+
+
+def need_demo(out: str, rl_file: str) -> None:
+    """Stop with a clear message when train.sh's SFT checkpoint or RL data are not in `out`."""
+    for f in (Path(out) / "sft" / "hf" / "config.json", Path(out) / "data" / rl_file):
+        if not f.is_file():
+            raise SystemExit(f"demo.py: {f} not found: run `OUT={out} bash train.sh` first (its SFT stage and data)")
 
 
 def put_table(path: str, name: str, title: str, table: str) -> None:
@@ -406,6 +414,7 @@ def ablate_code(out: str, seeds: list[int], steps: int, share: float, lr: float,
     training-reward curve, the RL seconds; rows to `results`, the table between markers in `table`,
     the curves of the first seed next to it."""
     import gppo
+    need_demo(out, "rl_code.jsonl")
     base, clean = Path(out) / "ablation" / "code-reward", f"{out}/data/rl_code.jsonl"
     base.mkdir(parents=True, exist_ok=True)
     faulty, cleaned = str(base / "rl_code_faulty.jsonl"), str(base / "rl_code_faulty_filtered.jsonl")

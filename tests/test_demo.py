@@ -4,6 +4,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 import demo
 import model as qwen3
 
@@ -122,6 +124,8 @@ def test_code_reward_experiment_writes_rows_and_table(tmp_path, monkeypatch):
     demo.main(["ablate-code", str(out), "--configs", "1", "6", "--seeds", "3", "--steps", "2", "--limit", "2",
                "--results", str(results), "--table", str(table)])
     rows = json.loads(results.read_text())
+    with pytest.raises(SystemExit, match=r"nowhere/sft/hf/config.json not found: run `OUT=.*nowhere bash train.sh"):
+        demo.main(["ablate-code", str(tmp_path / "nowhere")])
     assert [(r["reward"], r["filter"], r["faulty"]) for r in rows] == [("hard", "accuracy", 0.0),
                                                                        ("soft", "reward", 0.3)]
     for r in rows:
