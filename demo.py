@@ -230,13 +230,14 @@ LOSS_KINDS = {"gppo": ("gppo", 1.0, 1.0), "ce-gppo": ("gppo", 0.75, 1.0), "grpo"
 REGIMES = {"default": 2, "offpolicy": 8}  # optimizer steps (mini-batches) per RL step of 16 prompts
 
 
-def held_out(model_dir: str, folder: str, temperature: float, limit: int | None = None, flavour="math") -> float:
-    """Held-out accuracy (avg@1) of a model on one flavour: greedy, or one sample at temperature 1,
-    top-p 1."""
+def held_out(model_dir: str, folder: str, limit: int | None = None, flavour="math") -> dict:
+    """Held-out accuracy (avg@1) of a model on one flavour, greedy and with one sample at temperature 1,
+    top-p 1: {flavour: greedy, flavour@t1: sampled}."""
     import model as qwen3
     m, tok = qwen3.load_pretrained(model_dir).eval(), data.load_tokenizer(model_dir)
     tasks = rewards.load_tasks(f"{folder}/eval_{flavour}.jsonl")[:limit]
-    return rollout.evaluate(m, tok, tasks, 1, temperature, 1.0, 0, 96, workers=2)["avg@n"]
+    return {flavour + suffix: rollout.evaluate(m, tok, tasks, 1, t, 1.0, 0, 96, workers=2)["avg@n"]
+            for t, suffix in ((0.0, ""), (1.0, "@t1"))}
 
 
 ROW_KEY = ("experiment", "kind", "beta_low", "mini_batches", "reward", "filter", "faulty", "filtered_problems", "seed")
@@ -299,8 +300,7 @@ def ablate_loss(out: str, regime: str, kinds: list[str], seeds: list[int], steps
             clip = sum((m["clip_low"] + m["clip_high"] + m["dual_clip"]) * m["pg_tokens"] for m in trained) / tokens
             save_rows(results, [dict(experiment="loss-kinds", kind=name, beta_low=beta_low, beta_high=beta_high,
                                      seed=seed, mini_batches=REGIMES[regime], steps=steps, lr=lr,
-                                     math=held_out(f"{run}/hf", f"{out}/data", 0.0, limit),
-                                     **{"math@t1": held_out(f"{run}/hf", f"{out}/data", 1.0, limit)},
+                                     **held_out(f"{run}/hf", f"{out}/data", limit),
                                      clip_fraction=clip, entropy=trained[-1]["entropy"] if trained else float("nan"),
                                      seconds=round(sum(m["t_step"] for m in steps_.values()), 1))])
     put_table(table, "loss-kinds", "The loss kinds (`python demo.py ablate-loss`)",
@@ -421,16 +421,16 @@ def ablate_code(out: str, seeds: list[int], steps: int, share: float, lr: float,
     corrupted = corrupt_tests(clean, faulty, share)
     t0 = time.perf_counter()
     dropped = filter_code_set(faulty, cleaned)
-    print(f"filter_problems: {len(dropped)} of {sum(1 for _ in open(faulty))} problems dropped in "
-          f"{time.perf_counter() - t0:.0f} s: {len(set(dropped) & set(corrupted))} of the {len(corrupted)} corrupted, "
-          f"{len(set(dropped) - set(corrupted))} clean")
-    kept = [i for i in range(sum(1 for _ in open(faulty))) if i not in set(dropped)]
+    n_problems, dropped, corrupted = sum(1 for _ in open(faulty)), set(dropped), set(corrupted)
+    print(f"filter_problems: {len(dropped)} of {n_problems} problems dropped in {time.perf_counter() - t0:.0f} s: "
+          f"{len(dropped & corrupted)} of the {len(corrupted)} corrupted, {len(dropped - corrupted)} clean")
+    kept = [i for i in range(n_problems) if i not in dropped]
     curves = []
     for reward, filt, is_faulty, filtered in runs:
         path = cleaned if filtered else faulty if is_faulty else clean
         # line indices, in the file this run trains on, of problems whose tests no program can all pass
-        bad = {j for j, i in enumerate(kept) if i in corrupted} if filtered else set(corrupted if is_faulty else ())
-        n_tasks = sum(1 for _ in open(path))
+        bad = {j for j, i in enumerate(kept) if i in corrupted} if filtered else corrupted if is_faulty else set()
+        n_tasks = len(kept) if filtered else n_problems
         for seed in seeds:
             tag = f"{reward}-{filt}-" + ("clean" if not is_faulty else "faulty-filtered" if filtered else "faulty")
             run = base / f"{tag}_s{seed}"
@@ -444,8 +444,7 @@ def ablate_code(out: str, seeds: list[int], steps: int, share: float, lr: float,
             save_rows(results, [dict(
                 experiment="code-reward", reward=reward, filter=filt, faulty=share if is_faulty else 0.0,
                 filtered_problems=len(dropped) if filtered else None, seed=seed, steps=steps, lr=lr,
-                code=held_out(str(run / "hf"), f"{out}/data", 0.0, limit, "code"),
-                **{"code@t1": held_out(str(run / "hf"), f"{out}/data", 1.0, limit, "code")},
+                **held_out(str(run / "hf"), f"{out}/data", limit, "code"),
                 filtered_groups=sum(m["filtered"] for m in ms) / len(ms),
                 partial_groups=sum(m["partial_groups"] for m in ms) / len(ms),
                 unpassable_rollouts=8 * sum(i in bad for i in drawn), rollouts=8 * len(drawn),

@@ -136,12 +136,17 @@ def group_advantages(rewards, group_size: int, correct: float = 1.0, truncated=N
     g = R.view(-1, group_size)  # (G, n)
     std = g.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(g[:, :1])
     adv = (g - g.mean(dim=1, keepdim=True)) / (std + 1e-6)
-    acc = g == correct
-    varies = (g != g[:, :1]).any(dim=1) if keep_on == "reward" else acc.any(dim=1) & ~acc.all(dim=1)
+    varies = group_signal(g, correct)[keep_on == "accuracy"]
     keep = varies[:, None].expand_as(g).flatten().clone()
     if drop_truncated and truncated is not None:
         keep &= ~torch.as_tensor(truncated, dtype=torch.bool).flatten()
     return torch.where(keep, adv.flatten(), 0.0), keep
+
+
+def group_signal(g: torch.Tensor, correct: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per group of rewards g (G, n): (the rewards differ, the accuracy R == correct differs)."""
+    acc = g == correct
+    return (g != g[:, :1]).any(dim=1), acc.any(dim=1) & ~acc.all(dim=1)
 
 
 def cap_groups(kept: list[int], target: int) -> list[int]:
@@ -238,9 +243,8 @@ def advantages_filter_cap(ctx: Context, items: list[dict], met: dict) -> list[li
     adv, keep = group_advantages(rewards_, a.n, a.correct, [it["truncated"] for it in items], a.drop_truncated,
                                  a.filter)
     # groups only a reward filter keeps: rewards differ, accuracy does not (partial credit, faulty tests, penalties)
-    R = torch.tensor(rewards_).view(-1, a.n)
-    acc = R == a.correct
-    partial = ((R != R[:, :1]).any(1) & (acc.all(1) | ~acc.any(1))).sum().item()
+    by_reward, by_accuracy = group_signal(torch.tensor(rewards_).view(-1, a.n), a.correct)
+    partial = (by_reward & ~by_accuracy).sum().item()
     groups = []
     for g in range(len(items) // a.n):
         grp = items[g * a.n:(g + 1) * a.n]

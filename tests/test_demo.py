@@ -57,12 +57,17 @@ def test_real_recipe_names_a_missing_data_file(tmp_path):
     assert p.returncode == 2 and "SFT_DATA not found" in p.stderr and "nope.jsonl" in p.stderr
 
 
-def test_loss_kinds_experiment_writes_rows_and_table(tmp_path):
-    out = tmp_path / "demo"
-    demo.write_demo(out / "data", n_sft=2, n_rl=16, n_eval=4)
+def tiny_demo(out: Path, n_rl: int) -> None:
+    """What the experiments need of train.sh's demo folder: its data and an (untrained) SFT checkpoint."""
+    demo.write_demo(out / "data", n_sft=2, n_rl=n_rl, n_eval=4)
     cfg = qwen3.Qwen3Config.from_json(out / "data" / "config.json")
     qwen3.save_pretrained(qwen3.build_model(cfg, seed=0), out / "sft" / "hf")
     demo.demo_tokenizer().save(out / "sft" / "hf")
+
+
+def test_loss_kinds_experiment_writes_rows_and_table(tmp_path):
+    out = tmp_path / "demo"
+    tiny_demo(out, n_rl=16)
     results, table = tmp_path / "ablation.json", tmp_path / "RESULTS.md"
     results.write_text(json.dumps([{"experiment": "code-reward", "kind": "gppo", "seed": 0}]))  # another experiment
     table.write_text("# Results\n\nsome text that stays\n")
@@ -104,10 +109,7 @@ def test_code_reward_experiment_writes_rows_and_table(tmp_path, monkeypatch):
     import data
     import rewards
     out = tmp_path / "demo"
-    demo.write_demo(out / "data", n_sft=2, n_rl=20, n_eval=4)
-    cfg = qwen3.Qwen3Config.from_json(out / "data" / "config.json")
-    qwen3.save_pretrained(qwen3.build_model(cfg, seed=0), out / "sft" / "hf")
-    demo.demo_tokenizer().save(out / "sft" / "hf")
+    tiny_demo(out, n_rl=20)
     results, table = tmp_path / "ablation.json", tmp_path / "RESULTS.md"
     table.write_text("# Results\n\n<!-- code-reward: begin -->\nold\n<!-- code-reward: end -->\ntail\n")
     softness, draws, reward_many, next_indices = [], [], rewards.reward_many, data.ShardedSampler.next_indices
