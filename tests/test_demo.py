@@ -139,8 +139,9 @@ def test_code_reward_experiment_writes_rows_and_table(tmp_path, monkeypatch):
     corrupted = {i for i, (a, b) in enumerate(zip(
         (out / "data" / "rl_code.jsonl").read_text().splitlines(),
         (out / "ablation" / "code-reward" / "rl_code_faulty.jsonl").read_text().splitlines())) if a != b}
-    faulty_draws = [i for d in draws[-2:] for i in d]  # the replayed draws are the run's own
-    assert faulty_draws == demo.drawn_problems(20, 3, 2, 16)
+    # the faulty run's own two draws (each run is followed by the experiment's replay of its draws)
+    faulty_draws = [i for d in draws[-4:-2] for i in d]
+    assert faulty_draws == [i for d in draws[-2:] for i in d] == demo.drawn_problems(20, 3, 2, 16)
     assert rows[1]["unpassable_rollouts"] == 8 * sum(i in corrupted for i in faulty_draws) > 0
     assert rows[0]["unpassable_rollouts"] == 0 and rows[1]["filtered_problems"] is None
     text = table.read_text()
