@@ -1,11 +1,10 @@
 """Data for the Klear-Reasoner stack: tokenizer, the Qwen3 chat template, JSONL readers, SFT loss
 masks, the token store, best-fit packing and rank sharding (the demo's task lives in demo.py).
 
-An SFT example learns its LAST assistant turn only (reasoning, answer, `<|im_end|>`): the template
-strips the reasoning of earlier turns, so learning those would teach answering without thinking.
-build_token_store tokenises the files once into flat memory-mapped arrays (Klear scale: billions of
-tokens); PackedRows plans best-fit rows from the lengths alone and builds a row's tensors only when
-asked for; ShardedSampler strides a seeded per-epoch permutation over the ranks.
+- An SFT example learns its LAST assistant turn only (reasoning, answer, `<|im_end|>`): the template
+  strips the reasoning of earlier turns, so learning those would teach answering without thinking.
+- build_token_store tokenises the files once per node into flat memory-mapped arrays (Klear scale:
+  billions of tokens); PackedRows plans best-fit rows from the lengths and builds rows on demand.
 
 Commands:
   python data.py --sft FILE.jsonl --tokenizer DIR --seq-len 8192  # packing statistics of a file
@@ -125,9 +124,9 @@ def _jsonl(path, skip_bad: bool = False, parse=None):
                     raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
                 out = parse(rec) if parse else rec
             except (ValueError, KeyError, TypeError) as e:  # json.JSONDecodeError is a ValueError
-                if not skip_bad:
-                    raise ValueError(f"{path}:{lineno}: {e}") from None
                 bad.append(f"{path}:{lineno}: {e}")
+                if not skip_bad:
+                    raise ValueError(bad[0]) from None
                 continue
             good += 1
             yield lineno, out
@@ -138,7 +137,7 @@ def _jsonl(path, skip_bad: bool = False, parse=None):
 
 
 def read_jsonl(path, skip_bad: bool = False, parse=None) -> list:
-    """All records of a JSONL file (see _jsonl for what counts as bad and how it is reported)."""
+    """All records of a JSONL file (see _jsonl)."""
     return [rec for _, rec in _jsonl(path, skip_bad, parse)]
 
 
@@ -159,15 +158,6 @@ def _sft_texts(record: dict) -> tuple[str, str]:
     if not full.startswith(prompt):
         raise ValueError("the conversation before the last assistant turn does not render as its prefix")
     return prompt, full
-
-
-def _sft_mask(p_ids: list[int], ids: list[int], eos_id: int) -> tuple[list[int], list[int]]:
-    """(ids, loss mask): 1 (learn) on what follows the generation prompt, up to and including
-    `<|im_end|>` (not the newline after it): what the model generates after that prompt."""
-    if ids[:len(p_ids)] != p_ids:
-        raise ValueError("the conversation before the last assistant turn does not tokenise as its prefix")
-    assert ids[-2] == eos_id, "the rendered turn ends with <|im_end|>\\n"
-    return ids, [0] * len(p_ids) + [1] * (len(ids) - len(p_ids) - 1) + [0]
 
 
 # ---------------------------------------------------------------------------- SFT data at any scale
@@ -209,17 +199,22 @@ def store_ready(folder, key: str) -> bool:
 
 
 def _tokenised(path, tokenizer: Tokenizer, skip_bad: bool, batch: int = 256):
-    """(ids, mask) of each SFT record of a file, tokenised in batches (tokenizers threads them)."""
+    """(ids, loss mask) of each SFT record of a file, tokenised in batches (tokenizers threads them).
+    The mask is 1 (learn) on what follows the generation prompt, up to and including `<|im_end|>`
+    (not the newline after it): what the model generates after that prompt."""
     records = _jsonl(path, skip_bad, parse=_sft_texts)
     while chunk := list(itertools.islice(records, batch)):
         enc = tokenizer.tok.encode_batch([t for _, texts in chunk for t in texts], add_special_tokens=False)
         for j, (lineno, _) in enumerate(chunk):
-            try:
-                yield _sft_mask(enc[2 * j].ids, enc[2 * j + 1].ids, tokenizer.eos_id)
-            except ValueError as e:
+            p_ids, ids = enc[2 * j].ids, enc[2 * j + 1].ids
+            if ids[:len(p_ids)] != p_ids:
+                why = f"{path}:{lineno}: the turns before the last assistant turn do not tokenise as a prefix"
                 if not skip_bad:
-                    raise ValueError(f"{path}:{lineno}: {e}") from None
-                print(f"warning: skipped {path}:{lineno}: {e}")
+                    raise ValueError(why)
+                print(f"warning: skipped {why}")
+                continue
+            assert ids[-2] == tokenizer.eos_id, "the rendered turn ends with <|im_end|>\\n"
+            yield ids, [0] * len(p_ids) + [1] * (len(ids) - len(p_ids) - 1) + [0]
 
 
 def build_token_store(paths: list, tokenizer: Tokenizer, folder, skip_bad: bool = False, wait: bool = False,
@@ -231,18 +226,17 @@ def build_token_store(paths: list, tokenizer: Tokenizer, folder, skip_bad: bool 
     folder, key = Path(folder), _store_key(paths, tokenizer, skip_bad)
     while wait and not store_ready(folder, key):  # the builder of this node prints its progress
         time.sleep(poll)
-    if store_ready(folder, key):
-        return TokenStore.open(folder)
-    tmp = folder.parent / f".{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        meta = _write_store(paths, tokenizer, tmp, skip_bad)
-        (tmp / "meta.json").write_text(json.dumps({"key": key, **meta}, indent=1))
-        _publish(tmp, folder, key)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # a failed build leaves nothing behind
-    print(f"token store {folder}: {json.dumps(meta)}", flush=True)
+    if not store_ready(folder, key):
+        tmp = folder.parent / f".{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            meta = _write_store(paths, tokenizer, tmp, skip_bad)
+            (tmp / "meta.json").write_text(json.dumps({"key": key, **meta}, indent=1))
+            _publish(tmp, folder, key)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed build leaves nothing behind
+        print(f"token store {folder}: {json.dumps(meta)}", flush=True)
     return TokenStore.open(folder)
 
 
@@ -277,10 +271,9 @@ def _publish(tmp: Path, folder: Path, key: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
     try:
         os.replace(tmp, folder)
-    except OSError:  # another builder renamed its store first: keep that one if it is this data
+    except OSError:  # another builder's store came first: keep it if it is this data (caller drops tmp)
         if not store_ready(folder, key):
             raise
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _best_fit(lengths: list[int], cap: int) -> list[list[int]]:
@@ -317,8 +310,7 @@ class PackedRows:
         bins = _best_fit(cut.tolist(), seq_len)
         self.store, self.seq_len, self.pad_id = store, seq_len, pad_id
         self.docs = keep[np.concatenate(bins)]  # store document ids in row order
-        # row r holds docs[starts[r]:starts[r + 1]]
-        self.starts = np.cumsum([0] + [len(b) for b in bins])
+        self.starts = np.cumsum([0] + [len(b) for b in bins])  # row r: docs[starts[r]:starts[r+1]]
         long = keep[lengths[keep] > seq_len]  # truncated: count their learned tokens up to the cut
         lost = sum(int(store.n_loss[d]) - int(store.mask[store.offsets[d] + 1:store.offsets[d] + seq_len].sum())
                    for d in long)

@@ -1,8 +1,7 @@
-"""The generation engine for Qwen3 (paged KV memory, continuous batching, batch-independent
-sampling), plus chat and evaluation (avg@n, pass@n) from the command line; the design is in
-docs/ALGORITHM.md section 6. `generate` samples from model.py's Qwen3 with fp32 logits, so its
-log-probs equal the trainer's to float precision; `evaluate` scores each task with rewards.py as
-soon as its samples are done.
+"""The generation engine for Qwen3 (paged KV memory, continuous batching, batch-independent sampling;
+docs/ALGORITHM.md section 6), plus chat and evaluation (avg@n, pass@n). `generate` samples with fp32
+logits, so its log-probs equal the trainer's to float precision; `evaluate` scores each task with
+rewards.py as soon as its samples are done.
 
 Run:
     python rollout.py --model DIR --prompt "What is 17 * 23?"
@@ -61,8 +60,8 @@ class EngineStats:
     prefill: int = 0  # tokens prefilled, recomputed ones included
     preemptions: int = 0  # sequences evicted to free KV memory (recomputed later)
 
-    def as_dict(self, prefix: str = "gen/") -> dict:
-        return {prefix + k: float(v) for k, v in asdict(self).items()}
+    def as_dict(self) -> dict:
+        return {"gen/" + k: float(v) for k, v in asdict(self).items()}
 
 
 def _pages(tokens: int) -> int:
@@ -141,8 +140,7 @@ class Engine:
         self.graphs = {} if graphs else None  # rows -> a captured decode step (CUDA)
         self.refs = [0] * (pages + 1)
         self.free = list(range(pages, 0, -1))  # pop() hands out low pages first
-        # 5%: half the evictions of 1%, for +0.6% projected time (bench.py engine)
-        self.watermark = max(1, pages // 20)
+        self.watermark = max(1, pages // 20)  # 5%: halves 1%'s evictions for +0.6% time (bench.py)
         self.waiting = deque((p, [_Seq(i * n + j, p) for j in range(n)]) for i, p in enumerate(prompts))
         self.running: list[_Seq] = []
         self.out: list[Sample | None] = [None] * (len(prompts) * n)
@@ -282,9 +280,9 @@ class Engine:
 
 
 def _capture(model, cache: KVCache, ids: torch.Tensor):
-    """Capture the decode forward for ids' row count as a CUDA graph over static inputs (ids, block
-    table, lengths), after two warm-ups on a side stream (they compile FlexAttention). Returns
-    (graph, inputs, output), or None (logged once) if capture fails: then run eagerly."""
+    """The decode forward for ids' row count as a CUDA graph over static inputs (ids, block table,
+    lengths), after two warm-ups on a side stream (they compile FlexAttention): (graph, inputs,
+    output), or None (logged once) if capture fails: then run eagerly."""
     static = (ids.clone(), cache.block_table.clone(), cache.lengths.clone())
     run = lambda: (cache.view(static[1], static[2], cache.end), model(static[0], cache=cache)[:, -1])[1]
     try:
@@ -332,14 +330,12 @@ def generate(model, prompts: list[list[int]], n: int = 1, max_new_tokens: int = 
         graphs = flex and w.is_cuda and not sharded if graphs is None else graphs
         eng = Engine(model, prompts, n, max_new_tokens, budget // PAGE_SIZE, max_rows, set(stop_ids),
                      on_finish, stats, stop_after, flex, graphs)
-        # fp32 logits (kernels.fp32_logits)
-        head = w if w.is_cuda or w.dtype == torch.float32 else w.float()
+        head = w if w.is_cuda or w.dtype == torch.float32 else w.float()  # see kernels.fp32_logits
         buf = torch.empty(min(max_rows, len(prompts) * n), model.config.vocab_size, device=w.device)
         while eng.waiting or eng.running:
             evicted = eng.reserve()
             old = list(eng.running)
-            # after an eviction, pages are too short to take newcomers
-            batch = [] if evicted else eng.admit()
+            batch = [] if evicted else eng.admit()  # after an eviction, no room for newcomers
             parts = ([eng.decode(old)] if old else []) + ([eng.prefill(batch)] if batch else [])
             rows = old + [s for _, seqs in batch for s in seqs]
             assert rows, "the engine made no progress"
@@ -361,16 +357,6 @@ def _scores(rows: list[dict], suffix: str = "") -> dict:
             f"pass@n{suffix}": len(solved) / len(tasks), f"tasks{suffix}": len(tasks)}
 
 
-def summarise(rows: list[dict], n: int) -> dict:
-    """evaluate's result from per-sample rows: avg@n, pass@n, tasks (overall and per source),
-    mean_length, truncated (share of samples that hit max_new_tokens), n and the rows themselves."""
-    out = {"n": n, **_scores(rows), "mean_length": sum(r["length"] for r in rows) / len(rows),
-           "truncated": sum(r["finish_reason"] == "length" for r in rows) / len(rows)}
-    for src in sorted({r["source"] for r in rows}):
-        out.update(_scores([r for r in rows if r["source"] == src], f"/{src}"))
-    return {**out, "rows": rows}
-
-
 def decode_and_score(tokenizer, samples: list[Sample], tasks: list[dict], workers: int, statuses: Counter,
                      **reward_opts) -> tuple[list[str], list[float]]:
     """Each sample's text (stop token dropped) and reward against its task (rewards.reward_many);
@@ -383,18 +369,19 @@ def evaluate(model, tokenizer, tasks: list[dict], n: int = 1, temperature: float
              top_k: int = 0, max_new_tokens: int | None = None, workers: int = 4, seed: int = 0,
              done_rows: list[dict] = (), on_rows=None, max_kv_tokens: int | None = None,
              stats: EngineStats | None = None, **reward_opts) -> dict:
-    """Sample n responses per task in one `generate` call and score them (correct = reward 1.0):
-    summarise(). Each task is scored in a background thread once its samples are done, then
-    `on_rows(rows)` gets its rows. Sample j of task i draws from (seed, i, j) alone, so `done_rows`
-    (whole tasks of an earlier run, same settings) are kept, not rerun: the result is the
-    uninterrupted run's. max_new_tokens None = the rest of the context, at most 32768."""
+    """Sample n responses per task in one `generate` call; score each task (correct = reward 1.0) in
+    a background thread once its samples are done, then pass its rows to `on_rows(rows)`. Sample j of
+    task i draws from (seed, i, j) alone, so `done_rows` (whole tasks of an earlier run, same
+    settings) are kept, not rerun: the result is the uninterrupted run's. max_new_tokens None = the
+    rest of the context, at most 32768. Returns n, avg@n, pass@n, tasks (overall and per source),
+    mean_length, truncated (share of samples that hit max_new_tokens), rows, tests/STATUS counts."""
     assert tasks, "evaluate: no tasks"
     prompts = [tokenizer.encode(data.render_chat(t["messages"], add_generation_prompt=True)) for t in tasks]
     max_new_tokens = max_new_tokens or min(32768, model.config.max_position_embeddings - max(map(len, prompts)))
     todo = sorted(set(range(len(tasks))) - {r["task"] for r in done_rows})
     stops = tuple(sorted({tokenizer.eos_id, tokenizer.pad_id}))
     rows, pending, futures, t0 = list(done_rows), defaultdict(dict), [], time.perf_counter()
-    statuses = Counter()  # the code tests' statuses (sandbox.STATUSES), printed by --eval
+    statuses = Counter()  # the code tests' statuses (sandbox.STATUSES)
     progress = {"tokens": 0, "shown": t0}
 
     def score(task: int, samples: list[Sample]) -> None:  # runs in the scoring thread
@@ -426,8 +413,12 @@ def evaluate(model, tokenizer, tasks: list[dict], n: int = 1, temperature: float
         for f in futures:
             f.result()  # a scoring error surfaces here
     rewards.check_sandbox(statuses)  # a sandbox that runs no program scores all code wrong
-    res = summarise(sorted(rows, key=lambda r: (r["task"], r["sample"])), n)
-    return res | {f"tests/{s}": c for s, c in sorted(statuses.items())}
+    rows.sort(key=lambda r: (r["task"], r["sample"]))
+    res = {"n": n, **_scores(rows), "mean_length": sum(r["length"] for r in rows) / len(rows),
+           "truncated": sum(r["finish_reason"] == "length" for r in rows) / len(rows)}
+    for src in sorted({r["source"] for r in rows}):
+        res |= _scores([r for r in rows if r["source"] == src], f"/{src}")
+    return res | {"rows": rows} | {f"tests/{s}": c for s, c in sorted(statuses.items())}
 
 
 # ------------------------------------------------------------------------------------- command line
@@ -466,9 +457,9 @@ def read_rows(path, n: int) -> list[dict]:
     return [r for rs in groups.values() if sorted(r["sample"] for r in rs) == list(range(n)) for r in rs]
 
 
-def _open_out(a, model, tasks: list[dict]) -> tuple[list[dict], object]:
-    """--out: (the rows kept from an earlier run, the file open for appending). A non-empty --out is
-    only continued with --resume and the settings recorded beside it (OUT.settings.json)."""
+def _open_out(a, model, tasks: list[dict]):
+    """--out: (the rows kept from an earlier run, a function appending rows durably). A non-empty --out
+    is continued only with --resume and the same weights, tasks and settings (OUT.settings.json)."""
     out, meta, w = Path(a.out), Path(a.out + ".settings.json"), model.lm_head.weight
     # the weights as loaded: a strided sample of every parameter
     weights = torch.cat([p.detach().flatten()[::max(1, p.numel() // 4096)].float() for p in model.parameters()])
@@ -489,20 +480,22 @@ def _open_out(a, model, tasks: list[dict]) -> tuple[list[dict], object]:
               file=sys.stderr)
     atomic_write(meta, json.dumps(settings, indent=1) + "\n")
     atomic_write(out, _json_lines(done))  # less a task a crash cut
-    return done, open(out, "a", encoding="utf-8")
+
+    def save(rows: list[dict]) -> None:  # a crash loses no finished task
+        with open(out, "a", encoding="utf-8") as f:
+            f.write(_json_lines(rows))
+            f.flush()
+            os.fsync(f.fileno())
+
+    return done, save
 
 
 def _eval(model, tok, a, tasks: list[dict]) -> None:
     """Evaluate, print the numbers, write --out (task by task, as each is scored) and --summary."""
-    done, f = _open_out(a, model, tasks) if a.out else ([], None)
-    with f or contextlib.nullcontext():
-        def save(rows):  # a crash loses no finished task
-            f.write(_json_lines(rows))
-            f.flush()
-            os.fsync(f.fileno())
-        stats = EngineStats()
-        res = evaluate(model, tok, tasks, a.n, a.temperature, a.top_p, a.top_k, a.max_new_tokens, a.workers,
-                       a.seed, done, save if f else None, a.max_kv_tokens, stats)
+    done, save = _open_out(a, model, tasks) if a.out else ([], None)
+    stats = EngineStats()
+    res = evaluate(model, tok, tasks, a.n, a.temperature, a.top_p, a.top_k, a.max_new_tokens, a.workers,
+                   a.seed, done, save, a.max_kv_tokens, stats)
     if a.summary:  # the numbers without the rows, plus the mean reward (train.sh's table)
         summary = {k: v for k, v in res.items() if k != "rows"}
         summary["reward"] = sum(r["reward"] for r in res["rows"]) / len(res["rows"])

@@ -256,10 +256,12 @@ def test_token_store_waiters_and_racing_builders(demo_set, tmp_path):
     assert not data.store_ready(tmp_path / "tokens", key)
     waited = data.build_token_store([src], tok, tmp_path / "tokens", wait=True, poll=0.05)  # once it is published
     assert len(waited) == 2
-    other = tmp_path / ".other-builder"  # a second node finishing the same store later: its copy is dropped
+    other = tmp_path / ".other-builder"  # a second node finishing the same store later: the first one stays
     shutil.copytree(tmp_path / "tokens", other)
+    (other / "ids.bin").write_bytes(b"")
     data._publish(other, tmp_path / "tokens", key)
-    assert not other.exists() and data.store_ready(tmp_path / "tokens", key)
+    assert data.store_ready(tmp_path / "tokens", key) and len(data.TokenStore.open(tmp_path / "tokens")) == 2
+    assert (tmp_path / "tokens" / "ids.bin").stat().st_size > 0
 
 
 def test_sampler_shards_and_resume():
