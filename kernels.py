@@ -1,14 +1,13 @@
-"""Fused LM-head log-probs and entropy that never hold the (N, V) logits.
+"""The LM head without (N, V) logits in memory: fused log-probs and entropy for training, and the sampler.
 
-`token_logprobs(hidden (N, H), weight (V, H), targets (N,), temperature, return_entropy, backend)`
-returns log softmax(hidden @ weight.T / temperature)[target] per token (fp32; fp64 for fp64 inputs)
-and, on request, the entropy; differentiable w.r.t. hidden and weight. Targets equal to IGNORE_INDEX
-give 0 and no gradient. The forward keeps O(N) statistics (lse, entropy) and the backward recomputes
-each token chunk's logits: memory flat in N for one more logits GEMM. Backends: "torch" (chunked
-matmuls, the CPU default), "triton" (CUDA: online softmax over vocab blocks, dlogits tiles then two
-cuBLAS GEMMs), "naive" (full logits, for tests and benchmarks), "auto" (triton on CUDA, else torch).
-The sampler's side of the same head lives here too: `fp32_logits` and `sample` (an exponential race
-whose noise is a hash of (row seed, vocab id), so a draw never depends on the batch; `row_seeds`).
+- `token_logprobs(hidden (N, H), weight (V, H), targets (N,), temperature, return_entropy, backend)`:
+  log softmax(hidden @ weight.T / temperature)[target] (fp32; fp64 for fp64 inputs) and the entropy,
+  differentiable in hidden and weight; IGNORE_INDEX targets give 0. The forward keeps O(N) stats and
+  the backward recomputes each chunk's logits: memory flat in N for one more logits GEMM.
+- Backends: "torch" (chunked matmuls), "triton" (CUDA: online softmax over vocab blocks, dlogits tiles
+  then two cuBLAS GEMMs), "naive" (full logits: tests, benchmarks), "auto" (triton on CUDA, else torch).
+- `fp32_logits`, then `sample`: an exponential race whose noise hashes (row seed, vocab id), so a draw
+  never depends on the batch (`row_seeds`).
 
     python bench.py kernels          # CPU: fused vs naive, memory and time
     python bench.py kernels_gpu      # GPU: Triton TFLOP/s and memory vs naive
@@ -25,16 +24,13 @@ try:
     import triton.language as tl
 except ImportError:  # CPU-only installs: the torch backend still works
     triton = tl = None
+_jit = triton.jit if triton is not None else lambda fn: fn
 
 IGNORE_INDEX = -100
 # (chunk, V) logits per torch chunk: 80M elements = 526 tokens at V = 151936 (320 MB fp32); on a
 # 2-core CPU 512-token chunks beat 256 and 1024 on wall time (the GEMMs dominate either way)
 TORCH_CHUNK_ELEMS = 80_000_000
 TRITON_CHUNK_BYTES = 2**30  # the Triton backward's (chunk, V) dlogits buffer, in the input dtype
-
-
-def _jit(fn):
-    return triton.jit(fn) if triton is not None else fn
 
 
 def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
@@ -61,16 +57,13 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
 
 def naive_token_logprobs(hidden, weight, targets, temperature=1.0, return_entropy=False):
     """Reference: full (N, V) logits, log_softmax, gather. Tests and benchmarks only."""
-    # (N, V): fp32/fp64
-    logits = (hidden @ weight.T).to(torch.promote_types(hidden.dtype, torch.float32))
+    logits = (hidden @ weight.T).to(torch.promote_types(hidden.dtype, torch.float32))  # (N, V) fp32/fp64
     if temperature != 1.0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, dim=-1)  # (N, V)
     valid = targets != IGNORE_INDEX
     logp = torch.where(valid, logp_all.gather(1, targets.clamp(min=0)[:, None]).squeeze(1), 0.0)
-    if not return_entropy:
-        return logp
-    return logp, torch.where(valid, -(logp_all.exp() * logp_all).sum(-1), 0.0)
+    return (logp, torch.where(valid, -(logp_all.exp() * logp_all).sum(-1), 0.0)) if return_entropy else logp
 
 
 class _LogProbs(torch.autograd.Function):

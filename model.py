@@ -1,11 +1,11 @@
 """Qwen3 from scratch: config, decoder, paged KV cache, packed-document masks, HF safetensors I/O.
 
-Parameter names are the Hugging Face checkpoint keys (no mapping table). `model(ids)` returns the
-final normed hidden states (B, T, H); logits are `model.lm_head(h)`, so kernels.token_logprobs never
-materialises them. Packed documents (`doc_ids`) attend only within their document (FlexAttention on
-CUDA, a bool mask with SDPA elsewhere); decoding goes through the paged `KVCache`. RoPE angles are
-fp32 (YaRN: docs/ALGORITHM.md section 1). atomic_write, fsync_dir and replace_dir are the stack's
-one copy of each.
+- Parameter names are the HF checkpoint keys. `model(ids)` returns the final normed hidden states
+  (B, T, H); kernels.token_logprobs applies `lm_head` to them without materialising the logits.
+- Packed documents (`doc_ids`) attend within their document (FlexAttention on CUDA, an SDPA bool
+  mask elsewhere); decoding goes through the paged `KVCache`.
+- RoPE angles are fp32 (YaRN: docs/ALGORITHM.md section 1).
+- atomic_write, fsync_dir and replace_dir are the stack's one copy of each.
 
     python model.py --check DIR     # validate a checkpoint folder without loading it
     python bench.py model           # fwd+bwd tokens/s vs transformers' Qwen3, tiny config, CPU
@@ -27,11 +27,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 # config.json keys that do not change the computation (or that from_dict checks by hand).
-_IGNORED_KEYS = {
-    "architectures", "model_type", "torch_dtype", "dtype", "transformers_version", "use_cache",
-    "initializer_range", "max_window_layers", "attention_dropout", "attention_bias", "hidden_act",
-    "sliding_window", "use_sliding_window", "layer_types", "rope_parameters", "_name_or_path",
-}
+_IGNORED_KEYS = {"architectures", "model_type", "torch_dtype", "dtype", "transformers_version",
+                 "use_cache", "initializer_range", "max_window_layers", "attention_dropout", "attention_bias",
+                 "hidden_act", "sliding_window", "use_sliding_window", "layer_types", "rope_parameters",
+                 "_name_or_path"}
 _ROPE_KEYS = {"rope_type", "type", "rope_theta", "factor", "original_max_position_embeddings", "beta_fast",
               "beta_slow", "attention_factor", "mscale", "mscale_all_dim", "truncate", "partial_rotary_factor"}
 
@@ -85,12 +84,11 @@ class Qwen3Config:
         if unknown or rope_type not in ("default", "yarn") or rope.pop("partial_rotary_factor", 1.0) != 1.0:
             raise ValueError(f"unsupported rope_scaling/rope_parameters: type {rope_type!r}, "
                              f"fields {sorted(unknown)}")
-        self.rope_scaling = None
         if rope_type == "yarn":
             rope.setdefault("original_max_position_embeddings", self.max_position_embeddings)
             if rope.get("factor") is None:  # as transformers: the context extension ratio
                 rope["factor"] = self.max_position_embeddings / rope["original_max_position_embeddings"]
-            self.rope_scaling = {"rope_type": "yarn", **rope}
+        self.rope_scaling = {"rope_type": "yarn", **rope} if rope_type == "yarn" else None
 
     @classmethod
     def from_json(cls, path: str | Path) -> Qwen3Config:
@@ -140,9 +138,8 @@ class RMSNorm(nn.Module):
         self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dtype == self.weight.dtype == torch.float32:  # one call, the same bits as below
+        if x.dtype == self.weight.dtype == torch.float32:  # one call, same bits as the fp32 stats below
             return F.rms_norm(x, x.shape[-1:], self.weight, self.eps)
-        # fp32 statistics
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
 
 
@@ -172,7 +169,6 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv is not None:  # (cache, layer, slots written (B, T), positions read: end | None = all)
             cache, i, written, end = kv
-            # (B, nkv, S, hd): the rows' positions, or the whole pool
             k, v = cache.write(i, k, v, written, end)
         gqa, sdpa = self.nh != self.nkv, F.scaled_dot_product_attention
         if mask is None:  # plain causal: flash kernels take GQA directly
@@ -269,9 +265,8 @@ class KVCache:
     A forward writes its T tokens at positions lengths[b].. and adds T to lengths and end."""
 
     def __init__(self, config: Qwen3Config, pages: int, page_size: int, device, dtype, flex: bool = False):
-        # + the null page
-        shape = (config.num_key_value_heads, (pages + 1) * page_size, config.head_dim)
-        # decode steps through FlexAttention over the pool (decode_mask), not a gather
+        shape = (config.num_key_value_heads, (pages + 1) * page_size, config.head_dim)  # + the null page
+        # flex: decode steps through FlexAttention over the pool (decode_mask), not a gather
         self.flex, self.page_size = flex, page_size
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
@@ -281,8 +276,7 @@ class KVCache:
     def view(self, block_table: Tensor, lengths: Tensor, end: int = 0) -> None:
         self.block_table, self.lengths, self.end = block_table, lengths, end
 
-    def slots(self, pos: Tensor) -> Tensor:
-        """Positions (B, T) -> flat slot indices (B, T) through each row's block table."""
+    def slots(self, pos: Tensor) -> Tensor:  # positions (B, T) -> slots (B, T)
         return self.block_table.gather(1, pos // self.page_size) * self.page_size + pos % self.page_size
 
     def copy_page(self, src: int, dst: int) -> None:
@@ -292,9 +286,8 @@ class KVCache:
             buf[:, b:b + ps] = buf[:, a:a + ps]
 
     def write(self, i: int, k: Tensor, v: Tensor, where: Tensor, end: int | None) -> tuple[Tensor, Tensor]:
-        """Write k, v (B, n_kv, T, hd) of layer i into slots `where` (B, T). Return each row's
-        positions < end as (B, n_kv, end, hd), gathered page by page, or with end None the whole
-        pool (a view)."""
+        """Write k, v (B, n_kv, T, hd) of layer i into slots `where` (B, T). Return each row's positions
+        < end as (B, n_kv, end, hd), gathered page by page, or with end None the whole pool (a view)."""
         flat = where.flatten()
         self.k[i].index_copy_(1, flat, k.transpose(0, 1).flatten(1, 2).to(self.k[i].dtype))
         self.v[i].index_copy_(1, flat, v.transpose(0, 1).flatten(1, 2).to(self.v[i].dtype))
@@ -319,10 +312,7 @@ class KVCache:
         logical = torch.full((B, pages), far, dtype=torch.long, device=table.device)
         logical.scatter_(1, table, torch.arange(width, device=table.device).expand(B, -1))
         logical[:, 0] = torch.where(table[:, 0] == 0, 0, far)
-
-        def visible(b, h, q, kv):
-            return logical[b, kv // ps] * ps + kv % ps <= lengths[b]
-
+        visible = lambda b, h, q, kv: logical[b, kv // ps] * ps + kv % ps <= lengths[b]
         indices = torch.zeros(B, 1, 1, pages, dtype=torch.int32, device=table.device)
         indices[:, 0, 0, :width] = table
         count = (lengths // ps + 1).to(torch.int32).view(B, 1, 1)  # pages of positions <= length
@@ -350,20 +340,18 @@ class Qwen3(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     @torch.no_grad()
-    def init_weights(self, std: float = 0.02, seed: int | None = None) -> None:
-        """Fresh init (after `to_empty`): normal(0, std) matrices, unit norms, RoPE rebuilt."""
+    def init_weights(self, seed: int | None = None) -> None:
+        """Fresh init (after `to_empty`): normal(0, 0.02) matrices, unit norms."""
         self.tie_weights()
-        self.inv_freq, self.rope_scale = rope_frequencies(self.config)
         for name, p in self.named_parameters():
             g = None if seed is None else torch.Generator(p.device).manual_seed(seed + zlib.crc32(name.encode()))
             if name.endswith("norm.weight"):
                 p.fill_(1.0)
             else:
-                p.normal_(0.0, std, generator=g)
+                p.normal_(0.0, 0.02, generator=g)
 
     def rope(self, pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """Positions (B or 1, T) -> cos, sin (B or 1, 1, T, head_dim) from fp32 angles; sin's first
-        half negated (apply_rope)."""
+        """Positions (B or 1, T) -> cos, sin (B or 1, 1, T, hd): fp32 angles, sin's first half negated."""
         if self.inv_freq.device != pos.device:
             with torch.inference_mode(False):  # a normal tensor even when first reached in generate
                 self.inv_freq = self.inv_freq.to(pos.device)
@@ -374,8 +362,7 @@ class Qwen3(nn.Module):
     def forward(self, input_ids: Tensor, position_ids: Tensor | None = None, doc_ids: Tensor | None = None,
                 cache: KVCache | None = None) -> Tensor:
         """input_ids (B, T) -> final normed hidden states (B, T, H); see KVCache, doc_mask."""
-        B, T = input_ids.shape
-        dev, mask, kv = input_ids.device, None, None
+        T, dev, mask = input_ids.shape[1], input_ids.device, None
         if cache is not None:
             assert doc_ids is None, "doc_ids with a KV cache is not supported"
             pos = cache.lengths[:, None] + torch.arange(T, device=dev)  # (B, T)
@@ -409,7 +396,6 @@ class Qwen3(nn.Module):
 
 def build_model(config: Qwen3Config, device="cpu", dtype: torch.dtype = torch.float32,
                 seed: int | None = None) -> Qwen3:
-    """Meta construction, then storage on `device` in `dtype`, then a fresh init."""
     with torch.device("meta"):
         model = Qwen3(config).to(dtype)
     model.to_empty(device=device)
@@ -452,11 +438,6 @@ def load_pretrained(path: str | Path, device="cpu", dtype: torch.dtype = torch.f
         raise ValueError(f"checkpoint {path} does not match its config.json: {e}") from e
     model.tie_weights()  # assign=True made two Parameters; make them one again
     return model
-
-
-def check_checkpoint(path: str | Path) -> Qwen3Config:
-    """Validate a checkpoint folder (config, files, tensor names and shapes), reading no data."""
-    return load_pretrained(path, device="meta").config
 
 
 def save_pretrained(model: Qwen3, path: str | Path, max_shard_size: int = 5 * 2**30,
@@ -524,8 +505,8 @@ if __name__ == "__main__":
     import sys
     if sys.argv[1:2] != ["--check"] or len(sys.argv) != 3:
         sys.exit("usage: python model.py --check DIR")
-    try:  # the preflight train.sh runs
-        cfg = check_checkpoint(sys.argv[2])
+    try:  # the preflight train.sh runs: config, files, tensor names and shapes, no data read
+        cfg = load_pretrained(sys.argv[2], device="meta").config
     except (OSError, ValueError) as e:
         sys.exit(f"model.py --check: {e}")
     print(f"{sys.argv[2]}: complete Qwen3 checkpoint ({cfg.num_hidden_layers} layers, "

@@ -1,6 +1,9 @@
 """model.py: logits vs transformers' Qwen3 (the oracle), HF checkpoint round trips, KV cache, packing, errors.
 Only the transformers parity tests need transformers; they skip without it."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -200,7 +203,7 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match=r"(?s)ck does not match.*Missing key.*model.layers.1.mlp.up_proj.weight"):
         load_pretrained(ck)
     save_file({**sd, "model.norm.weight": torch.ones(63), "extra": torch.ones(1)}, ck / "model.safetensors")
-    for load in (load_pretrained, M.check_checkpoint):
+    for load in (load_pretrained, lambda p: load_pretrained(p, device="meta")):
         with pytest.raises(ValueError, match=r"(?s)Unexpected key.*extra.*size mismatch for model.norm.weight"):
             load(ck)
     save_file(sd, ck / "model.safetensors")
@@ -210,17 +213,20 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
         load_pretrained(ck)
 
 
-def test_check_checkpoint_validates_without_loading(tmp_path):
+def test_meta_load_validates_without_loading(tmp_path):
     cfg = tiny(tied=False)
     save_pretrained(build_model(cfg, seed=0), tmp_path / "ck", max_shard_size=20_000)
-    assert M.check_checkpoint(tmp_path / "ck").hidden_size == cfg.hidden_size
+    assert load_pretrained(tmp_path / "ck", device="meta").config.hidden_size == cfg.hidden_size
+    root = Path(__file__).parents[1]  # the preflight train.sh runs
+    r = subprocess.run([sys.executable, root / "model.py", "--check", tmp_path / "ck"], capture_output=True, text=True)
+    assert r.returncode == 0 and "complete Qwen3 checkpoint (2 layers, hidden 64)" in r.stdout, r.stderr
     shard = sorted((tmp_path / "ck").glob("model-*.safetensors"))[1]
     shard.write_bytes(shard.read_bytes()[:100])  # truncated shard
     with pytest.raises(ValueError, match="truncated or corrupt"):
-        M.check_checkpoint(tmp_path / "ck")
+        load_pretrained(tmp_path / "ck", device="meta")
     shard.unlink()
     with pytest.raises(FileNotFoundError, match=shard.name):
-        M.check_checkpoint(tmp_path / "ck")
+        load_pretrained(tmp_path / "ck", device="meta")
 
 
 def test_doc_block_mask_equals_create_block_mask():
@@ -253,9 +259,6 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
 def test_doc_block_mask_memory_at_32k():
     # create_block_mask uncompiled holds ~10 bytes per (query, key) pair: 10 GiB at T = 32K (measured: 0.30 / 0.77 /
     # 2.65 / 10.15 GiB at 4K / 8K / 16K / 32K); built at block level the mask costs a few MiB
-    import subprocess
-    import sys
-    from pathlib import Path
     r = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT.format(root=str(Path(__file__).parents[1]))],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
