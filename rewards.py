@@ -1,13 +1,11 @@
-"""Rewards for RL (docs/ALGORITHM.md section 4): the Klear score scheme, math graded by Math-Verify,
-code by tests run in sandbox.py, and the faulty-problem filter.
+"""Rewards for RL (docs/ALGORITHM.md 4): the Klear score scheme, math graded by Math-Verify, code by
+tests run in sandbox.py, and the faulty-problem filter.
 
-- Math: `math_equal` asks Math-Verify (parse + verify, set/relation comparison on) after a few
-  rewrites of ours (`_texts`). Math-Verify (sympy) runs only in helper processes (`python rewards.py
-  --serve`, at most one per core), so a check that outlives timeout_s kills its helper and is False;
-  never in the caller, where it could not be interrupted.
+- Math: `math_equal` asks Math-Verify (set/relation comparison on) after a few rewrites of ours
+  (`_texts`), only in helper processes (`rewards.py --serve`, at most one per core): a check that
+  outlives timeout_s kills its helper and is False. In the caller it could not be interrupted.
 - Code: the last ```python block after `</think>`, judged on tests from `to_tests` (Klear, TACO,
-  LeetCode, HumanEval layouts); `reward_many(..., statuses=Counter())` counts each test's status and
-  `check_sandbox` stops a run whose sandbox cannot run programs.
+  LeetCode, HumanEval layouts); `check_sandbox` stops a run whose sandbox cannot run programs.
 
 Run: python rewards.py --filter data.jsonl --out clean.jsonl [--min-tests 16]
 """
@@ -21,7 +19,6 @@ import os
 import queue
 import re
 import resource
-import select
 import signal
 import subprocess
 import sys
@@ -55,7 +52,7 @@ _GROUPED = re.compile(r"-?\d{1,3}(?:[ ,]\d{3})+(?:\.\d+)?")
 
 
 def _texts(s: str) -> list[str]:
-    """What Math-Verify is asked to parse for one side, first hit wins (module docstring)."""
+    """What Math-Verify is asked to parse for one side; the first that parses wins."""
     s = s.translate(_UNICODE).replace("\\$", "").replace("\\varnothing", "\\emptyset")
     # 1e3 = 10^3
     s = re.sub(r"(?<![\w.])(\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])", r"\1\\times 10^{\2}", s)
@@ -85,7 +82,7 @@ class _Helper:
 
     def _line(self, timeout_s: float) -> bytes:
         fd = self.proc.stdout.fileno()
-        if not select.select([fd], [], [], timeout_s)[0]:
+        if not sandbox.readable(fd, timeout_s):
             raise TimeoutError("math check timed out")
         line = os.read(fd, 64).strip()
         if not line:
@@ -100,22 +97,19 @@ class _Helper:
         return self._line(timeout_s) == b"1"
 
 
-# idle helpers of process _IDLE_PID (a forked child must not share their pipes)
+# idle helpers; a forked child forgets them (it must not share their pipes)
 _IDLE: list[_Helper] = []
-_IDLE_PID, _IDLE_LOCK = [os.getpid()], threading.Lock()
+_IDLE_LOCK = threading.Lock()
+os.register_at_fork(after_in_child=_IDLE.clear)
 # more helpers than cores would only queue
 _SLOTS = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
 atexit.register(lambda: [h.proc.kill() for h in _IDLE])
 
 
 def _ask(pred: str, gold: str, timeout_s: float) -> bool:
-    """_equal in a helper; on timeout or any failure the helper is killed and replaced and the
-    answer is False."""
+    """_equal in a helper; on timeout or any failure the helper is killed and replaced, and it is False."""
     with _SLOTS:
         with _IDLE_LOCK:
-            if _IDLE_PID[0] != os.getpid():
-                _IDLE.clear()
-                _IDLE_PID[0] = os.getpid()
             h = _IDLE.pop() if _IDLE else _Helper()
         try:
             ok = h.ask(pred, gold, timeout_s)
@@ -130,8 +124,7 @@ def _ask(pred: str, gold: str, timeout_s: float) -> bool:
 
 
 def _serve() -> None:
-    """Helper process loop (see _Helper); memory is capped so a runaway expression cannot take the
-    host down."""
+    """The helper's loop; memory is capped so that a runaway expression cannot take the host down."""
     import logging
     logging.disable(logging.CRITICAL)  # Math-Verify logs every unparsable answer
     resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
@@ -155,9 +148,8 @@ _INT = re.compile(r"\s*(?:\$?\\boxed\{\s*(-?\d{1,50})\s*\}\$?|(-?\d{1,50}))\s*")
 
 
 def math_equal(pred: str, gold: str, timeout_s: float = 3.0) -> bool:
-    """Whether pred (an answer or a whole response) is equivalent to gold; never raises, never
-    hangs. An integer (alone or alone in a box) against an integer gold is decided here, as
-    Math-Verify would, without a helper."""
+    """Whether pred (an answer or a whole response) is equivalent to gold; never raises or hangs. An
+    integer (alone or alone in a box) against an integer gold is decided here, as Math-Verify would."""
     if pred is None or gold is None or not str(pred).strip() or not str(gold).strip():
         return False
     a, b = _INT.fullmatch(str(pred)), _INT.fullmatch(str(gold))
@@ -168,8 +160,7 @@ def math_equal(pred: str, gold: str, timeout_s: float = 3.0) -> bool:
 
 def math_reward(response: str, gold: str, correct: float = 1.0, wrong: float = -1.0, no_close_think=-0.5,
                 no_open_think: float = -2.0, check_think: bool = True) -> float:
-    """Klear scheme: no <think> -2, no </think> -0.5, else +1 / -1 for the text after the last
-    </think>."""
+    """Klear scheme: no <think> -2, no </think> -0.5, else +1 / -1 for the text after the last </think>."""
     text, penalty = _after_think(response, check_think, no_close_think, no_open_think)
     if text is None:
         return penalty
@@ -185,14 +176,9 @@ def extract_code(response: str) -> str | None:
     return blocks[-1] if blocks and blocks[-1].strip() else None
 
 
-def _text(x) -> str:
-    return "\n".join(map(str, x)) if isinstance(x, list) else str(x)
-
-
 def _call_test(fn: str, args, out) -> dict:
-    """An APPS/TACO call-based case (fn_name): a split call (a tuple result compares as a list; a
-    one-element list output may be the bare value), with the same check as assert code for the
-    in-sandbox path."""
+    """A TACO call-based case (fn_name) as a split call, with the same check as assert code for the
+    in-sandbox path: a tuple result compares as a list, a one-element list output may be the bare value."""
     args = args if isinstance(args, list) else [args]
     entry = f"Solution().{fn} if 'Solution' in globals() else {fn}"
     legacy = (f"_f = {entry}\n_r = _f(*{args!r})\n_r = list(_r) if isinstance(_r, tuple) else _r\n_o = {out!r}\n"
@@ -201,80 +187,65 @@ def _call_test(fn: str, args, out) -> dict:
             "functional": legacy}
 
 
-def split_asserts(code: str) -> tuple[str, list] | None:
-    """`def check(candidate)` test code as (setup: the code outside check() plus its imports, one
-    entry per assert of check(): (call, check) for a known shape (_shape; sandbox._holds judges the
-    check), () for `assert True`, None for another shape). None when check() holds more than
-    asserts, imports and docstrings."""
+def _shape(t) -> tuple[ast.AST, list] | None:
+    """(call node, check) of one assert's test: candidate(a) == x (either side), is True/False/None,
+    not, bare, math.isclose(candidate(a), x, ...), abs(candidate(a) - x) < tol; else None."""
+    src = ast.unparse
+    uses = lambda n: any(isinstance(x, ast.Name) and x.id == "candidate" for x in ast.walk(n))
+    # candidate(...) with no candidate inside its arguments
+    is_call = lambda n: (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "candidate"
+                         and not any(uses(a) for a in n.args + [k.value for k in n.keywords]))
+    if isinstance(t, ast.Compare) and len(t.ops) == 1:
+        op, a, b = t.ops[0], t.left, t.comparators[0]
+        if isinstance(op, ast.Eq) and is_call(b) and not uses(a):
+            a, b = b, a
+        if isinstance(op, ast.Eq) and is_call(a) and not uses(b):
+            return a, ["eq", src(b)]
+        if isinstance(op, ast.Is) and is_call(a) and isinstance(b, ast.Constant) and any(
+                b.value is v for v in (True, False, None)):
+            return a, ["is", repr(b.value)]
+        if (isinstance(op, (ast.Lt, ast.LtE)) and isinstance(a, ast.Call) and src(a.func) == "abs" and len(a.args) == 1
+                and isinstance(a.args[0], ast.BinOp) and isinstance(a.args[0].op, ast.Sub)
+                and is_call(a.args[0].left) and not uses(a.args[0].right) and not uses(b)):
+            return a.args[0].left, ["abs<" if isinstance(op, ast.Lt) else "abs<=", src(a.args[0].right), src(b)]
+    if (isinstance(t, ast.Call) and src(t.func) in ("math.isclose", "isclose") and len(t.args) == 2
+            and is_call(t.args[0]) and not uses(t.args[1]) and {k.arg for k in t.keywords} <= {"rel_tol", "abs_tol"}
+            and not any(uses(k.value) for k in t.keywords)):
+        kw = {k.arg: src(k.value) for k in t.keywords}
+        return t.args[0], ["isclose", src(t.args[1]), kw.get("rel_tol", "1e-09"), kw.get("abs_tol", "0.0")]
+    if isinstance(t, ast.UnaryOp) and isinstance(t.op, ast.Not) and is_call(t.operand):
+        return t.operand, ["falsy"]
+    return (t, ["truthy"]) if is_call(t) else None
+
+
+def _check_tests(code: str, entry: str, prefix: str = "", per_assert: bool = True) -> list[dict]:
+    """`def check(candidate)` test code: one test per top-level assert (LeetCode layout), else one test.
+    If check() holds only asserts, imports and docstrings, asserts of known shapes (_shape) also become
+    split calls (setup: the code outside check() and its imports), keeping the assert code for the
+    in-sandbox path."""
+    call, whole = f"\ncheck({entry})\n", {"functional": f"{code}\ncheck({entry})\n", "prefix": prefix}
     try:
         tree = ast.parse(code)
         fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check")
     except (SyntaxError, ValueError, StopIteration):
-        return None
-    setup, entries = [ast.unparse(n) for n in tree.body if n is not fn], []
+        return [whole]
+    # per assert: (call, check) for a known shape, () for `assert True`, None for another shape
+    setup, parts = [ast.unparse(n) for n in tree.body if n is not fn], []
     for st in fn.body:
         if isinstance(st, (ast.Import, ast.ImportFrom)):
             setup.append(ast.unparse(st))
         elif isinstance(st, ast.Assert):
             got = () if isinstance(st.test, ast.Constant) and st.test.value is True else _shape(st.test)
-            entries.append((ast.unparse(got[0]), got[1]) if got else got)
+            parts.append((ast.unparse(got[0]), got[1]) if got else got)
         elif not isinstance(st, ast.Pass) and not (isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant)):
-            return None
-    return "\n".join(setup), entries
-
-
-def _shape(t) -> tuple[ast.AST, list] | None:
-    """(call node, check) of one assert's test: candidate(a) == x (either side), is True/False/None,
-    not, bare, math.isclose(candidate(a), x, ...), abs(candidate(a) - x) < tol; else None."""
-    src = ast.unparse
-    if isinstance(t, ast.Compare) and len(t.ops) == 1:
-        op, a, b = t.ops[0], t.left, t.comparators[0]
-        if isinstance(op, ast.Eq) and _is_call(b) and not _uses(a):
-            a, b = b, a
-        if isinstance(op, ast.Eq) and _is_call(a) and not _uses(b):
-            return a, ["eq", src(b)]
-        if isinstance(op, ast.Is) and _is_call(a) and isinstance(b, ast.Constant) and any(
-                b.value is v for v in (True, False, None)):
-            return a, ["is", repr(b.value)]
-        if (isinstance(op, (ast.Lt, ast.LtE)) and isinstance(a, ast.Call) and src(a.func) == "abs" and len(a.args) == 1
-                and isinstance(a.args[0], ast.BinOp) and isinstance(a.args[0].op, ast.Sub)
-                and _is_call(a.args[0].left) and not _uses(a.args[0].right) and not _uses(b)):
-            return a.args[0].left, ["abs<" if isinstance(op, ast.Lt) else "abs<=", src(a.args[0].right), src(b)]
-    if (isinstance(t, ast.Call) and src(t.func) in ("math.isclose", "isclose") and len(t.args) == 2
-            and _is_call(t.args[0]) and not _uses(t.args[1]) and {k.arg for k in t.keywords} <= {"rel_tol", "abs_tol"}
-            and not any(_uses(k.value) for k in t.keywords)):
-        kw = {k.arg: src(k.value) for k in t.keywords}
-        return t.args[0], ["isclose", src(t.args[1]), kw.get("rel_tol", "1e-09"), kw.get("abs_tol", "0.0")]
-    if isinstance(t, ast.UnaryOp) and isinstance(t.op, ast.Not) and _is_call(t.operand):
-        return t.operand, ["falsy"]
-    return (t, ["truthy"]) if _is_call(t) else None
-
-
-def _is_call(n) -> bool:
-    """candidate(...) with no candidate inside its arguments."""
-    return (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "candidate"
-            and not any(_uses(a) for a in n.args + [k.value for k in n.keywords]))
-
-
-def _uses(n) -> bool:
-    return any(isinstance(x, ast.Name) and x.id == "candidate" for x in ast.walk(n))
-
-
-def _check_tests(code: str, entry: str, prefix: str = "", per_assert: bool = True) -> list[dict]:
-    """`def check(candidate)` test code: one test per top-level assert (LeetCode layout), else one
-    test. Asserts of known shapes become split calls (split_asserts), keeping the assert
-    code for the in-sandbox path."""
-    call, whole = f"\ncheck({entry})\n", {"functional": f"{code}\ncheck({entry})\n", "prefix": prefix}
-    setup, parts = split_asserts(code) or ("", [None])
-    try:
-        fn = next(n for n in ast.parse(code).body if isinstance(n, ast.FunctionDef) and n.name == "check")
-    except (SyntaxError, StopIteration, ValueError):
-        return [whole]
+            parts = [None]
+            break
     spans = [(a.lineno - 1, a.end_lineno) for a in fn.body if isinstance(a, ast.Assert)]
+    split = {"entry": entry, "setup": "\n".join(setup)}
     if not per_assert or not spans or any(s1 > t0 for (_, s1), (t0, _) in zip(spans, spans[1:])):
         if None not in parts and any(parts):
-            split = [p for p in parts if p]
-            whole.update(calls=[c for c, _ in split], checks=[k for _, k in split], entry=entry, setup=setup)
+            parts = [p for p in parts if p]
+            whole.update(calls=[c for c, _ in parts], checks=[k for _, k in parts], **split)
         return [whole]
     lines, tests = code.splitlines(), []
     for k in range(len(spans)):
@@ -282,7 +253,7 @@ def _check_tests(code: str, entry: str, prefix: str = "", per_assert: bool = Tru
         tests.append({"functional": "\n".join(x for i, x in enumerate(lines) if i not in drop) + call,
                       "prefix": prefix})
         if len(parts) == len(spans) and parts[k]:
-            tests[-1].update(calls=[parts[k][0]], checks=[parts[k][1]], entry=entry, setup=setup)
+            tests[-1].update(calls=[parts[k][0]], checks=[parts[k][1]], **split)
     return tests
 
 
@@ -290,7 +261,7 @@ def to_tests(ground_truth) -> list[dict]:
     """sandbox tests from Klear ground truth ({"inputs","outputs"[,"fn_name"]} / {"functional"}, as
     a JSON string or dict), a Klear RL record, a list of tests, or a record of the public code sets
     (TACO, LeetCode, HumanEval). Unreadable input gives []."""
-    g = ground_truth
+    g, text = ground_truth, lambda x: "\n".join(map(str, x)) if isinstance(x, list) else str(x)
     try:
         g = json.loads(g) if isinstance(g, (str, bytes)) else g
         if isinstance(g, list):
@@ -310,7 +281,7 @@ def to_tests(ground_truth) -> list[dict]:
             fn = g.get("fn_name")
             if fn and not str(fn).isidentifier():
                 return []
-            return [_call_test(fn, i, o) if fn else {"input": _text(i), "output": _text(o)}
+            return [_call_test(fn, i, o) if fn else {"input": text(i), "output": text(o)}
                     for i, o in zip(g["inputs"], g["outputs"])]
         return to_tests(g["tests"]) if "tests" in g else []
     except (ValueError, TypeError, KeyError, AttributeError):
@@ -321,8 +292,7 @@ def code_reward(response: str, tests, soft: bool = True, correct: float = 1.0, w
                 no_close_think=-0.5, no_open_think: float = -2.0, check_think: bool = True,
                 statuses: Counter | None = None, **run_opts) -> float:
     """Klear code reward: think-tag rules as math_reward; no code block or no tests -> wrong; soft =
-    wrong + (correct - wrong) * pass rate (= 2 * rate - 1), hard = correct only if every sampled
-    test passes. statuses, when given, counts each test's status."""
+    wrong + (correct - wrong) * pass rate, hard = correct only if every sampled test passes."""
     text, penalty = _after_think(response, check_think, no_close_think, no_open_think)
     if text is None:
         return penalty
@@ -343,13 +313,16 @@ FUNCTION_PROMPT = ("{problem}\n\nComplete the following Python code. Give the co
                    "```python code block at the end of your answer.\n```python\n{code}\n```")
 
 
-def _layout(rec: dict, source: str) -> dict | None:
-    """One record of any layout of docs/ALGORITHM.md section 5 -> {"messages", "kind", "answer",
-    "tests", "source"}, or None. A simple layout's problem is the user message, verbatim."""
+def _layout(rec: dict, source: str) -> dict:
+    """A record of any layout of docs/ALGORITHM.md 5 -> {"messages", "kind", "answer", "tests",
+    "source"}; a simple layout's problem is the user message, verbatim. ValueError: not a task."""
     user = lambda text: [{"role": "user", "content": text}]
-    source = rec.get("data_source") or source
-    task = lambda messages, kind, answer=None, tests=None: dict(messages=messages, kind=kind, answer=answer,
-                                                                tests=tests, source=source)
+
+    def task(messages, kind, answer=None, tests=None) -> dict:
+        if kind == "code" and not tests:
+            raise ValueError("code record without usable tests (rewards.to_tests found none)")
+        return dict(messages=messages, kind=kind, answer=answer, tests=tests,
+                    source=rec.get("data_source") or source)
     if isinstance(rec.get("prompt"), list) and isinstance(rec.get("reward_model"), dict):  # Klear
         gt, ability = rec["reward_model"]["ground_truth"], str(rec.get("ability") or "")
         code = "cod" in ability or not ability and (not isinstance(gt, str) or '"inputs"' in gt or '"functional"' in gt)
@@ -364,23 +337,15 @@ def _layout(rec: dict, source: str) -> dict | None:
     if "prompt" in rec and "test" in rec and "entry_point" in rec:  # shared HumanEval
         text = FUNCTION_PROMPT.format(problem="Implement this function.", code=rec["prompt"])
         return task(user(text), "code", tests=to_tests(rec))
-    return None
+    raise ValueError("record fits no task layout (Klear prompt+reward_model, problem+answer, problem+tests, "
+                     f"...); keys: {sorted(rec)[:12]}")
 
 
 def load_tasks(path, skip_bad: bool = False) -> list[dict]:
-    """Tasks of a JSONL (or .jsonl.gz) file via data.read_jsonl: a bad record raises a ValueError
-    naming file:line (or is skipped). `source`: the record's data_source, else the file name."""
+    """Tasks of a JSONL (or .jsonl.gz) file: a bad record raises a ValueError naming file:line (or is
+    skipped). `source`: the record's data_source, else the file name."""
     source = Path(path).name.split(".")[0]
-
-    def parse(rec: dict) -> dict:
-        task = _layout(rec, source)
-        if task is None:
-            raise ValueError("record fits no task layout (Klear prompt+reward_model, problem+answer, "
-                             f"problem+tests, ...); keys: {sorted(rec)[:12]}")
-        if task["kind"] == "code" and not task["tests"]:
-            raise ValueError("code record without usable tests (rewards.to_tests found none)")
-        return task
-    return data.read_jsonl(path, skip_bad, parse)
+    return data.read_jsonl(path, skip_bad, lambda rec: _layout(rec, source))
 
 
 # ------------------------------------------------------------------------------------------ batches
@@ -399,55 +364,49 @@ def _score(response, task: dict, opts: dict, statuses: Counter) -> float:
 def reward_many(jobs, workers: int = 8, job_timeout_s: float | None = None, statuses: Counter | None = None,
                 **opts) -> list[float]:
     """Rewards of (response, task) jobs on at most `workers` threads (sandboxes and math helpers are
-    processes, so threads suffice). Never raises: a job that raises or outlives job_timeout_s scores
-    `wrong` and its thread is abandoned (it no longer counts against `workers`; statuses counts it
-    under 'abandoned job'). statuses, when given, gets each code test's status added
-    (sandbox.STATUSES; see check_sandbox). Identical jobs (same response, same task: common once a
-    policy is confident) are scored once."""
+    processes). Never raises: a job that raises or outlives job_timeout_s scores `wrong`; its thread is
+    abandoned and frees its worker slot (statuses counts 'abandoned job'). statuses also gets each code
+    test's status (sandbox.STATUSES). Identical jobs (common once a policy is confident) are scored once."""
     if set(opts) - set(_CODE_OPTS):  # a caller's typo must not silently score every job `wrong`
         raise TypeError(f"reward_many: unknown options {sorted(set(opts) - set(_CODE_OPTS))}")
     everyone = list(jobs)
     keys = [json.dumps(job, sort_keys=True, default=str) for job in everyone]
-    copies, first = Counter(keys), {}
-    for i, k in enumerate(keys):
-        first.setdefault(k, i)
-    keys_u = list(first)  # distinct jobs, in first-seen order
-    jobs, wrong = [everyone[i] for i in first.values()], float(opts.get("wrong", -1.0))
+    distinct, copies, wrong = {}, Counter(keys), float(opts.get("wrong", -1.0))
+    for k, job in zip(keys, everyone):
+        distinct.setdefault(k, job)
     if job_timeout_s is None:
         job_timeout_s = (opts.get("max_tests") or 16) * (opts.get("timeout_s", 10.0) + 2) + 60
-    scores, done, running, nxt = [wrong] * len(jobs), queue.Queue(), {}, 0
+    # distinct jobs start in first-seen order
+    scores, done, running, todo = dict.fromkeys(distinct, wrong), queue.Queue(), {}, list(distinct)[::-1]
 
-    def work(i: int) -> None:
+    def work(k: str) -> None:
         seen = Counter()
         try:
-            done.put((i, float(_score(jobs[i][0], jobs[i][1], opts, seen)), seen))
+            done.put((k, float(_score(distinct[k][0], distinct[k][1], opts, seen)), seen))
         except Exception:
-            done.put((i, wrong, seen))
+            done.put((k, wrong, seen))
 
-    while nxt < len(jobs) or running:
-        while nxt < len(jobs) and len(running) < max(1, workers):
-            running[nxt] = time.monotonic() + job_timeout_s
-            threading.Thread(target=work, args=(nxt,), daemon=True).start()
-            nxt += 1
+    while todo or running:
+        while todo and len(running) < max(1, workers):
+            running[todo[-1]] = time.monotonic() + job_timeout_s
+            threading.Thread(target=work, args=(todo.pop(),), daemon=True).start()
         try:
-            i, s, seen = done.get(timeout=max(0.0, min(running.values()) - time.monotonic()))
-            if running.pop(i, None) is not None:
-                scores[i] = s
+            k, s, seen = done.get(timeout=max(0.0, min(running.values()) - time.monotonic()))
+            if running.pop(k, None) is not None:
+                scores[k] = s
                 if statuses is not None:
-                    statuses.update({st: c * copies[keys_u[i]] for st, c in seen.items()})
+                    statuses.update({st: c * copies[k] for st, c in seen.items()})
         except queue.Empty:
-            for i in [i for i, t in running.items() if t <= time.monotonic()]:
-                running.pop(i)
+            for k in [k for k, t in running.items() if t <= time.monotonic()]:
+                running.pop(k)
                 if statuses is not None:
-                    statuses["abandoned job"] += copies[keys_u[i]]
-    by_key = dict(zip(keys_u, scores))
-    return [by_key[k] for k in keys]
+                    statuses["abandoned job"] += copies[k]
+    return [scores[k] for k in keys]
 
 
 def check_sandbox(statuses: Counter) -> None:
-    """Raise RuntimeError when more than half of the counted code tests ended in 'sandbox error':
-    the sandbox cannot run programs here, and every code sample would score `wrong` for that reason
-    alone."""
+    """Raise RuntimeError when more than half of the counted code tests ended in 'sandbox error': the
+    sandbox cannot run programs here, and every code sample would score `wrong` for that alone."""
     total = sum(statuses[s] for s in sandbox.STATUSES if s != "skipped")
     bad = statuses["sandbox error"]
     if total and 2 * bad > total:
@@ -456,16 +415,10 @@ def check_sandbox(statuses: Counter) -> None:
                            f"); a probe program print(1) gave status {probe.status!r}: {probe.detail[-600:]!r}")
 
 
-def _reference(p: dict) -> str | None:
-    if isinstance(p.get("solution"), str):
-        return p["solution"]
-    return p.get("prompt", "") + p["canonical_solution"] if isinstance(p.get("canonical_solution"), str) else None
-
-
 def filter_problems(problems, min_tests: int = 16, workers: int = 8, **run_opts) -> tuple[list, dict]:
-    """Keep problems with >= min_tests tests whose reference solution (when present) passes all of
-    them. Report: total, kept, dropped per reason, unverified (kept, no reference solution), and per
-    dropped problem (its index, reason, detail) under 'dropped_list'."""
+    """Keep problems with >= min_tests tests that their reference solution (solution, or prompt +
+    canonical_solution), when present, passes. Report: total, kept, dropped per reason, unverified
+    (kept, no reference solution), and (index, reason, detail) per dropped problem in 'dropped_list'."""
     problems = list(problems)
     run_opts.setdefault("max_tests", 0)
 
@@ -473,8 +426,11 @@ def filter_problems(problems, min_tests: int = 16, workers: int = 8, **run_opts)
         tests = to_tests(p)
         if len(tests) < min_tests:
             return "too few tests", f"{len(tests)} < {min_tests}"
-        sol = _reference(p) if isinstance(p, dict) else None
-        if sol is None:
+        p = p if isinstance(p, dict) else {}
+        sol = p.get("solution")
+        if not isinstance(sol, str) and isinstance(p.get("canonical_solution"), str):
+            sol = p.get("prompt", "") + p["canonical_solution"]
+        if not isinstance(sol, str):
             return "unverified", ""
         bad = Counter(r.status for r in run_tests(sol, tests, **run_opts) if not r.passed)
         return ("reference fails", f"{sum(bad.values())} of {len(tests)} tests: " + ", ".join(
@@ -490,7 +446,7 @@ def filter_problems(problems, min_tests: int = 16, workers: int = 8, **run_opts)
 
 
 def _filter_cli(a: argparse.Namespace) -> None:
-    """--filter: read JSON lines, keep the good problems in --out, print what was dropped and why."""
+    """--filter: keep the good problems of a JSONL file in --out, print what was dropped and why."""
     problems = []
     with open(a.filter) as f:
         for n, line in enumerate(f, 1):

@@ -2,16 +2,15 @@
 
 Limits and verdict rules: docs/ALGORITHM.md 4. Each test runs in its own child (the code above the
 parent's imports, compiled once per process) with rlimits, a wall-time limit, a fresh folder and a
-clean environment; its process group is always SIGKILLed, and a ready token on stderr tells a
-verdict from a 'sandbox error'. As root the child also gets its own uid, a fresh pid namespace, an
-empty network namespace and, where mount namespaces are allowed, a private read-only filesystem view
-(the stdlib, PACKAGES, its folder; no project, data, /etc or host /proc). Always, an audit hook
-refuses sockets and writes outside the folder (without namespaces also process creation; without a
-uid of its own, kill()). Function tests of known assert shapes are split (rewards.split_asserts):
-the call runs in the child, its result comes back as a literal of exact built-in types and is judged
-here, so lying objects, patched builtins or forged output earn no more than returning the value;
-other test code passes only if the child prints a random marker after it returns ('in-sandbox
-verdict').
+clean environment; its process group is always SIGKILLed; a ready token on stderr tells a verdict from
+a 'sandbox error'. As root the child also gets its own uid, a fresh pid namespace, an empty network
+namespace and, where mount namespaces are allowed, a private read-only filesystem view (the stdlib,
+PACKAGES, its folder; no project, data, /etc or host /proc). Always, an audit hook refuses sockets and
+writes outside the folder (without namespaces also process creation; without a uid of its own, kill()).
+Function tests of known assert shapes (rewards._check_tests) run the call in the child and judge here
+its result, sent back as a literal of exact built-in types: lying objects, patched builtins or forged
+output earn no more than returning the value. Other test code passes only if the child prints a
+random marker after it returns ('in-sandbox verdict').
 
 Run: pytest tests/test_sandbox.py ; python bench.py rewards --data DIR
 """
@@ -28,12 +27,10 @@ _READY = b"\0sandbox ready\n"  # the child's first stderr bytes; missing: the sa
 _WRITE_EVENTS = ("os.remove", "os.rmdir", "os.mkdir", "os.rename", "os.chmod", "os.chown", "os.truncate",
                  "os.symlink", "os.link", "os.utime", "shutil.rmtree")
 
+
 # ---------------------------------------------------------------------------------------- the child
-
-
 def _child_confine(c: dict) -> None:
-    """Limits, the private root, import paths and the uid drop; as pid 1 of a fresh pid namespace,
-    fork and mirror the program."""
+    """Limits, the private root, import paths, the uid drop; as pid 1 of a pid namespace, fork and mirror."""
     import _signal as signal  # not `signal`: its enum import costs the child ~10 ms
     import resource
     for k, soft, hard in c["limits"]:
@@ -65,9 +62,8 @@ def _child_confine(c: dict) -> None:
 
 def _child_hook(block: list[str]) -> None:
     """The audit hook: no sockets, no writes outside the working folder, no events in `block`."""
-    here, block, events = os.getcwd(), frozenset(block), frozenset(_WRITE_EVENTS)
+    here, block, events, real = os.getcwd(), frozenset(block), frozenset(_WRITE_EVENTS), os.path.realpath
     wr = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-    real = os.path.realpath
 
     def inside(p) -> bool:
         p = real(os.fsdecode(p))
@@ -84,11 +80,10 @@ def _child_hook(block: list[str]) -> None:
 
 
 def _encoder(cap: int):
-    """enc(x): x as a literal of exact built-in types only (nested containers too); TypeError for
-    anything else, subclasses included; ValueError past `cap` characters. Bound before the program
-    runs, so patched builtins do not reach it."""
-    tp, rp, fl, ln, left = type, repr, float, len, [cap]
-    atoms = (int, bool, str, bytes, type(None))
+    """enc(x): x as a literal of exact built-in types only (nested too); TypeError for anything else,
+    subclasses included; ValueError past `cap` characters. Bound before the program runs, so patched
+    builtins do not reach it."""
+    tp, rp, fl, ln, left, atoms = type, repr, float, len, [cap], (int, bool, str, bytes, type(None))
 
     def enc(x, depth: int = 0) -> str:
         t = tp(x)
@@ -159,9 +154,7 @@ def _child() -> None:
     builtins = sys.modules["builtins"]
     builtins.exit = builtins.quit = sys.exit  # normally added by site, which -S skips
     g = {"__name__": "__main__", "__file__": "main.py", "__builtins__": builtins}
-    with open("main.py") as f:
-        src = f.read()
-    exec(compile(src, "main.py", "exec"), g)
+    exec(compile(open("main.py").read(), "main.py", "exec"), g)
     if c["mode"] == "mark":
         os.write(out, b"\n" + got + b"\n")
     elif c["mode"] == "calls":
@@ -202,15 +195,13 @@ _SITE = [p for p in sys.path if p and os.path.isdir(p) and ("site-packages" in p
 _UID_BASE, _UID_COUNT = 61000, 1024
 _LIVE: set[tuple[int, str]] = set()  # (process group, dir) of running children
 _JAIL: dict = {}
-_JAIL_LOCK = threading.Lock()
 # expected values, computed once each: (prefix, setup, expression) -> ("ok", value) | ("no", why)
 _EXPECT: dict = {}
-_EXPECT_LOCK = threading.Lock()
+_LOCK = threading.Lock()  # of _JAIL and _EXPECT
 
 
 @dataclass
 class TestResult:
-    __test__ = False  # not a pytest class
     passed: bool
     status: str  # one of STATUSES
     detail: str = ""  # why, or the tail of stderr
@@ -237,9 +228,8 @@ def run_tests(code: str, tests, timeout_s: float = 10.0, memory_mb: int = 1024, 
 
 
 def valid_test(t) -> bool:
-    """Whether t is a test record run_tests understands: stdin ({"input", "output"}), in-sandbox
-    function code ({"functional"[, "prefix"]}) or split calls ({"calls", "checks", "entry"[,
-    "prefix", "setup", "functional"]})."""
+    """Whether t is a test record: stdin ({"input", "output"}), in-sandbox function code ({"functional"[,
+    "prefix"]}) or split calls ({"calls", "checks", "entry"[, "prefix", "setup", "functional"]})."""
     if not isinstance(t, dict):
         return False
     if "calls" in t:
@@ -294,8 +284,7 @@ def _ending(mode: str, rc: int, timed_out: bool, ready: bool, out: bytes, err: b
 
 
 def _spawn(main: str, mode: str, stdin: bytes, entry, timeout_s: float, memory_mb: int, output_mb: int):
-    """Run main.py in one confined child: (exit status, timed out, reached the program, stdout,
-    stderr tail)."""
+    """(exit status, timed out, reached the program, stdout, stderr tail) of main.py in one confined child."""
     jail, cpu, cap = _jail(), math.ceil(timeout_s) + 1, output_mb << 20
     with contextlib.ExitStack() as st:
         uid = None
@@ -333,16 +322,23 @@ def _spawn(main: str, mode: str, stdin: bytes, entry, timeout_s: float, memory_m
         return rc, timed_out, ready, out.read(cap + 1), err.read()
 
 
+def readable(fd: int, timeout_s: float) -> bool:
+    """Whether fd is readable (or closed) within timeout_s; poll, not select, which fails for fds >= 1024."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0.0, timeout_s) * 1000))
+
+
 def _finish(p: subprocess.Popen, timeout_s: float) -> tuple[int, bool]:
     """Wait up to timeout_s, then SIGKILL the whole process group before reaping (so the group id
     cannot have been reused). Returns (exit status, timed out)."""
     try:
         fd = os.pidfd_open(p.pid)  # readable when p exits; p stays unreaped
         try:
-            done = bool(select.select([fd], [], [], timeout_s)[0])
+            done = readable(fd, timeout_s)
         finally:
             os.close(fd)
-    except (AttributeError, OSError):  # no pidfd (old kernel): plain wait, which reaps
+    except OSError:  # no pidfd (kernel < 5.3, or seccomp): plain wait, which reaps
         try:
             done = p.wait(timeout_s) is not None
         except subprocess.TimeoutExpired:
@@ -353,8 +349,7 @@ def _finish(p: subprocess.Popen, timeout_s: float) -> tuple[int, bool]:
 
 
 def _take_uid() -> tuple[int, int]:
-    """A sandbox uid that no other sandbox, in any process, holds now, and the fd of its flock
-    (closing it frees the uid)."""
+    """A uid that no other sandbox, in any process, holds now, and the fd of its flock (close: free it)."""
     d = "/tmp/.rewards-uids"  # not $TMPDIR: every process on the machine sees the same locks
     os.makedirs(d, mode=0o700, exist_ok=True)
     start = random.randrange(_UID_COUNT)
@@ -370,8 +365,7 @@ def _take_uid() -> tuple[int, int]:
 
 
 def same_output(got: str, want: str) -> bool:
-    """Equal lines of whitespace-separated tokens; a token may be off by 1e-6 if the expected one
-    has a '.'."""
+    """Equal lines of whitespace-separated tokens; off by 1e-6 is equal where the expected one has a '.'."""
     g, w = ([line.split() for line in s.strip().splitlines()] for s in (got, want))
     if len(g) != len(w) or any(len(a) != len(b) for a, b in zip(g, w)):
         return False
@@ -382,17 +376,16 @@ def same_output(got: str, want: str) -> bool:
         return False
 
 
-_LITERAL_CALLS = {"float": float, "complex": complex, "set": set, "frozenset": frozenset}
-
-
 def literal(text: str):
     """The value of an _encoder literal (or a plain literal from test data): exact built-in types
     only, parsed by node type (no eval). ValueError/SyntaxError for anything else."""
+    calls = {"float": float, "complex": complex, "set": set, "frozenset": frozenset}
+
     def val(n):
         if isinstance(n, ast.Constant) and type(n.value) in (int, float, complex, str, bytes, bool, type(None)):
             return n.value
-        if isinstance(n, ast.UnaryOp) and isinstance(n.op, (ast.USub, ast.UAdd)) and isinstance(n.operand,
-                                                                                               ast.Constant):
+        if (isinstance(n, ast.UnaryOp) and isinstance(n.op, (ast.USub, ast.UAdd))
+                and isinstance(n.operand, ast.Constant)):
             v = val(n.operand)
             if type(v) in (int, float, complex):
                 return -v if isinstance(n.op, ast.USub) else v
@@ -400,19 +393,18 @@ def literal(text: str):
             return {ast.List: list, ast.Tuple: tuple, ast.Set: set}[type(n)](val(e) for e in n.elts)
         if isinstance(n, ast.Dict) and None not in n.keys:
             return {val(k): val(v) for k, v in zip(n.keys, n.values)}
-        if (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in _LITERAL_CALLS
+        if (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in calls
                 and not n.keywords and len(n.args) <= 2):
             args = [val(a) for a in n.args]
             if n.func.id != "float" or (len(args) == 1 and args[0] in ("inf", "-inf", "nan")):
-                return _LITERAL_CALLS[n.func.id](*args)
+                return calls[n.func.id](*args)
         raise ValueError(f"not a plain literal: {ast.dump(n)[:80]}")
     return val(ast.parse(text.strip(), mode="eval").body)
 
 
 def _expected(test: dict, timeout_s: float, memory_mb: int) -> list | None:
-    """Values of a split test's expected-value expressions: literals parsed here, others evaluated
-    (and cached) by a child that runs the test's prefix and setup, never the program. None: some has
-    no plain value, and the test takes the in-sandbox path."""
+    """Values of a split test's expected expressions: literals parsed here, others evaluated (and cached)
+    by a child that runs the test's prefix and setup, never the program. None: one has no plain value."""
     exprs, got = [e for chk in test["checks"] for e in chk[1:]], {}
     key = lambda e: (test.get("prefix", ""), test.get("setup", ""), e)
     for e in exprs:
@@ -431,7 +423,7 @@ def _expected(test: dict, timeout_s: float, memory_mb: int) -> list | None:
             except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
                 got[e] = ("no", line[:100])
         if ready:  # a sandbox that failed to start says nothing about them: ask again next time
-            with _EXPECT_LOCK:
+            with _LOCK:
                 if len(_EXPECT) > 100_000:
                     _EXPECT.clear()
                 _EXPECT.update((key(e), got[e]) for e in todo)
@@ -461,7 +453,7 @@ def _judge_calls(out: bytes, test: dict, want: list) -> tuple[bool, str, str]:
 
 
 def _holds(check: list, got, want: list) -> bool:
-    """Whether a decoded result satisfies one check (see _shape), judged here, not in the child."""
+    """Whether a decoded result satisfies one check (rewards._shape), judged here, not in the child."""
     kind = check[0]
     try:
         if kind in ("eq", "eq_any"):
@@ -484,12 +476,10 @@ def _holds(check: list, got, want: list) -> bool:
 
 
 # -------------------------------------------------------------------------------------- confinement
-
-
 def _jail() -> dict:
     """How children are confined here, decided once per process: root (uid switching), the command
     prefix into the shared empty network namespace and a fresh pid namespace, the private view."""
-    with _JAIL_LOCK:
+    with _LOCK:
         if _JAIL.get("pid") == os.getpid() and (_JAIL["keeper"] is None or _JAIL["keeper"].poll() is None):
             return _JAIL
         root, keeper, prefix, view = os.geteuid() == 0, None, [], None
@@ -497,37 +487,36 @@ def _jail() -> dict:
         if root and all(tools):
             view = {"root": tempfile.mkdtemp(prefix="sandbox-root-"), "work": tempfile.mkdtemp(prefix="sandbox-work-")}
             os.chmod(view["work"], 0o711)  # the tests' folders can be entered, not listed
-            keeper, prefix = _keeper(tools, view)
-            if keeper is None:
-                for d in view.values():
-                    shutil.rmtree(d, True)
-                view = None
-                keeper, prefix = _keeper(tools, None)
+            keeper, prefix, view = _keeper(tools, view)
         _JAIL.update(pid=os.getpid(), root=root, keeper=keeper, prefix=prefix, view=view, child=_child_file())
         return _JAIL
 
 
 def _keeper(tools: list, view: dict | None):
     """A process holding an empty network namespace (and, with `view`, a mount namespace with the
-    private root) until we exit. Returns (keeper, prefix of every child's command) or (None, [])."""
+    private root) until we exit: (keeper, prefix of every child's command, view), else without the
+    view, else (None, [], None)."""
     script = _view_script(view["root"], view["work"]) if view else "echo ready; exec cat"
     cmd = [tools[0], "--net"] + (["--mount", "--propagation", "private"] if view else []) + ["sh", "-c", script]
     keeper = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               start_new_session=True)
-    ready = select.select([keeper.stdout], [], [], 30)[0] and keeper.stdout.readline() == b"ready\n"
+    ready = readable(keeper.stdout.fileno(), 30) and keeper.stdout.readline() == b"ready\n"
     ns = f"/proc/{keeper.pid}/ns/"
     prefix = [tools[1], f"--net={ns}net"] + ([f"--mount={ns}mnt"] if view else []) + [
         tools[0], "--pid", "--fork", "--kill-child"] + ([f"--mount-proc={view['root']}/proc"] if view else [])
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         if ready and subprocess.run(prefix + ["true"], capture_output=True, timeout=10).returncode == 0:
-            return keeper, prefix
+            return keeper, prefix, view
     keeper.kill()
     keeper.wait()
-    if view:
-        err = keeper.stderr.read().decode(errors="replace").strip().splitlines()
-        print(f"sandbox: no private filesystem view (mount namespace refused: {err[-1] if err else 'no reason'}); "
-              "programs see the host's world-readable files", file=sys.stderr)
-    return None, []
+    if not view:
+        return None, [], None
+    err = keeper.stderr.read().decode(errors="replace").strip().splitlines()
+    print(f"sandbox: no private filesystem view (mount namespace refused: {err[-1] if err else 'no reason'}); "
+          "programs see the host's world-readable files", file=sys.stderr)
+    for d in view.values():
+        shutil.rmtree(d, True)
+    return _keeper(tools, None)
 
 
 def _view_script(root: str, work: str) -> str:
@@ -572,8 +561,7 @@ def _child_file() -> str:
 
 @atexit.register
 def _cleanup() -> None:
-    """At exit, kill the children of abandoned runs (reward_many gives up on hung jobs), remove
-    their folders, the private view's folders and the child file."""
+    """At exit, kill abandoned runs' children (reward_many gives up on hung jobs); remove our files."""
     for pgid, d in list(_LIVE):
         with contextlib.suppress(OSError):
             os.killpg(pgid, signal.SIGKILL)

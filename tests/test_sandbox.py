@@ -324,3 +324,26 @@ def test_without_mount_namespaces_the_fallback_says_so(monkeypatch, capfd):
     assert jail["prefix"] and jail["view"] is None
     jail["keeper"].kill()  # this stand-in jail goes with the test; the module's own one comes back
     os.remove(jail["child"])
+
+
+def test_a_process_with_many_open_files_still_judges():
+    """A long training process can hold over 1,024 files; select() cannot wait on such fds, poll() can."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard limit on open files ({hard}) is below 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = []
+    try:
+        while (fd := os.open(os.devnull, os.O_RDONLY)) < 1100:  # the next pipes get fds above 1024
+            held.append(fd)
+        held.append(fd)
+        results = sandbox.run_tests("a, b = map(int, input().split())\nprint(a + b)", ADD[:2], timeout_s=10)
+        assert [r.status for r in results] == ["pass", "pass"], [r.detail for r in results]
+        while rewards._IDLE:  # a fresh math helper, whose pipes are above 1024 too
+            rewards._IDLE.pop().proc.kill()
+        assert rewards.math_equal("\\frac{1}{2}", "0.5", timeout_s=60) is True
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
