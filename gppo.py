@@ -1,13 +1,10 @@
-"""GPPO reinforcement learning, Klear-Reasoner's RL stage (docs/ALGORITHM.md sections 2-4), on FSDP2
-over any number of ranks.
-
-One RL step (`rl_step`): draw prompts -> rollout.generate (n samples each, eval mode) ->
-rewards.reward_many -> `advantages_filter_cap` (group advantages, zero-variance filter, at most
---prompts-per-step groups kept) -> `old_logprobs` (recomputed by the trainer; the |sampler -
-trainer| gap is logged as logp_diff) -> per mini-batch, `update`: `accumulate` (policy_loss + alpha
-* NLL of correct rollouts, exact token means over all ranks) and one AdamW step. A step's randomness
-comes from (seed, step, rank), so a resumed run replays the uninterrupted one. How and why, choice
-by choice: docs/ALGORITHM.md section 3, "How gppo.py runs a step".
+"""GPPO reinforcement learning, Klear-Reasoner's RL stage (docs/ALGORITHM.md sections 2-4), on FSDP2 over
+any number of ranks. One RL step (`rl_step`): draw prompts -> rollout.generate (n samples each) -> rewards
+-> `advantages_filter_cap` (group advantages, zero-variance filter, at most --prompts-per-step groups) ->
+`old_logprobs` (recomputed by the trainer; the |sampler - trainer| gap is logged as logp_diff) -> per
+mini-batch, `update`: `accumulate` (policy_loss + alpha * NLL of correct rollouts, exact token means over
+all ranks) and one AdamW step. A step's randomness comes from (seed, step, rank), so a resumed run replays
+the uninterrupted one. Each choice and why: docs/ALGORITHM.md section 3, "How gppo.py runs a step".
 
 Run (defaults = the math stage; `--stage code` = lr 5e-7 and 32-prompt mini-batches):
   python gppo.py --model runs/sft/hf --data math.jsonl --out runs/rl-math
@@ -52,7 +49,6 @@ class Context:
     prompts: list[list[int]] = field(default_factory=list)
     sampler: data.ShardedSampler | None = None
     draw: int = 0  # prompts drawn per rank and step (oversampled)
-    stop_ids: tuple = ()
     reward_opts: dict = field(default_factory=dict)
     eval_tasks: list[dict] | None = None
     bad_in_row: int = 0  # non-finite optimizer steps in a row
@@ -60,8 +56,7 @@ class Context:
 
 @dataclass
 class UpdateSums:
-    """This rank's sums over one RL step's micro-batches and optimizer steps (reduce_update_metrics
-    averages)."""
+    """This rank's sums over one RL step's micro-batches and optimizer steps (reduce_update_metrics)."""
     clip_low: float = 0.0  # clipped-token counts and ratios, weighted by tokens
     clip_high: float = 0.0
     dual_clip: float = 0.0
@@ -81,11 +76,9 @@ class UpdateSums:
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 kind: str = "gppo", eps_low: float = 0.2, eps_high: float = 0.28, dual_clip: float = 10.0,
                 beta_low: float = 1.0, beta_high: float = 1.0, denom=None) -> tuple[torch.Tensor, dict]:
-    """Token-level policy loss sum(l * mask) / denom; d l / d theta = -F * A * grad log pi
-    (docs/ALGORITHM.md, section 2: the table of F).
-
-    `denom` is the token count of the whole mini-batch over all ranks and micro-batches (default:
-    mask.sum())."""
+    """Token-level policy loss sum(l * mask) / denom, with d l / d theta = -F * A * grad log pi (the table of
+    F: docs/ALGORITHM.md section 2). `denom`: the token count of the whole mini-batch over all ranks and
+    micro-batches (default: mask.sum())."""
     if kind not in KINDS:
         raise ValueError(f"unknown loss kind {kind!r}; choose one of {KINDS}")
     assert dual_clip > 1.0, "the dual clip c must exceed 1"
@@ -123,13 +116,10 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
 # ---------------------------------------------------------------------------- section 3: advantages
 def group_advantages(rewards, group_size: int, correct: float = 1.0, truncated=None, drop_truncated: bool = False,
                      keep_on: str = "accuracy") -> tuple[torch.Tensor, torch.Tensor]:
-    """GRPO advantages A = (R - mean) / (std_unbiased + 1e-6) per group of `group_size` consecutive
-    rollouts.
-
-    keep is False for groups without signal: keep_on="accuracy" (the recipe) drops a group whose
-    accuracy (R == correct) is all 0 or all 1, keep_on="reward" one whose rewards are all equal (so
-    partial credit can train). Also False for every group of size 1 (no baseline), and, with
-    drop_truncated, for truncated rollouts (their group statistics still count them)."""
+    """GRPO advantages A = (R - mean) / (std_unbiased + 1e-6) per group of `group_size` consecutive rollouts,
+    and keep: False for groups without signal (keep_on="accuracy", the recipe: accuracy R == correct all 0
+    or all 1; "reward": rewards all equal, so partial credit trains), for groups of size 1 (no baseline),
+    and with drop_truncated for truncated rollouts (they still count in their group's statistics)."""
     R = torch.as_tensor(rewards, dtype=torch.float32).flatten()
     if group_size < 1 or R.numel() % group_size:
         raise ValueError(f"{R.numel()} rewards do not split into groups of {group_size}")
@@ -161,8 +151,7 @@ def cap_groups(kept: list[int], target: int) -> list[int]:
 
 # ------------------------------------------------------------------------------------ micro-batches
 def plan_micro(items: list[dict], micro_tokens: int) -> list[list[dict]]:
-    """Greedy micro-batches of length-sorted rollouts, rows * longest row <= micro_tokens (one row
-    at least)."""
+    """Greedy micro-batches of length-sorted rollouts: rows * longest row <= micro_tokens (or one row)."""
     out, cur = [], []
     for it in sorted(items, key=lambda it: -it["len"]):
         if cur and (len(cur) + 1) * cur[0]["len"] > micro_tokens:
@@ -173,9 +162,8 @@ def plan_micro(items: list[dict], micro_tokens: int) -> list[list[dict]]:
 
 
 def collate(micro: list[dict], pad_id: int, device) -> dict:
-    """Right-padded input_ids (B, T) and targets (B, T): each response token at the position that
-    predicts it, -100 elsewhere; per-token vectors (N,) follow the row-major order of the N valid
-    targets."""
+    """Right-padded input_ids (B, T) and targets (B, T): each response token at the position that predicts
+    it, -100 elsewhere; per-token vectors (N,) follow the row-major order of the N valid targets."""
     T = max(it["len"] for it in micro)
     ids = torch.full((len(micro), T), pad_id, dtype=torch.long)
     tgt = torch.full((len(micro), T), kernels.IGNORE_INDEX, dtype=torch.long)
@@ -191,8 +179,7 @@ def collate(micro: list[dict], pad_id: int, device) -> dict:
 
 
 def forward_logp(model, b: dict, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi and entropy (N,) of the response tokens, through kernels.token_logprobs (via
-    sft.batch_logprobs, which reads the gathered FSDP2 lm_head weight right after the forward)."""
+    """log pi and entropy (N,) of the response tokens at `temperature` (sft.batch_logprobs)."""
     logp, ent = sft.batch_logprobs(model, b, temperature, return_entropy=True)  # (B, T) each
     return logp[b["valid"]], ent[b["valid"]]
 
@@ -207,9 +194,9 @@ def rollouts(ctx: Context, step: int, met: dict) -> list[dict]:
     # the whole draw in one call: the engine schedules it within the KV budget
     stats = rollout.EngineStats()
     samples = rollout.generate(model, [ctx.prompts[i] for i in idx], n=a.n, max_new_tokens=a.max_response_tokens,
-                               temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, stop_ids=ctx.stop_ids,
+                               temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, stats=stats,
                                seed=a.seed * 1_000_003 + step * 1009 + ctx.dist.rank,
-                               max_kv_tokens=a.max_kv_tokens, stats=stats)
+                               stop_ids=(tok.eos_id, tok.pad_id), max_kv_tokens=a.max_kv_tokens)
     t1 = time.perf_counter()
     totals = sft.all_reduce(torch.tensor(list(stats.as_dict().values()), dtype=torch.float64))
     met.update({k: v.item() for k, v in zip(stats.as_dict(), totals)})  # summed over ranks
@@ -226,9 +213,8 @@ def rollouts(ctx: Context, step: int, met: dict) -> list[dict]:
 
 
 def test_statuses(statuses: Counter, met: dict) -> None:
-    """Log the code tests' statuses of this step over all ranks (tests/<status>), and stop the run,
-    on every rank alike, when more than half of them are 'sandbox error' (rewards.check_sandbox says
-    what failed)."""
+    """Log the code tests' statuses of this step over all ranks (tests/<status>); stop the run on every
+    rank alike when more than half are 'sandbox error' (rewards.check_sandbox says what failed)."""
     names = sandbox.STATUSES + sandbox.NOTES + ("abandoned job",)
     totals = sft.all_reduce(torch.tensor([float(statuses[s]) for s in names]))
     met.update({f"tests/{s}": v.item() for s, v in zip(names, totals) if v})
@@ -244,23 +230,18 @@ def advantages_filter_cap(ctx: Context, items: list[dict], met: dict) -> list[li
                                  a.filter)
     # groups only a reward filter keeps: rewards differ, accuracy does not (partial credit, faulty tests, penalties)
     by_reward, by_accuracy = group_signal(torch.tensor(rewards_).view(-1, a.n), a.correct)
-    partial = (by_reward & ~by_accuracy).sum().item()
-    groups = []
-    for g in range(len(items) // a.n):
-        grp = items[g * a.n:(g + 1) * a.n]
-        for j, it in enumerate(grp):
-            k = g * a.n + j
-            # the NLL term (alpha) covers the correct rollouts of the groups that pass the filter
-            it.update(adv=float(adv[k]), weight=float(keep[k]), sft=float(keep[k] and it["reward"] == a.correct))
-        if any(it["weight"] for it in grp):
-            groups.append([it for it in grp if it["weight"]])
+    partial = sft.all_reduce(float((by_reward & ~by_accuracy).sum())).item()
+    for k, it in enumerate(items):
+        # the NLL term (alpha) covers the correct rollouts of the groups that pass the filter
+        it.update(adv=float(adv[k]), weight=float(keep[k]), sft=float(keep[k] and it["reward"] == a.correct))
+    groups = [[it for it in items[g:g + a.n] if it["weight"]] for g in range(0, len(items), a.n)]
+    groups = [grp for grp in groups if grp]
     counts = torch.zeros(W)
     counts[ctx.dist.rank] = len(groups)
-    # kept groups of every rank
-    kept = [int(c) for c in sft.all_reduce(counts).round().tolist()]
+    kept = [int(c) for c in sft.all_reduce(counts).round().tolist()]  # kept groups of every rank
     quota = cap_groups(kept, a.prompts_per_step)
     met["groups_kept"], met["filtered"] = float(sum(quota)), 1.0 - sum(kept) / max(ctx.draw * W, 1)
-    met["partial_groups"] = sft.all_reduce(torch.tensor(float(partial))).item() / max(ctx.draw * W, 1)
+    met["partial_groups"] = partial / max(ctx.draw * W, 1)
     return groups[:quota[ctx.dist.rank]]
 
 
@@ -277,9 +258,8 @@ def build_plan(ctx: Context, groups: list[list[dict]], dummy: dict) -> list[list
 
 
 def old_logprobs(ctx: Context, plan: list, met: dict) -> list[list[dict]]:
-    """Collate the plan and add old_logp (section 2): the training model's log-probs right before
-    the update, at the sampling temperature, no grad. Logs the mean |sampler - trainer| log-prob
-    difference."""
+    """Collate the plan and add old_logp (section 2): the training model's log-probs right before the
+    update, at the sampling temperature, no grad; logs the mean |sampler - trainer| log-prob gap."""
     t0, diff, cnt, out = time.perf_counter(), 0.0, 0.0, []
     with torch.no_grad():
         for mb in plan:
@@ -312,10 +292,8 @@ def accumulate(ctx: Context, mini: list[dict], acc: UpdateSums) -> float:
         # the local share of a global mean: sft.shard_model sums gradients over ranks
         loss.backward()
         local += loss.item()
-        acc.clip_low += (m["clip_low"] * m["tokens"]).item()
-        acc.clip_high += (m["clip_high"] * m["tokens"]).item()
-        acc.dual_clip += (m["dual_clip"] * m["tokens"]).item()
-        acc.ratio_mean += (m["ratio_mean"] * m["tokens"]).item()
+        for k in ("clip_low", "clip_high", "dual_clip", "ratio_mean"):
+            setattr(acc, k, getattr(acc, k) + (m[k] * m["tokens"]).item())
         acc.entropy += (ent.detach() * b["mask"]).sum().item()
         acc.tokens += m["tokens"].item()
         acc.nll += nll.item()
@@ -327,19 +305,17 @@ def accumulate(ctx: Context, mini: list[dict], acc: UpdateSums) -> float:
 def update(ctx: Context, mini: list[dict], acc: UpdateSums) -> None:
     """One optimizer step per mini-batch; a non-finite loss or grad norm skips it (--max-bad-steps
     in a row stop)."""
-    a, model, opt = ctx.args, ctx.model, ctx.opt
-    model.train()
-    opt.zero_grad(set_to_none=True)
+    a = ctx.args
+    ctx.model.train()
+    ctx.opt.zero_grad(set_to_none=True)
     loss = accumulate(ctx, mini, acc)
-    grad_norm, finite = sft.clip_and_check(model, a.grad_clip)
+    grad_norm, stepped = sft.clip_and_step(ctx.model, ctx.opt, a.grad_clip, math.isfinite(loss))
     acc.grad_norm += grad_norm if math.isfinite(grad_norm) else 0.0
     acc.loss += loss
-    if finite and math.isfinite(loss):
-        opt.step()
+    if stepped:
         ctx.bad_in_row, acc.opt_steps = 0, acc.opt_steps + 1
         return
     ctx.bad_in_row, acc.bad_steps = ctx.bad_in_row + 1, acc.bad_steps + 1
-    opt.zero_grad(set_to_none=True)
     sft.print0(f"gppo: skipped an optimizer step: loss {loss}, grad norm {grad_norm}")
     if ctx.bad_in_row >= a.max_bad_steps:
         raise SystemExit(f"gppo: {ctx.bad_in_row} optimizer steps in a row had a non-finite loss or grad norm; "
@@ -349,7 +325,7 @@ def update(ctx: Context, mini: list[dict], acc: UpdateSums) -> None:
 def rl_step(ctx: Context, step: int) -> dict:
     """One RL step (section 3); returns the metrics logged for it."""
     a, met = ctx.args, {}
-    lr = sft.lr_at(step, a.lr, a.lr, a.warmup_steps, a.steps, kind="constant")
+    lr = sft.lr_at(step, a.lr, a.lr, a.warmup_steps, a.steps)  # floor = peak: constant after warmup
     for grp in ctx.opt.param_groups:
         grp["lr"] = lr
     items = rollouts(ctx, step, met)
@@ -385,11 +361,10 @@ def reduce_update_metrics(acc: UpdateSums, n_mini: int) -> dict:
 
 # ----------------------------------------------------------------------------------- set-up and run
 def context_split(a, context: int) -> None:
-    """How the recipe spends the model's context (docs/ALGORITHM.md, section 3): responses up to
-    --max-response-tokens, by default min(32,768, the context less the prompt cap, which takes at
-    most half of it), and prompts up to min(--max-prompt-tokens, what the responses leave).
-    Qwen3-8B-Base (max_position_embeddings 32,768) gets prompts <= 4,096 + responses <= 28,672. Sets
-    both caps on `a`; no room for either is an error naming both flags and the config field."""
+    """Split the model's context (docs/ALGORITHM.md section 3) and set both caps on `a`: responses up to
+    --max-response-tokens, by default min(32,768, context - the prompt cap, which takes at most half),
+    prompts up to min(--max-prompt-tokens, what responses leave); Qwen3-8B-Base (32,768) gets 4,096 +
+    28,672. No room for either is an error naming both flags and the config field."""
     if a.max_response_tokens is None:
         a.max_response_tokens = min(32768, context - min(a.max_prompt_tokens, context // 2))
     a.max_prompt_tokens = min(a.max_prompt_tokens, context - a.max_response_tokens)
@@ -401,19 +376,16 @@ def context_split(a, context: int) -> None:
 
 
 def load_prompts(a, tok) -> tuple[list[dict], list[list[int]]]:
-    """Tasks from --data rendered with the chat template; prompts over --max-prompt-tokens are
-    dropped and counted (context_split has made sure that prompt + response fit the model's
-    context)."""
-    cap = a.max_prompt_tokens
-    tasks, prompts, dropped = [], [], 0
-    for t in rewards.load_tasks(a.data, skip_bad=a.skip_bad):
+    """Tasks from --data rendered with the chat template; prompts over --max-prompt-tokens are dropped
+    and counted (context_split made sure that prompt + response fit the model's context)."""
+    cap, every = a.max_prompt_tokens, rewards.load_tasks(a.data, skip_bad=a.skip_bad)
+    tasks, prompts = [], []
+    for t in every:
         ids = tok.encode(data.render_chat(t["messages"], add_generation_prompt=True, enable_thinking=not a.no_thinking))
-        if len(ids) > cap:
-            dropped += 1
-            continue
-        tasks.append(t)
-        prompts.append(ids)
-    sft.print0(f"gppo: {len(tasks)} prompts from {a.data}, {dropped} dropped as longer than {cap} tokens")
+        if len(ids) <= cap:
+            tasks.append(t)
+            prompts.append(ids)
+    sft.print0(f"gppo: {len(tasks)} prompts from {a.data}, {len(every) - len(tasks)} over {cap} tokens dropped")
     if not tasks:
         raise SystemExit(f"gppo: no prompt of {a.data} fits --max-prompt-tokens {cap}")
     return tasks, prompts
@@ -425,19 +397,13 @@ def setup(a, dist) -> Context:
     model = sft.shard_model(model, dist, checkpointing=a.checkpointing)  # gradients SUM over ranks
     context_split(a, model.config.max_position_embeddings)
     tasks, prompts = load_prompts(a, tok)
-    probe = data.render_chat([{"role": "user", "content": "x"}], add_generation_prompt=True,
-                             enable_thinking=not a.no_thinking)
     reward_opts = {"correct": a.correct, "timeout_s": a.code_timeout, "soft": a.code_reward == "soft"}
-    # a prompt that already holds the think tags (--no-thinking) turns the reward's think checks off
-    if "<think>" in probe:
-        reward_opts["check_think"] = False
-    if "</think>" in probe:
-        reward_opts["no_close_think"] = None
+    if a.no_thinking:  # the prompt already holds <think></think>: the reward's think checks are off
+        reward_opts |= {"check_think": False, "no_close_think": None}
     return Context(args=a, model=model, opt=sft.build_optimizer(model, a.lr, a.weight_decay, (0.9, 0.999)),
                    dist=dist, tok=tok, tasks=tasks, prompts=prompts,
                    sampler=data.ShardedSampler(len(tasks), dist.rank, dist.world_size, a.seed),
-                   draw=math.ceil(a.prompts_per_step * a.oversample / dist.world_size),
-                   stop_ids=(tok.eos_id, tok.pad_id), reward_opts=reward_opts,
+                   draw=math.ceil(a.prompts_per_step * a.oversample / dist.world_size), reward_opts=reward_opts,
                    eval_tasks=rewards.load_tasks(a.eval) if a.eval else None)
 
 
@@ -453,15 +419,11 @@ def train(a) -> None:
     dist = sft.init_distributed(a.dist_timeout_min)
     sft.print0("gppo config: " + json.dumps(vars(a), sort_keys=True))
     ctx = setup(a, dist)
-    run, step = sft.RunDir(a.out, dist.rank, a), 0
-    ckpt = run.latest() if a.resume else None
-    if ckpt is None and ctx.eval_tasks:
+    run = sft.RunDir(a.out, dist.rank, a)
+    state = run.resume(ctx.model, ctx.opt, ctx.sampler)
+    step, ctx.bad_in_row = state["step"], state.get("bad_in_row", 0)
+    if step == 0 and ctx.eval_tasks:
         run.log(0, evaluate(ctx, 0))  # the starting point of the held-out curve
-    if ckpt is not None:
-        state = run.load(ckpt, ctx.model, ctx.opt)
-        step, ctx.bad_in_row = state["step"], state["bad_in_row"]
-        ctx.sampler.load_state_dict(state["sampler"])
-        sft.print0(f"gppo: resumed from {ckpt} at step {step}")
     while step < a.steps:
         t0 = time.perf_counter()
         met = rl_step(ctx, step)
@@ -473,7 +435,7 @@ def train(a) -> None:
             state = {"step": step, "bad_in_row": ctx.bad_in_row, "sampler": ctx.sampler.state_dict()}
             run.save(step, ctx.model, ctx.opt, state)
     if a.export:
-        run.export_hf(ctx.model, ctx.tok, Path(a.out) / "hf")
+        run.export_hf(ctx.model, ctx.tok)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -481,17 +443,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("model and data")
     g.add_argument("--model", help="SFT checkpoint folder in HF layout (config.json + safetensors + tokenizer)")
-    g.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --model)")
+    g.add_argument("--tokenizer", help="tokenizer folder (default: --model)")
     g.add_argument("--data", help="RL prompts JSONL (Klear RL layout, {problem, answer} or {problem, tests})")
     g.add_argument("--skip-bad", action="store_true", help="skip malformed JSONL lines (counted) instead of failing")
     g.add_argument("--out", default="runs/gppo", help="run folder: metrics.jsonl, checkpoints, hf export")
     g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     g.add_argument("--stage", choices=tuple(STAGES), default="math", help="sets --lr and --mini-batch-prompts")
-    g.add_argument("--no-thinking", action="store_true", help="render prompts with enable_thinking=False "
-                   "(the prompt then holds <think></think>, so the reward's <think> check is off)")
+    g.add_argument("--no-thinking", action="store_true", help="prompts rendered with enable_thinking=False "
+                   "(they hold <think></think>, so the reward's <think> check is off)")
     g.add_argument("--max-prompt-tokens", type=int, default=4096, help="longer prompts are dropped")
-    g.add_argument("--max-response-tokens", type=int, default=None, help="response cap (truncation = 'length'); "
-                   "default: the rest of the model's context after --max-prompt-tokens, at most 32768")
+    g.add_argument("--max-response-tokens", type=int, help="response cap (truncation = 'length'); default: "
+                   "the model's context left after --max-prompt-tokens, at most 32768")
     g.add_argument("--seed", type=int, default=0, help="seeds prompt order, sampling and test samples")
     g = p.add_argument_group("rollouts and rewards (docs/ALGORITHM.md sections 3-4)")
     g.add_argument("--prompts-per-step", type=int, default=128, help="groups kept per RL step over all ranks")
@@ -500,14 +462,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--temperature", type=float, default=1.0, help="sampling and old/new log-prob temperature")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
     g.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (0: off)")
-    g.add_argument("--max-kv-tokens", type=int, default=None, help="KV cache budget of the rollout engine, token slots "
-                   "per rank (default: 85%% of the free GPU memory; 1M slots on CPU)")
+    g.add_argument("--max-kv-tokens", type=int, help="rollout engine's KV budget in token slots per rank "
+                   "(default: 85%% of the free GPU memory; 1M slots on CPU)")
     g.add_argument("--correct", type=float, default=1.0, help="the score of a correct response")
     g.add_argument("--drop-truncated", action="store_true", help="mask truncated rollouts out of the loss")
-    g.add_argument("--code-reward", choices=("soft", "hard"), default="soft", help="soft: 2 * share of tests "
-                   "passed - 1 (the recipe); hard: 1 only when every test passes, else -1")
-    g.add_argument("--filter", choices=("accuracy", "reward"), default="accuracy", help="drop groups whose "
-                   "accuracy is all 0 or all 1 (the recipe), or groups whose rewards are all equal")
+    g.add_argument("--code-reward", choices=("soft", "hard"), default="soft",
+                   help="soft: 2 * share of tests passed - 1 (the recipe); hard: 1 if every test passes, else -1")
+    g.add_argument("--filter", choices=("accuracy", "reward"), default="accuracy",
+                   help="drop groups whose accuracy is all 0 or all 1 (the recipe), or whose rewards are all equal")
     g.add_argument("--reward-workers", type=int, default=8, help="concurrent reward jobs per rank")
     g.add_argument("--code-timeout", type=float, default=35.0, help="seconds per code test (the paper's limit)")
     g = p.add_argument_group("loss (docs/ALGORITHM.md section 2)")
@@ -519,27 +481,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--beta-high", type=float, default=1.0, help="CE-GPPO upper-side gradient scale")
     g.add_argument("--sft-alpha", type=float, default=0.1, help="weight of the NLL of correct rollouts")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--lr", type=float, default=None, help="constant lr after warmup (default: 1e-6 math, 5e-7 code)")
+    g.add_argument("--lr", type=float, help="constant lr after warmup (default: 1e-6 math, 5e-7 code)")
     g.add_argument("--warmup-steps", type=int, default=10, help="linear warmup, in RL steps")
     g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (matrices)")
     g.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip")
-    g.add_argument("--mini-batch-prompts", type=int, default=None, help="prompts per optimizer step "
-                   "(default: 16 math, 32 code)")
+    g.add_argument("--mini-batch-prompts", type=int, help="prompts per optimizer step (default: 16 math, 32 code)")
     g.add_argument("--micro-tokens", type=int, default=32768, help="padded tokens per micro-batch and rank")
     g.add_argument("--steps", type=int, default=500, help="RL steps")
     g.add_argument("--max-bad-steps", type=int, default=5, help="stop after this many non-finite steps in a row")
     g.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
     g = p.add_argument_group("evaluation and checkpoints")
-    g.add_argument("--eval", default=None, help="held-out JSONL evaluated with rollout.evaluate")
+    g.add_argument("--eval", help="held-out JSONL evaluated with rollout.evaluate")
     g.add_argument("--eval-every", type=int, default=50, help="RL steps between evaluations")
     g.add_argument("--eval-n", type=int, default=1, help="samples per eval prompt (avg@n, pass@n)")
     g.add_argument("--eval-temperature", type=float, default=0.6, help="evaluation sampling")
     g.add_argument("--eval-top-p", type=float, default=0.95, help="evaluation nucleus mass")
-    g.add_argument("--eval-max-tokens", type=int, default=None, help="default: --max-response-tokens")
+    g.add_argument("--eval-max-tokens", type=int, help="default: --max-response-tokens")
     g.add_argument("--save-every", type=int, default=50, help="RL steps between checkpoints")
     g.add_argument("--no-export", dest="export", action="store_false", help="skip the HF export at the end")
-    g.add_argument("--preflight", action="store_true", help="check the context split against --model's config.json "
-                   "(and that --data exists), print it, exit")
+    g.add_argument("--preflight", action="store_true",
+                   help="check the context split against --model's config.json (and that --data exists), exit")
     sft.add_run_args(p)  # the flags shared with sft.py: collective timeout, experiment trackers
     a = p.parse_args(argv)
     for k, v in STAGES[a.stage].items():
@@ -551,18 +512,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-def preflight(a) -> None:
-    """train.sh's check before any long work: the context split fits the model, the data file
-    exists."""
-    context_split(a, qwen3.Qwen3Config.from_json(Path(a.model) / "config.json").max_position_embeddings)
-    if a.data and not Path(a.data).is_file():
-        raise SystemExit(f"gppo: --data not found: {a.data}")
-
-
 def main(argv=None) -> None:
     a = parse_args(argv)
-    if a.preflight:
-        return preflight(a)
+    if a.preflight:  # train.sh's check before any long work: the split fits the model, the data file exists
+        context_split(a, qwen3.Qwen3Config.from_json(Path(a.model) / "config.json").max_position_embeddings)
+        if a.data and not Path(a.data).is_file():
+            raise SystemExit(f"gppo: --data not found: {a.data}")
+        return
     with sft.distributed_run():
         train(a)
 

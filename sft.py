@@ -1,17 +1,14 @@
-"""Long chain-of-thought SFT for Qwen3 (Klear-Reasoner stage one), and the trainer plumbing that
-gppo.py reuses: token-level NLL on the last assistant turn of packed chat examples (data.py), FSDP2
-over any number of ranks, AdamW with linear warmup + cosine decay to a floor, crash-safe sharded
-checkpoints. The loss is the summed NLL over the global count of loss tokens of the step, so any
-split of a batch over ranks or micro-steps gives the same gradient. Hyper-parameters (Klear's, and
-those chosen here): docs/ALGORITHM.md 1. --max-steps stops early without changing the schedule, so a
-run can be split into jobs with --resume.
+"""Long chain-of-thought SFT of Qwen3 (Klear-Reasoner stage one), and the trainer plumbing gppo.py reuses:
+token NLL on the last assistant turn of packed chat rows (data.py), FSDP2 over any number of ranks, AdamW
+with linear warmup + cosine decay to a floor (hyper-parameters: docs/ALGORITHM.md 1), crash-safe sharded
+checkpoints. The loss is the summed NLL over the global count of loss tokens of the step, so any split of
+a batch over ranks or micro-steps gives the same gradient. --max-steps stops early without changing the
+schedule (a later --resume goes on).
 
-Run:
-  python sft.py --config runs/demo/data/config.json --tokenizer runs/demo/data \\
-      --data runs/demo/data/sft.jsonl --out runs/demo/sft --max-length 512 --tokens-per-step 16384 \\
-      --lr 1e-3 --min-lr 1e-4 --epochs 3
-  torchrun --nproc_per_node 8 sft.py --model Qwen3-8B-Base --data sft.jsonl --out runs/sft \\
-      --checkpointing --resume [--wandb PROJECT [--wandb-offline]] [--tensorboard]
+Run (train.sh has the demo's and the recipe's commands):
+  python sft.py --config config.json --tokenizer DIR --data sft.jsonl --out runs/sft [--resume]
+  torchrun --nproc_per_node 8 sft.py --model Qwen3-8B-Base --data sft.jsonl --out runs/sft --checkpointing \\
+      --resume [--wandb PROJECT [--wandb-offline]] [--tensorboard]
 """
 from __future__ import annotations
 
@@ -42,8 +39,6 @@ import data
 import kernels
 import model as qwen3
 
-IGNORE_INDEX = kernels.IGNORE_INDEX
-
 
 # ----------------------------------------------------------------------------- distributed plumbing
 def print0(*args) -> None:
@@ -55,7 +50,6 @@ def print0(*args) -> None:
 class Dist:
     rank: int
     world_size: int
-    local_rank: int
     device: torch.device
 
 
@@ -67,10 +61,9 @@ DIST_TIMEOUT_MIN = 180.0
 
 def init_distributed(timeout_min: float = DIST_TIMEOUT_MIN) -> Dist:
     """Process group from torchrun's env (gloo on CPU, nccl on CUDA), else a private 1-rank one, so
-    collectives and DCP run the same code; a collective waits up to timeout_min minutes."""
-    local = int(os.environ.get("LOCAL_RANK", 0))
+    collectives and DCP run the same code."""
     cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
@@ -79,12 +72,11 @@ def init_distributed(timeout_min: float = DIST_TIMEOUT_MIN) -> Dist:
             dist.init_process_group(backend, device_id=device if cuda else None, timeout=timeout)
         else:  # `python sft.py`: an in-memory store, nothing to rendezvous with
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
-    return Dist(dist.get_rank(), dist.get_world_size(), local, device)
+    return Dist(dist.get_rank(), dist.get_world_size(), device)
 
 
 def all_reduce(x: float | torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    """Sum (or `op`, e.g. dist.ReduceOp.MAX) over ranks, in float64 (int stays int), on the device
-    the backend needs."""
+    """Sum (or `op`, e.g. MAX) over ranks, in float64 (int stays int), on the device the backend needs."""
     t = x.detach().clone() if torch.is_tensor(x) else torch.tensor(float(x), dtype=torch.float64)
     t = t.double() if t.is_floating_point() else t
     if dist.is_initialized():
@@ -114,9 +106,8 @@ def distributed_run():
 
 def shard_model(model: qwen3.Qwen3, dist_: Dist, checkpointing: bool = False,
                 bf16: bool | None = None) -> qwen3.Qwen3:
-    """FSDP2 per decoder layer, then the root (embeddings + norm + lm_head in one unit). bf16
-    (default: on CUDA): bf16 compute params, fp32 gradient reduction and master weights. A model on
-    the meta device (load_model on ranks > 0) receives its shards from rank 0's copy."""
+    """FSDP2 per decoder layer, then the root (embeddings, norm, lm_head). bf16 (default: on CUDA): bf16
+    compute, fp32 gradient reduction and master weights. A meta-device model gets rank 0's weights."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     model.gradient_checkpointing = checkpointing
@@ -156,24 +147,26 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.1
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8, foreach=True)
 
 
-def lr_at(step: int, peak: float, floor: float, warmup: int, total: int, kind: str = "cosine") -> float:
+def lr_at(step: int, peak: float, floor: float, warmup: int, total: int) -> float:
     """lr of optimizer step `step` (0-based): linear warmup to peak, then cosine to floor at `total`
-    (or constant)."""
+    (floor = peak: constant)."""
     if step < warmup:
         return peak * (step + 1) / warmup
-    if kind == "constant":
-        return peak
-    assert kind == "cosine", kind
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def clip_and_check(model: torch.nn.Module, max_norm: float) -> tuple[float, bool]:
-    """Global grad norm over all ranks (clipped to max_norm when > 0) and whether it is finite."""
+def clip_and_step(model: torch.nn.Module, optimizer, max_norm: float, ok: bool = True) -> tuple[float, bool]:
+    """Clip the grad norm over all ranks to max_norm (when > 0), step unless it is not finite (or not
+    `ok`), clear the gradients; returns (grad norm, stepped)."""
     grads = [p for p in model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(grads, max_norm if max_norm > 0 else float("inf"), foreach=True)
     norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
-    return norm, math.isfinite(norm)
+    stepped = ok and math.isfinite(norm)
+    if stepped:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm, stepped
 
 
 # ------------------------------------------------------------------------------------------ loss
@@ -186,9 +179,7 @@ def batch_logprobs(model: qwen3.Qwen3, batch: dict, temperature: float = 1.0, re
     targets = batch["targets"]
     out = kernels.token_logprobs(hidden.flatten(0, 1), weight, targets.flatten(), temperature=temperature,
                                  return_entropy=return_entropy)
-    if return_entropy:
-        return out[0].view(targets.shape), out[1].view(targets.shape)
-    return out.view(targets.shape)
+    return tuple(o.view(targets.shape) for o in out) if return_entropy else out.view(targets.shape)
 
 
 def token_nll(model: qwen3.Qwen3, batch: dict) -> torch.Tensor:
@@ -202,77 +193,19 @@ def _rng_state() -> dict:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
-def _set_rng_state(s: dict) -> None:
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-class Trackers:
-    """wandb and/or TensorBoard on rank 0: the numbers of each metrics.jsonl line, and the config. A
-    resume continues the same runs (wandb: the id in OUT/wandb_id.txt; OUT/tensorboard: events from
-    the first logged step on are purged), and replayed steps win, as in metrics.jsonl."""
-
-    def __init__(self, path: Path, args: dict):
-        self.path, self.args, self.tb, self.wandb = path, args, None, None
-        self.config = json.loads(json.dumps(args, default=str))
-
-    def log(self, step: int, metrics: dict) -> None:
-        if self.tb is None and self.wandb is None:
-            self._open(step)
-        scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        if self.tb is not None:
-            for k, v in scalars.items():
-                self.tb.add_scalar(k, v, step)
-            self.tb.flush()  # a crashed run keeps every logged step
-        if self.wandb is not None:
-            self.wandb.log({**scalars, "step": step})
-
-    def _open(self, step: int) -> None:
-        if self.args.get("tensorboard"):
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(self.path / "tensorboard"), purge_step=step)
-            # indented: markdown shows it as code
-            self.tb.add_text("config", "    " + json.dumps(self.config, indent=2).replace("\n", "\n    "), step)
-        if self.args.get("wandb"):
-            import wandb
-            if wandb.run is not None:  # an earlier run of this process (tests, notebooks)
-                wandb.run.finish()
-            id_file = self.path / "wandb_id.txt"
-            resume = bool(self.args.get("resume")) and id_file.is_file()
-            self.wandb = wandb.init(project=self.args["wandb"], name=self.args.get("wandb_name"),
-                                    id=id_file.read_text().strip() if resume else None, resume="allow",
-                                    dir=str(self.path), mode="offline" if self.args.get("wandb_offline") else None)
-            qwen3.atomic_write(id_file, self.wandb.id)
-            # a resume may change --steps and such
-            self.wandb.config.update(self.config, allow_val_change=True)
-            self.wandb.define_metric("step")
-            self.wandb.define_metric("*", step_metric="step")
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-        self.tb = self.wandb = None
-
-
 class RunDir:
-    """A run folder: args.json, metrics.jsonl, checkpoints/step_XXXXXXXX, HF exports, trackers."""
+    """A run folder: args.json, metrics.jsonl, checkpoints/step_XXXXXXXX, the HF export; and on rank 0 the
+    trackers (--wandb, --tensorboard): the numbers of each metrics.jsonl line, and the config. A resume
+    continues their runs (wandb: the id in OUT/wandb_id.txt; OUT/tensorboard: events from the first
+    logged step on are purged), and replayed steps win, as in metrics.jsonl."""
 
     def __init__(self, path, rank: int, args: dict | argparse.Namespace | None = None, keep: int = 2):
-        self.path, self.rank, self.keep = Path(path), rank, keep
+        self.path, self.rank, self.keep, self.tb, self.wandb = Path(path), rank, keep, None, None
         self.args = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
         self.ckpts = self.path / "checkpoints"
         if rank == 0:
             self.ckpts.mkdir(parents=True, exist_ok=True)
             qwen3.atomic_write(self.path / "args.json", json.dumps(self.args, indent=2, default=str))
-        tracked = rank == 0 and (self.args.get("wandb") or self.args.get("tensorboard"))
-        self.trackers = Trackers(self.path, self.args) if tracked else None
-        if self.trackers is not None:  # closed when this object goes (train returns), or at exit
-            weakref.finalize(self, self.trackers.close)
 
     def log(self, step: int, metrics: dict) -> None:
         """Rank 0: a `|` line, a metrics.jsonl line (a later one for a step wins), the trackers."""
@@ -282,10 +215,42 @@ class RunDir:
         print(" | ".join([f"step {step}"] + [f"{k} {fmt(v)}" for k, v in metrics.items()]), flush=True)
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
-        if self.trackers is not None:
-            self.trackers.log(step, metrics)
+        if self.tb is None and self.wandb is None and (self.args.get("tensorboard") or self.args.get("wandb")):
+            self._open_trackers(step)
+        scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()  # a crashed run keeps every logged step
+        if self.wandb is not None:
+            self.wandb.log({**scalars, "step": step})
 
-    def save(self, step: int, model, optimizer, state: dict) -> Path:
+    def _open_trackers(self, step: int) -> None:
+        """At the first logged step; each closes when this object goes (train returns), or at exit."""
+        config = json.loads(json.dumps(self.args, default=str))
+        if self.args.get("tensorboard"):
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(self.path / "tensorboard"), purge_step=step)
+            weakref.finalize(self, self.tb.close)
+            # indented: markdown shows it as code
+            self.tb.add_text("config", "    " + json.dumps(config, indent=2).replace("\n", "\n    "), step)
+        if self.args.get("wandb"):
+            import wandb
+            if wandb.run is not None:  # an earlier run of this process (tests, notebooks)
+                wandb.run.finish()
+            id_file = self.path / "wandb_id.txt"
+            resume = bool(self.args.get("resume")) and id_file.is_file()
+            self.wandb = wandb.init(project=self.args["wandb"], name=self.args.get("wandb_name"),
+                                    id=id_file.read_text().strip() if resume else None, resume="allow",
+                                    dir=str(self.path), mode="offline" if self.args.get("wandb_offline") else None)
+            weakref.finalize(self, self.wandb.finish)
+            qwen3.atomic_write(id_file, self.wandb.id)
+            # a resume may change --steps and such
+            self.wandb.config.update(config, allow_val_change=True)
+            self.wandb.define_metric("step")
+            self.wandb.define_metric("*", step_metric="step")
+
+    def save(self, step: int, model, optimizer, state: dict) -> None:
         """DCP-sharded model + optimizer, this rank's `state` and RNG; atomic (tmp, then rename)."""
         final = self.ckpts / f"step_{step:08d}"
         tmp = final.with_name(final.name + ".tmp")
@@ -293,8 +258,7 @@ class RunDir:
             shutil.rmtree(tmp, ignore_errors=True)  # debris of a crash during an earlier write
             tmp.mkdir(parents=True)
         _barrier()
-        sd = _sharded_state(model, optimizer)
-        dcp.save(sd, checkpoint_id=tmp)
+        dcp.save(_sharded_state(model, optimizer), checkpoint_id=tmp)
         with open(tmp / f"rank{self.rank:05d}.pt", "wb") as f:
             torch.save({"state": state, "rng": _rng_state()}, f)
             f.flush()
@@ -312,7 +276,6 @@ class RunDir:
             for old in debris + (self._complete()[:-self.keep] if self.keep > 0 else []):
                 shutil.rmtree(old, ignore_errors=True)
         _barrier()
-        return final
 
     def _complete(self) -> list[Path]:
         found = [p for p in self.ckpts.glob("step_*") if p.suffix != ".tmp" and (p / "COMPLETE").is_file()]
@@ -322,9 +285,14 @@ class RunDir:
         done = self._complete() if self.ckpts.is_dir() else []
         return done[-1] if done else None
 
-    def load(self, ckpt, model, optimizer) -> dict:
-        """Restore model + optimizer (any sharding) and this rank's RNG; return the saved `state`."""
-        ckpt = Path(ckpt)
+    def resume(self, model, optimizer, sampler) -> dict:
+        """Under --resume, restore the latest complete checkpoint: model + optimizer (any sharding),
+        this rank's RNG, the data `sampler`; returns the saved state (without one: {"step": 0})."""
+        ckpt, wanted = self.latest(), bool(self.args.get("resume"))
+        if ckpt is None or not wanted:
+            if ckpt is not None or wanted:
+                print0(f"starting at step 0 (resume: {wanted}; latest in {self.ckpts}: {ckpt})")
+            return {"step": 0}
         meta = json.loads((ckpt / "meta.json").read_text())
         if meta["world_size"] != dist.get_world_size():
             raise ValueError(f"{ckpt}: written by {meta['world_size']} ranks, resuming needs the same "
@@ -334,16 +302,22 @@ class RunDir:
         dcp_sd.set_model_state_dict(model, sd["model"])
         dcp_sd.set_optimizer_state_dict(model, optimizer, sd["optim"])
         extra = torch.load(ckpt / f"rank{self.rank:05d}.pt", weights_only=False)
-        _set_rng_state(extra["rng"])
-        return extra["state"]
+        rng, state = extra["rng"], extra["state"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        sampler.load_state_dict(state["sampler"])
+        print0(f"resumed from {ckpt} at step {state['step']}")
+        return state
 
-    def export_hf(self, model, tokenizer, out) -> Path:
-        """Gather the full weights on rank 0's CPU: a HF folder (config, safetensors, tokenizer)."""
+    def export_hf(self, model, tokenizer) -> Path:
+        """Gather the full weights on rank 0's CPU: OUT/hf in HF layout (config, safetensors, tokenizer)."""
         opts = dcp_sd.StateDictOptions(full_state_dict=True, cpu_offload=True)
         sd = dcp_sd.get_model_state_dict(model, options=opts)
-        out = Path(out)
+        out, tmp = self.path / "hf", self.path / ".hf.export-tmp"
         if self.rank == 0:
-            tmp = out.with_name(f".{out.name}.export-tmp")
             qwen3.save_pretrained(model, tmp, state_dict=sd)  # the tokenizer joins before rename
             tokenizer.save(tmp)
             qwen3.fsync_dir(tmp)
@@ -362,16 +336,13 @@ def _sharded_state(model, optimizer) -> dict:
 def load_model(args, rank: int = 0) -> tuple[data.Tokenizer, qwen3.Qwen3]:
     """The tokenizer and an fp32 model on CPU. From a checkpoint only rank 0 reads the weights (one
     copy in host memory, not one per rank); other ranks build on the meta device for shard_model."""
-    if args.model:
-        tok = data.load_tokenizer(args.tokenizer or args.model)
-        if rank == 0:
-            model = qwen3.load_pretrained(args.model)
-        else:
-            cfg = qwen3.Qwen3Config.from_json(Path(args.model) / "config.json")
-            with torch.device("meta"):
-                model = qwen3.Qwen3(cfg)
+    tok = data.load_tokenizer(args.tokenizer or args.model)
+    if args.model and rank == 0:
+        model = qwen3.load_pretrained(args.model)
+    elif args.model:
+        with torch.device("meta"):
+            model = qwen3.Qwen3(qwen3.Qwen3Config.from_json(Path(args.model) / "config.json"))
     else:
-        tok = data.load_tokenizer(args.tokenizer)
         model = qwen3.build_model(qwen3.Qwen3Config.from_json(args.config), seed=args.seed)
     if tok.vocab_size > model.config.vocab_size:
         raise ValueError(f"tokenizer has {tok.vocab_size} tokens but the model's vocab_size is "
@@ -383,8 +354,7 @@ def load_rows(paths: list[str], tok: data.Tokenizer, seq_len: int, cache, overlo
               skip_bad: bool = False) -> data.PackedRows:
     """SFT JSONL files -> packed rows (the same on every rank) over a token store in `cache`, which
     local rank 0 of each node builds (once: reruns reuse it) while the other ranks wait for it."""
-    waits = int(os.environ.get("LOCAL_RANK", 0)) > 0
-    store = data.build_token_store(paths, tok, cache, skip_bad, wait=waits)
+    store = data.build_token_store(paths, tok, cache, skip_bad, wait=int(os.environ.get("LOCAL_RANK", 0)) > 0)
     return data.PackedRows(store, seq_len, tok.pad_id, overlong)
 
 
@@ -392,7 +362,7 @@ def train_step(model, optimizer, batch: dict, micro_batch: int, lr: float, grad_
     """One optimizer step over this rank's rows `batch` ((R, T) tensors), micro_batch at a time."""
     device = next(model.parameters()).device
     # the loss tokens of all ranks and all micro-steps
-    n_tokens = int(all_reduce((batch["targets"] != IGNORE_INDEX).sum()))
+    n_tokens = int(all_reduce((batch["targets"] != kernels.IGNORE_INDEX).sum()))
     for group in optimizer.param_groups:
         group["lr"] = lr
     nll = torch.zeros((), dtype=torch.float64, device=device)
@@ -403,12 +373,9 @@ def train_step(model, optimizer, batch: dict, micro_batch: int, lr: float, grad_
         # so memory does not grow with the number of micro-steps.
         (loss / max(n_tokens, 1)).backward()
         nll += loss.detach().double()
-    grad_norm, finite = clip_and_check(model, grad_clip)
-    if finite and n_tokens > 0:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm, _ = clip_and_step(model, optimizer, grad_clip, n_tokens > 0)
     return {"loss": float(all_reduce(nll)) / max(n_tokens, 1), "grad_norm": grad_norm,
-            "skipped": int(not finite), "loss_tokens": n_tokens}
+            "skipped": int(not math.isfinite(grad_norm)), "loss_tokens": n_tokens}
 
 
 def flops_per_token(cfg: qwen3.Qwen3Config, seq_len: int) -> float:
@@ -420,13 +387,8 @@ def flops_per_token(cfg: qwen3.Qwen3Config, seq_len: int) -> float:
     return 6 * matmul + 6 * L * cfg.num_attention_heads * hd * seq_len
 
 
-def peak_flops(device: torch.device) -> float:
-    """Dense bf16 peak FLOP/s of one device (0 when unknown: no MFU is logged)."""
-    if device.type != "cuda":
-        return 0.0
-    name = torch.cuda.get_device_name(device)
-    table = {"H200": 989, "H100": 989, "H800": 989, "H20": 148, "A100": 312, "A800": 312, "B200": 2250}
-    return next((tf * 1e12 for key, tf in table.items() if key in name), 0.0)
+# dense bf16 peak TFLOP/s of one device, by name (H200 before H20); other devices log no MFU
+PEAK_TFLOPS = {"H200": 989, "H100": 989, "H800": 989, "H20": 148, "A100": 312, "A800": 312, "B200": 2250}
 
 
 def plan(args, n_rows: int, world: int) -> tuple[int, int, int]:
@@ -452,19 +414,14 @@ def train(args) -> None:
     step_tokens = rows_per_rank * d.world_size * args.max_length
     print0(f"plan: {rows_per_rank} rows x {d.world_size} ranks x {args.max_length} tokens per step, "
            f"{total} steps, {warmup} warmup")
-    run, step = RunDir(args.out, d.rank, args, keep=args.keep), 0
-    sampler, ckpt = data.ShardedSampler(len(rows), d.rank, d.world_size, seed=args.seed), run.latest()
-    if args.resume and ckpt is not None:
-        state = run.load(ckpt, model, optimizer)
-        step = state["step"]
-        sampler.load_state_dict(state["sampler"])
-        print0(f"resumed from {ckpt} at step {step}")
-    elif ckpt is not None or args.resume:
-        print0(f"starting at step 0 (resume: {args.resume}; latest in {run.ckpts}: {ckpt})")
+    run = RunDir(args.out, d.rank, args, keep=args.keep)
+    sampler = data.ShardedSampler(len(rows), d.rank, d.world_size, seed=args.seed)
+    step = first = run.resume(model, optimizer, sampler)["step"]
     last = min(total, args.max_steps) if args.max_steps > 0 else total
     lr = lambda s: lr_at(s, args.lr, args.min_lr, warmup, total)
-    peak = peak_flops(d.device) * d.world_size
-    t_start, first = time.perf_counter(), step
+    gpu = torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else ""
+    peak = next((tf * 1e12 for key, tf in PEAK_TFLOPS.items() if key in gpu), 0.0) * d.world_size
+    t_start = time.perf_counter()
     while step < last:
         t0 = time.perf_counter()
         idx = sampler.next_indices(rows_per_rank)
@@ -483,23 +440,19 @@ def train(args) -> None:
                        "epoch": step * rows_per_rank / (len(rows) // d.world_size), **m})
         if step == last or (args.save_every > 0 and step % args.save_every == 0):
             run.save(step, model, optimizer, {"step": step, "sampler": sampler.state_dict()})
-    print0(f"exported {run.export_hf(model, tok, run.path / 'hf')}")
+    print0(f"exported {run.export_hf(model, tok)}")
 
 
 # ------------------------------------------------------------------------------------- command line
 class _NeedsPackage(argparse.Action):
-    """A flag that needs an optional package: a one-line error at parse time if it is missing."""
-
-    def __init__(self, option_strings, dest, package: str, **kw):
-        self.package = package
-        super().__init__(option_strings, dest, **kw)
+    """A flag named after the optional package it needs: a one-line error at parse time if it is missing."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         try:
-            importlib.import_module(self.package)
+            importlib.import_module(self.dest)
         except ImportError:
-            parser.exit(2, f"{parser.prog}: error: {option_string} needs the optional package {self.package}, "
-                           f"which is not installed: pip install {self.package} (or drop {option_string})\n")
+            parser.exit(2, f"{parser.prog}: error: {option_string} needs the optional package {self.dest}, "
+                           f"which is not installed: pip install {self.dest} (or drop {option_string})\n")
         setattr(namespace, self.dest, True if self.nargs == 0 else values)
 
 
@@ -508,11 +461,11 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cluster and tracking")
     g.add_argument("--dist-timeout-min", type=float, default=DIST_TIMEOUT_MIN, help="minutes a collective waits "
                    "for the slowest rank before the job ends (default %(default)s: see sft.DIST_TIMEOUT_MIN)")
-    g.add_argument("--wandb", metavar="PROJECT", action=_NeedsPackage, package="wandb", help="log metrics and the "
+    g.add_argument("--wandb", metavar="PROJECT", action=_NeedsPackage, help="log metrics and the "
                    "config to this wandb project (rank 0; the wandb package is optional)")
     g.add_argument("--wandb-name", help="wandb run name (unset: wandb picks one)")
     g.add_argument("--wandb-offline", action="store_true", help="wandb offline: files stay in OUT/wandb to sync")
-    g.add_argument("--tensorboard", nargs=0, default=False, action=_NeedsPackage, package="tensorboard",
+    g.add_argument("--tensorboard", nargs=0, default=False, action=_NeedsPackage,
                    help="TensorBoard event files in OUT/tensorboard (rank 0; the tensorboard package is optional)")
 
 

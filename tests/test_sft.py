@@ -146,25 +146,26 @@ def test_crash_during_checkpoint_write_keeps_previous(setup, tmp_path, monkeypat
     sft.shard_model(model, dist_)
     opt = sft.build_optimizer(model, 1e-3)
     batch = sft.load_rows([setup[0] / "demo" / "sft.jsonl"], tok, 256, setup[0] / "ref" / "tokens").batch([0])
-    run = sft.RunDir(tmp_path, 0)
+    run, sampler = sft.RunDir(tmp_path, 0, {"resume": True}), data.ShardedSampler(4, 0, 1, seed=0)
+    state = lambda step: {"step": step, "sampler": sampler.state_dict()}
     sft.train_step(model, opt, batch, 1, 1e-3, 1.0)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
-    run.save(1, model, opt, {"step": 1})
+    run.save(1, model, opt, state(1))
     sft.train_step(model, opt, batch, 1, 1e-3, 1.0)
 
     def crash():
         raise RuntimeError("simulated crash")
     monkeypatch.setattr(sft, "_rng_state", crash)  # dies after the DCP shards of step 2 are written
     with pytest.raises(RuntimeError, match="simulated"):
-        run.save(2, model, opt, {"step": 2})
+        run.save(2, model, opt, state(2))
     monkeypatch.undo()
     assert any((tmp_path / "checkpoints" / "step_00000002.tmp").iterdir())
     (tmp_path / "checkpoints" / "step_00000009").mkdir()  # a folder without COMPLETE (non-atomic file system)
     assert run.latest().name == "step_00000001"
-    assert run.load(run.latest(), model, opt) == {"step": 1}
+    assert run.resume(model, opt, sampler) == state(1)
     for k, v in model.state_dict().items():
         assert torch.equal(v, saved[k]), k
-    run.save(3, model, opt, {"step": 3})  # the next successful save clears the debris
+    run.save(3, model, opt, state(3))  # the next successful save clears the debris
     assert run.latest().name == "step_00000003" and not (tmp_path / "checkpoints" / "step_00000002.tmp").exists()
     # a non-finite gradient skips the step and leaves the weights alone
     nll = sft.token_nll
@@ -210,7 +211,7 @@ def test_schedule():
     lrs = [sft.lr_at(s, 8e-5, 4e-5, 10, 100) for s in range(101)]
     assert lrs[0] == pytest.approx(8e-6) and lrs[9] == pytest.approx(8e-5) and lrs[100] == pytest.approx(4e-5)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
-    assert sft.lr_at(50, 1e-6, 0.0, 10, 100, kind="constant") == 1e-6
+    assert sft.lr_at(50, 1e-6, 1e-6, 10, 100) == 1e-6 and sft.lr_at(100, 1e-6, 1e-6, 10, 100) == 1e-6  # constant
 
 
 def test_dist_timeout_flag_reaches_the_process_group(monkeypatch):

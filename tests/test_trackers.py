@@ -96,11 +96,11 @@ def test_tensorboard_resume_replaces_replayed_steps(tmp_path):
     first = sft.RunDir(tmp_path, 0, {"tensorboard": True})
     for s in range(1, 5):
         first.log(s, {"loss": float(s), "note": "text"})
-    first.trackers.close()
+    first.tb.close()
     again = sft.RunDir(tmp_path, 0, {"tensorboard": True, "resume": True})
     for s in range(3, 6):  # the checkpoint was at step 2
         again.log(s, {"loss": 10.0 * s})
-    again.trackers.close()
+    again.tb.close()
     got, _ = event_scalars(tmp_path)
     assert set(got) == {"loss"} and got["loss"] == {1: 1.0, 2: 2.0, 3: 30.0, 4: 40.0, 5: 50.0}
 
