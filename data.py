@@ -199,9 +199,9 @@ def store_ready(folder, key: str) -> bool:
 
 
 def _tokenised(path, tokenizer: Tokenizer, skip_bad: bool, batch: int = 256):
-    """(ids, loss mask) of each SFT record of a file, tokenised in batches (tokenizers threads them).
-    The mask is 1 (learn) on what follows the generation prompt, up to and including `<|im_end|>`
-    (not the newline after it): what the model generates after that prompt."""
+    """(ids, loss mask) of each SFT record of a file, tokenised in batches (tokenizers threads
+    them). The mask is 1 (learn) on what follows the generation prompt, up to and including
+    `<|im_end|>` (not the newline after it): what the model generates after that prompt."""
     records = _jsonl(path, skip_bad, parse=_sft_texts)
     while chunk := list(itertools.islice(records, batch)):
         enc = tokenizer.tok.encode_batch([t for _, texts in chunk for t in texts], add_special_tokens=False)
@@ -271,7 +271,8 @@ def _publish(tmp: Path, folder: Path, key: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
     try:
         os.replace(tmp, folder)
-    except OSError:  # another builder's store came first: keep it if it is this data (caller drops tmp)
+    # another builder's store came first: keep it if it is this data (caller drops tmp)
+    except OSError:
         if not store_ready(folder, key):
             raise
 

@@ -48,9 +48,9 @@ def need_demo(out: str, rl_file: str) -> None:
 
 def rl_run(out: str, run: str, data_file: str, flavour: str, seed: int, steps: int, lr: float, limit: int | None,
            *flags: str) -> tuple[list[dict], dict]:
-    """An RL stage from out/sft/hf with train.sh's settings and `flags` (resumed where it stopped): its
-    metrics per step and its held-out accuracy on `flavour`, greedy and at temperature 1, top-p 1
-    ({flavour: greedy, flavour@t1: sampled})."""
+    """An RL stage from out/sft/hf with train.sh's settings and `flags` (resumed where it stopped):
+    its metrics per step and its held-out accuracy on `flavour`, greedy and at temperature 1, top-p
+    1 ({flavour: greedy, flavour@t1: sampled})."""
     gppo.main(["--model", f"{out}/sft/hf", "--data", data_file, "--out", run, "--seed", str(seed), "--n", "8",
                "--lr", str(lr), "--warmup-steps", "2", "--max-response-tokens", "96", "--reward-workers", "2",
                "--save-every", "1000", "--steps", str(steps), "--resume", *flags])
@@ -98,7 +98,8 @@ def _groups(rows: list[dict], experiment: str, key) -> dict:
 
 
 def loss_kinds_table(rows: list[dict]) -> str:
-    """The loss-kinds experiment's markdown table: per regime and kind, means over seeds ± half their range."""
+    """The loss-kinds experiment's markdown table: per regime and kind, means over seeds ± half
+    their range."""
     groups = _groups(rows, "loss-kinds", lambda r: (r["mini_batches"], r["kind"]))
     lines = ["| mini-batches / RL step | kind | seeds | math greedy | math temp. 1 | vs gppo (greedy) | clipped tokens "
              "| entropy (end) | seconds |", "|---|---|---|---|---|---|---|---|---|"]
@@ -110,7 +111,8 @@ def loss_kinds_table(rows: list[dict]) -> str:
 
 
 def code_reward_table(rows: list[dict]) -> str:
-    """The code-reward experiment's markdown table: per configuration, means over seeds ± half their range."""
+    """The code-reward experiment's markdown table: per configuration, means over seeds ± half their
+    range."""
     groups = _groups(rows, "code-reward", lambda r: (r["faulty"], r["filtered_problems"] is not None, r["filter"],
                                                       r["reward"]))
     lines = ["| data | reward | group filter | seeds | code temp. 1 | vs clean soft/accuracy | code greedy "
@@ -128,7 +130,8 @@ def code_reward_table(rows: list[dict]) -> str:
 
 
 def put_table(path: str, name: str, title: str, table: str) -> None:
-    """Write `table` between the `<!-- name: begin/end -->` markers of a markdown file (or a new section)."""
+    """Write `table` between the `<!-- name: begin/end -->` markers of a markdown file (or a new
+    section)."""
     begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
     text = Path(path).read_text() if Path(path).is_file() else ""
     block = f"{begin}\n{table}\n{end}"
@@ -147,9 +150,9 @@ def plot_runs(runs: list[str], png) -> None:
 
 def ablate_loss(out: str, regime: str, kinds: list[str], seeds: list[int], steps: int, lr: float, results: str,
                 table: str, limit: int | None = None) -> None:
-    """The math RL stage from out/sft/hf for each loss kind and seed (docs/RESULTS.md, the loss kinds):
-    held-out accuracy, the share of clipped tokens, the final entropy, the RL seconds; rows to `results`,
-    the table between markers in `table`, the curves of the first seed next to it."""
+    """The math RL stage from out/sft/hf for each loss kind and seed (docs/RESULTS.md, the loss
+    kinds): held-out accuracy, the share of clipped tokens, the final entropy, the RL seconds; rows
+    to `results`, the table between markers in `table`, the curves of the first seed next to it."""
     need_demo(out, "rl_math.jsonl")
     for name in kinds:
         kind, beta_low, beta_high = LOSS_KINDS[name]
@@ -172,8 +175,8 @@ def ablate_loss(out: str, regime: str, kinds: list[str], seeds: list[int], steps
 
 
 def corrupt_tests(src: str, dst: str, share: float, seed: int = 0) -> list[int]:
-    """Copy a demo code RL set, giving a `share` of its problems one test whose expected output is off
-    by 1-9 (as scraped tests sometimes are); returns the corrupted problems' line indices."""
+    """Copy a demo code RL set, giving a `share` of its problems one test whose expected output is
+    off by 1-9 (as scraped tests sometimes are); returns the corrupted problems' line indices."""
     # a seed stream of its own: random.Random(0).sample and the RL sampler's Random(0).shuffle are correlated
     rng, recs = random.Random(f"corrupt-tests-{seed}"), [json.loads(line) for line in open(src)]
     bad = sorted(rng.sample(range(len(recs)), round(share * len(recs))))
@@ -187,8 +190,8 @@ def corrupt_tests(src: str, dst: str, share: float, seed: int = 0) -> list[int]:
 
 
 def filter_code_set(src: str, dst: str, workers: int = 2) -> list[int]:
-    """rewards.filter_problems over a demo code set (CODE_TESTS tests each, the reference program must
-    pass them): the kept problems go to dst; returns the dropped line indices."""
+    """rewards.filter_problems over a demo code set (CODE_TESTS tests each, the reference program
+    must pass them): the kept problems go to dst; returns the dropped line indices."""
     kept, report = rewards.filter_problems([json.loads(line) for line in open(src)], min_tests=CODE_TESTS,
                                            workers=workers, timeout_s=10.0)
     Path(dst).write_text("".join(json.dumps(r) + "\n" for r in kept))
@@ -196,17 +199,18 @@ def filter_code_set(src: str, dst: str, workers: int = 2) -> list[int]:
 
 
 def drawn_problems(n_tasks: int, seed: int, steps: int, draw: int) -> list[int]:
-    """The problems a one-rank gppo.py run draws in `steps` steps of `draw` prompts (its sampler, replayed)."""
+    """The problems a one-rank gppo.py run draws in `steps` steps of `draw` prompts (its sampler,
+    replayed)."""
     sampler = data.ShardedSampler(n_tasks, 0, 1, seed)
     return [i for _ in range(steps) for i in sampler.next_indices(draw)]
 
 
 def ablate_code(out: str, seeds: list[int], steps: int, share: float, lr: float, results: str, table: str,
                 limit: int | None = None, runs=CODE_RUNS) -> None:
-    """The code RL stage from out/sft/hf for each configuration of CODE_RUNS and seed (docs/RESULTS.md,
-    code rewards): held-out code accuracy, the shares of filtered and of reward-only groups, the rollouts
-    spent on problems no program can fully pass, the reward curve, the RL seconds; rows, table and curves
-    as in ablate_loss."""
+    """The code RL stage from out/sft/hf for each configuration of CODE_RUNS and seed
+    (docs/RESULTS.md, code rewards): held-out code accuracy, the shares of filtered and of
+    reward-only groups, the rollouts spent on problems no program can fully pass, the reward curve,
+    the RL seconds; rows, table and curves as in ablate_loss."""
     need_demo(out, "rl_code.jsonl")
     base, clean = Path(out) / "ablation" / "code-reward", f"{out}/data/rl_code.jsonl"
     base.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,11 @@
-"""GPPO reinforcement learning, Klear-Reasoner's RL stage (docs/ALGORITHM.md sections 2-4), on FSDP2 over
-any number of ranks. One RL step (`rl_step`): draw prompts -> rollout.generate (n samples each) -> rewards
--> `advantages_filter_cap` (group advantages, zero-variance filter, at most --prompts-per-step groups) ->
-`old_logprobs` (recomputed by the trainer; the |sampler - trainer| gap is logged as logp_diff) -> per
-mini-batch, `update`: `accumulate` (policy_loss + alpha * NLL of correct rollouts, exact token means over
-all ranks) and one AdamW step. A step's randomness comes from (seed, step, rank), so a resumed run replays
-the uninterrupted one. Each choice and why: docs/ALGORITHM.md section 3, "How gppo.py runs a step".
+"""GPPO reinforcement learning, Klear-Reasoner's RL stage (docs/ALGORITHM.md sections 2-4), on FSDP2
+over any number of ranks. One RL step (`rl_step`): draw prompts -> rollout.generate (n samples each)
+-> rewards -> `advantages_filter_cap` (group advantages, zero-variance filter, at most
+--prompts-per-step groups) -> `old_logprobs` (recomputed by the trainer; the |sampler - trainer| gap
+is logged as logp_diff) -> per mini-batch, `update`: `accumulate` (policy_loss + alpha * NLL of
+correct rollouts, exact token means over all ranks) and one AdamW step. A step's randomness comes
+from (seed, step, rank), so a resumed run replays the uninterrupted one. Each choice and why:
+docs/ALGORITHM.md section 3, "How gppo.py runs a step".
 
 Run (defaults = the math stage; `--stage code` = lr 5e-7 and 32-prompt mini-batches):
   python gppo.py --model runs/sft/hf --data math.jsonl --out runs/rl-math
@@ -56,7 +57,7 @@ class Context:
 
 @dataclass
 class UpdateSums:
-    """This rank's sums over one RL step's micro-batches and optimizer steps (reduce_update_metrics)."""
+    """This rank's sums over an RL step's micro-batches and optimizer steps: reduce_update_metrics."""
     clip_low: float = 0.0  # clipped-token counts and ratios, weighted by tokens
     clip_high: float = 0.0
     dual_clip: float = 0.0
@@ -76,9 +77,9 @@ class UpdateSums:
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 kind: str = "gppo", eps_low: float = 0.2, eps_high: float = 0.28, dual_clip: float = 10.0,
                 beta_low: float = 1.0, beta_high: float = 1.0, denom=None) -> tuple[torch.Tensor, dict]:
-    """Token-level policy loss sum(l * mask) / denom, with d l / d theta = -F * A * grad log pi (the table of
-    F: docs/ALGORITHM.md section 2). `denom`: the token count of the whole mini-batch over all ranks and
-    micro-batches (default: mask.sum())."""
+    """Token-level policy loss sum(l * mask) / denom, with d l / d theta = -F * A * grad log pi (the
+    table of F: docs/ALGORITHM.md section 2). `denom`: the token count of the whole mini-batch over
+    all ranks and micro-batches (default: mask.sum())."""
     if kind not in KINDS:
         raise ValueError(f"unknown loss kind {kind!r}; choose one of {KINDS}")
     assert dual_clip > 1.0, "the dual clip c must exceed 1"
@@ -116,10 +117,11 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
 # ---------------------------------------------------------------------------- section 3: advantages
 def group_advantages(rewards, group_size: int, correct: float = 1.0, truncated=None, drop_truncated: bool = False,
                      keep_on: str = "accuracy") -> tuple[torch.Tensor, torch.Tensor]:
-    """GRPO advantages A = (R - mean) / (std_unbiased + 1e-6) per group of `group_size` consecutive rollouts,
-    and keep: False for groups without signal (keep_on="accuracy", the recipe: accuracy R == correct all 0
-    or all 1; "reward": rewards all equal, so partial credit trains), for groups of size 1 (no baseline),
-    and with drop_truncated for truncated rollouts (they still count in their group's statistics)."""
+    """GRPO advantages A = (R - mean) / (std_unbiased + 1e-6) per group of `group_size` consecutive
+    rollouts, and keep: False for groups without signal (keep_on="accuracy", the recipe: accuracy R
+    == correct all 0 or all 1; "reward": rewards all equal, so partial credit trains), for groups of
+    size 1 (no baseline), and with drop_truncated for truncated rollouts (they still count in their
+    group's statistics)."""
     R = torch.as_tensor(rewards, dtype=torch.float32).flatten()
     if group_size < 1 or R.numel() % group_size:
         raise ValueError(f"{R.numel()} rewards do not split into groups of {group_size}")
@@ -151,7 +153,8 @@ def cap_groups(kept: list[int], target: int) -> list[int]:
 
 # ------------------------------------------------------------------------------------ micro-batches
 def plan_micro(items: list[dict], micro_tokens: int) -> list[list[dict]]:
-    """Greedy micro-batches of length-sorted rollouts: rows * longest row <= micro_tokens (or one row)."""
+    """Greedy micro-batches of length-sorted rollouts: rows * longest row <= micro_tokens (or one
+    row)."""
     out, cur = [], []
     for it in sorted(items, key=lambda it: -it["len"]):
         if cur and (len(cur) + 1) * cur[0]["len"] > micro_tokens:
@@ -162,8 +165,9 @@ def plan_micro(items: list[dict], micro_tokens: int) -> list[list[dict]]:
 
 
 def collate(micro: list[dict], pad_id: int, device) -> dict:
-    """Right-padded input_ids (B, T) and targets (B, T): each response token at the position that predicts
-    it, -100 elsewhere; per-token vectors (N,) follow the row-major order of the N valid targets."""
+    """Right-padded input_ids (B, T) and targets (B, T): each response token at the position that
+    predicts it, -100 elsewhere; per-token vectors (N,) follow the row-major order of the N valid
+    targets."""
     T = max(it["len"] for it in micro)
     ids = torch.full((len(micro), T), pad_id, dtype=torch.long)
     tgt = torch.full((len(micro), T), kernels.IGNORE_INDEX, dtype=torch.long)
@@ -213,8 +217,9 @@ def rollouts(ctx: Context, step: int, met: dict) -> list[dict]:
 
 
 def test_statuses(statuses: Counter, met: dict) -> None:
-    """Log the code tests' statuses of this step over all ranks (tests/<status>); stop the run on every
-    rank alike when more than half are 'sandbox error' (rewards.check_sandbox says what failed)."""
+    """Log the code tests' statuses of this step over all ranks (tests/<status>); stop the run on
+    every rank alike when more than half are 'sandbox error' (rewards.check_sandbox says what
+    failed)."""
     names = sandbox.STATUSES + sandbox.NOTES + ("abandoned job",)
     totals = sft.all_reduce(torch.tensor([float(statuses[s]) for s in names]))
     met.update({f"tests/{s}": v.item() for s, v in zip(names, totals) if v})
@@ -258,8 +263,9 @@ def build_plan(ctx: Context, groups: list[list[dict]], dummy: dict) -> list[list
 
 
 def old_logprobs(ctx: Context, plan: list, met: dict) -> list[list[dict]]:
-    """Collate the plan and add old_logp (section 2): the training model's log-probs right before the
-    update, at the sampling temperature, no grad; logs the mean |sampler - trainer| log-prob gap."""
+    """Collate the plan and add old_logp (section 2): the training model's log-probs right before
+    the update, at the sampling temperature, no grad; logs the mean |sampler - trainer| log-prob
+    gap."""
     t0, diff, cnt, out = time.perf_counter(), 0.0, 0.0, []
     with torch.no_grad():
         for mb in plan:
@@ -361,10 +367,10 @@ def reduce_update_metrics(acc: UpdateSums, n_mini: int) -> dict:
 
 # ----------------------------------------------------------------------------------- set-up and run
 def context_split(a, context: int) -> None:
-    """Split the model's context (docs/ALGORITHM.md section 3) and set both caps on `a`: responses up to
-    --max-response-tokens, by default min(32,768, context - the prompt cap, which takes at most half),
-    prompts up to min(--max-prompt-tokens, what responses leave); Qwen3-8B-Base (32,768) gets 4,096 +
-    28,672. No room for either is an error naming both flags and the config field."""
+    """Split the model's context (docs/ALGORITHM.md section 3) and set both caps on `a`: responses
+    up to --max-response-tokens, by default min(32,768, context - the prompt cap, which takes at
+    most half), prompts up to min(--max-prompt-tokens, what responses leave); Qwen3-8B-Base (32,768)
+    gets 4,096 + 28,672. No room for either is an error naming both flags and the config field."""
     if a.max_response_tokens is None:
         a.max_response_tokens = min(32768, context - min(a.max_prompt_tokens, context // 2))
     a.max_prompt_tokens = min(a.max_prompt_tokens, context - a.max_response_tokens)
@@ -376,8 +382,8 @@ def context_split(a, context: int) -> None:
 
 
 def load_prompts(a, tok) -> tuple[list[dict], list[list[int]]]:
-    """Tasks from --data rendered with the chat template; prompts over --max-prompt-tokens are dropped
-    and counted (context_split made sure that prompt + response fit the model's context)."""
+    """Tasks from --data rendered with the chat template; prompts over --max-prompt-tokens are
+    dropped and counted (context_split made sure that prompt + response fit the model's context)."""
     cap, every = a.max_prompt_tokens, rewards.load_tasks(a.data, skip_bad=a.skip_bad)
     tasks, prompts = [], []
     for t in every:
@@ -514,7 +520,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     a = parse_args(argv)
-    if a.preflight:  # train.sh's check before any long work: the split fits the model, the data file exists
+    # train.sh's check before any long work: the split fits the model, the data file exists
+    if a.preflight:
         context_split(a, qwen3.Qwen3Config.from_json(Path(a.model) / "config.json").max_position_embeddings)
         if a.data and not Path(a.data).is_file():
             raise SystemExit(f"gppo: --data not found: {a.data}")

@@ -1,13 +1,16 @@
-"""The LM head without (N, V) logits in memory: fused log-probs and entropy for training, and the sampler.
+"""The LM head without (N, V) logits in memory: fused log-probs and entropy for training, and the
+sampler.
 
-- `token_logprobs(hidden (N, H), weight (V, H), targets (N,), temperature, return_entropy, backend)`:
-  log softmax(hidden @ weight.T / temperature)[target] (fp32; fp64 for fp64 inputs) and the entropy,
-  differentiable in hidden and weight; IGNORE_INDEX targets give 0. The forward keeps O(N) stats and
-  the backward recomputes each chunk's logits: memory flat in N for one more logits GEMM.
-- Backends: "torch" (chunked matmuls), "triton" (CUDA: online softmax over vocab blocks, dlogits tiles
-  then two cuBLAS GEMMs), "naive" (full logits: tests, benchmarks), "auto" (triton on CUDA, else torch).
-- `fp32_logits`, then `sample`: an exponential race whose noise hashes (row seed, vocab id), so a draw
-  never depends on the batch (`row_seeds`).
+- `token_logprobs(hidden (N, H), weight (V, H), targets (N,), temperature, return_entropy,
+  backend)`: log softmax(hidden @ weight.T / temperature)[target] (fp32; fp64 for fp64 inputs) and
+  the entropy, differentiable in hidden and weight; IGNORE_INDEX targets give 0. The forward keeps
+  O(N) stats and the backward recomputes each chunk's logits: memory flat in N for one more logits
+  GEMM.
+- Backends: "torch" (chunked matmuls), "triton" (CUDA: online softmax over vocab blocks, dlogits
+  tiles then two cuBLAS GEMMs), "naive" (full logits: tests, benchmarks), "auto" (triton on CUDA,
+  else torch).
+- `fp32_logits`, then `sample`: an exponential race whose noise hashes (row seed, vocab id), so a
+  draw never depends on the batch (`row_seeds`).
 
     python bench.py kernels          # CPU: fused vs naive, memory and time
     python bench.py kernels_gpu      # GPU: Triton TFLOP/s and memory vs naive
@@ -57,7 +60,8 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
 
 def naive_token_logprobs(hidden, weight, targets, temperature=1.0, return_entropy=False):
     """Reference: full (N, V) logits, log_softmax, gather. Tests and benchmarks only."""
-    logits = (hidden @ weight.T).to(torch.promote_types(hidden.dtype, torch.float32))  # (N, V) fp32/fp64
+    # (N, V) fp32/fp64
+    logits = (hidden @ weight.T).to(torch.promote_types(hidden.dtype, torch.float32))
     if temperature != 1.0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, dim=-1)  # (N, V)

@@ -138,7 +138,8 @@ class RMSNorm(nn.Module):
         self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dtype == self.weight.dtype == torch.float32:  # one call, same bits as the fp32 stats below
+        # one call, same bits as the fp32 stats below
+        if x.dtype == self.weight.dtype == torch.float32:
             return F.rms_norm(x, x.shape[-1:], self.weight, self.eps)
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
 
@@ -265,7 +266,8 @@ class KVCache:
     A forward writes its T tokens at positions lengths[b].. and adds T to lengths and end."""
 
     def __init__(self, config: Qwen3Config, pages: int, page_size: int, device, dtype, flex: bool = False):
-        shape = (config.num_key_value_heads, (pages + 1) * page_size, config.head_dim)  # + the null page
+        # + the null page
+        shape = (config.num_key_value_heads, (pages + 1) * page_size, config.head_dim)
         # flex: decode steps through FlexAttention over the pool (decode_mask), not a gather
         self.flex, self.page_size = flex, page_size
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
@@ -286,8 +288,9 @@ class KVCache:
             buf[:, b:b + ps] = buf[:, a:a + ps]
 
     def write(self, i: int, k: Tensor, v: Tensor, where: Tensor, end: int | None) -> tuple[Tensor, Tensor]:
-        """Write k, v (B, n_kv, T, hd) of layer i into slots `where` (B, T). Return each row's positions
-        < end as (B, n_kv, end, hd), gathered page by page, or with end None the whole pool (a view)."""
+        """Write k, v (B, n_kv, T, hd) of layer i into slots `where` (B, T). Return each row's
+        positions < end as (B, n_kv, end, hd), gathered page by page, or with end None the whole
+        pool (a view)."""
         flat = where.flatten()
         self.k[i].index_copy_(1, flat, k.transpose(0, 1).flatten(1, 2).to(self.k[i].dtype))
         self.v[i].index_copy_(1, flat, v.transpose(0, 1).flatten(1, 2).to(self.v[i].dtype))
@@ -351,7 +354,8 @@ class Qwen3(nn.Module):
                 p.normal_(0.0, 0.02, generator=g)
 
     def rope(self, pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """Positions (B or 1, T) -> cos, sin (B or 1, 1, T, hd): fp32 angles, sin's first half negated."""
+        """Positions (B or 1, T) -> cos, sin (B or 1, 1, T, hd): fp32 angles, sin's first half
+        negated."""
         if self.inv_freq.device != pos.device:
             with torch.inference_mode(False):  # a normal tensor even when first reached in generate
                 self.inv_freq = self.inv_freq.to(pos.device)

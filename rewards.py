@@ -107,7 +107,8 @@ atexit.register(lambda: [h.proc.kill() for h in _IDLE])
 
 
 def _ask(pred: str, gold: str, timeout_s: float) -> bool:
-    """_equal in a helper; on timeout or any failure the helper is killed and replaced, and it is False."""
+    """_equal in a helper; on timeout or any failure the helper is killed and replaced, and it is
+    False."""
     with _SLOTS:
         with _IDLE_LOCK:
             h = _IDLE.pop() if _IDLE else _Helper()
@@ -160,7 +161,8 @@ def math_equal(pred: str, gold: str, timeout_s: float = 3.0) -> bool:
 
 def math_reward(response: str, gold: str, correct: float = 1.0, wrong: float = -1.0, no_close_think=-0.5,
                 no_open_think: float = -2.0, check_think: bool = True) -> float:
-    """Klear scheme: no <think> -2, no </think> -0.5, else +1 / -1 for the text after the last </think>."""
+    """Klear scheme: no <think> -2, no </think> -0.5, else +1 / -1 for the text after the last
+    </think>."""
     text, penalty = _after_think(response, check_think, no_close_think, no_open_think)
     if text is None:
         return penalty
@@ -178,7 +180,8 @@ def extract_code(response: str) -> str | None:
 
 def _call_test(fn: str, args, out) -> dict:
     """A TACO call-based case (fn_name) as a split call, with the same check as assert code for the
-    in-sandbox path: a tuple result compares as a list, a one-element list output may be the bare value."""
+    in-sandbox path: a tuple result compares as a list, a one-element list output may be the bare
+    value."""
     args = args if isinstance(args, list) else [args]
     entry = f"Solution().{fn} if 'Solution' in globals() else {fn}"
     legacy = (f"_f = {entry}\n_r = _f(*{args!r})\n_r = list(_r) if isinstance(_r, tuple) else _r\n_o = {out!r}\n"
@@ -219,10 +222,10 @@ def _shape(t) -> tuple[ast.AST, list] | None:
 
 
 def _check_tests(code: str, entry: str, prefix: str = "", per_assert: bool = True) -> list[dict]:
-    """`def check(candidate)` test code: one test per top-level assert (LeetCode layout), else one test.
-    If check() holds only asserts, imports and docstrings, asserts of known shapes (_shape) also become
-    split calls (setup: the code outside check() and its imports), keeping the assert code for the
-    in-sandbox path."""
+    """`def check(candidate)` test code: one test per top-level assert (LeetCode layout), else one
+    test. If check() holds only asserts, imports and docstrings, asserts of known shapes (_shape)
+    also become split calls (setup: the code outside check() and its imports), keeping the assert
+    code for the in-sandbox path."""
     call, whole = f"\ncheck({entry})\n", {"functional": f"{code}\ncheck({entry})\n", "prefix": prefix}
     try:
         tree = ast.parse(code)
@@ -342,8 +345,8 @@ def _layout(rec: dict, source: str) -> dict:
 
 
 def load_tasks(path, skip_bad: bool = False) -> list[dict]:
-    """Tasks of a JSONL (or .jsonl.gz) file: a bad record raises a ValueError naming file:line (or is
-    skipped). `source`: the record's data_source, else the file name."""
+    """Tasks of a JSONL (or .jsonl.gz) file: a bad record raises a ValueError naming file:line (or
+    is skipped). `source`: the record's data_source, else the file name."""
     source = Path(path).name.split(".")[0]
     return data.read_jsonl(path, skip_bad, lambda rec: _layout(rec, source))
 
@@ -364,9 +367,10 @@ def _score(response, task: dict, opts: dict, statuses: Counter) -> float:
 def reward_many(jobs, workers: int = 8, job_timeout_s: float | None = None, statuses: Counter | None = None,
                 **opts) -> list[float]:
     """Rewards of (response, task) jobs on at most `workers` threads (sandboxes and math helpers are
-    processes). Never raises: a job that raises or outlives job_timeout_s scores `wrong`; its thread is
-    abandoned and frees its worker slot (statuses counts 'abandoned job'). statuses also gets each code
-    test's status (sandbox.STATUSES). Identical jobs (common once a policy is confident) are scored once."""
+    processes). Never raises: a job that raises or outlives job_timeout_s scores `wrong`; its thread
+    is abandoned and frees its worker slot (statuses counts 'abandoned job'). statuses also gets
+    each code test's status (sandbox.STATUSES). Identical jobs (common once a policy is confident)
+    are scored once."""
     if set(opts) - set(_CODE_OPTS):  # a caller's typo must not silently score every job `wrong`
         raise TypeError(f"reward_many: unknown options {sorted(set(opts) - set(_CODE_OPTS))}")
     everyone = list(jobs)
@@ -405,8 +409,8 @@ def reward_many(jobs, workers: int = 8, job_timeout_s: float | None = None, stat
 
 
 def check_sandbox(statuses: Counter) -> None:
-    """Raise RuntimeError when more than half of the counted code tests ended in 'sandbox error': the
-    sandbox cannot run programs here, and every code sample would score `wrong` for that alone."""
+    """Raise RuntimeError when more than half of the counted code tests ended in 'sandbox error':
+    the sandbox cannot run programs here, and every code sample would score `wrong` for that alone."""
     total = sum(statuses[s] for s in sandbox.STATUSES if s != "skipped")
     bad = statuses["sandbox error"]
     if total and 2 * bad > total:
@@ -418,7 +422,8 @@ def check_sandbox(statuses: Counter) -> None:
 def filter_problems(problems, min_tests: int = 16, workers: int = 8, **run_opts) -> tuple[list, dict]:
     """Keep problems with >= min_tests tests that their reference solution (solution, or prompt +
     canonical_solution), when present, passes. Report: total, kept, dropped per reason, unverified
-    (kept, no reference solution), and (index, reason, detail) per dropped problem in 'dropped_list'."""
+    (kept, no reference solution), and (index, reason, detail) per dropped problem in
+    'dropped_list'."""
     problems = list(problems)
     run_opts.setdefault("max_tests", 0)
 

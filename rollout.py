@@ -1,7 +1,7 @@
-"""The generation engine for Qwen3 (paged KV memory, continuous batching, batch-independent sampling;
-docs/ALGORITHM.md section 6), plus chat and evaluation (avg@n, pass@n). `generate` samples with fp32
-logits, so its log-probs equal the trainer's to float precision; `evaluate` scores each task with
-rewards.py as soon as its samples are done.
+"""The generation engine for Qwen3 (paged KV memory, continuous batching, batch-independent
+sampling; docs/ALGORITHM.md section 6), plus chat and evaluation (avg@n, pass@n). `generate` samples
+with fp32 logits, so its log-probs equal the trainer's to float precision; `evaluate` scores each
+task with rewards.py as soon as its samples are done.
 
 Run:
     python rollout.py --model DIR --prompt "What is 17 * 23?"
@@ -370,8 +370,8 @@ def evaluate(model, tokenizer, tasks: list[dict], n: int = 1, temperature: float
              done_rows: list[dict] = (), on_rows=None, max_kv_tokens: int | None = None,
              stats: EngineStats | None = None, **reward_opts) -> dict:
     """Sample n responses per task in one `generate` call; score each task (correct = reward 1.0) in
-    a background thread once its samples are done, then pass its rows to `on_rows(rows)`. Sample j of
-    task i draws from (seed, i, j) alone, so `done_rows` (whole tasks of an earlier run, same
+    a background thread once its samples are done, then pass its rows to `on_rows(rows)`. Sample j
+    of task i draws from (seed, i, j) alone, so `done_rows` (whole tasks of an earlier run, same
     settings) are kept, not rerun: the result is the uninterrupted run's. max_new_tokens None = the
     rest of the context, at most 32768. Returns n, avg@n, pass@n, tasks (overall and per source),
     mean_length, truncated (share of samples that hit max_new_tokens), rows, tests/STATUS counts."""
@@ -458,8 +458,9 @@ def read_rows(path, n: int) -> list[dict]:
 
 
 def _open_out(a, model, tasks: list[dict]):
-    """--out: (the rows kept from an earlier run, a function appending rows durably). A non-empty --out
-    is continued only with --resume and the same weights, tasks and settings (OUT.settings.json)."""
+    """--out: (the rows kept from an earlier run, a function appending rows durably). A non-empty
+    --out is continued only with --resume and the same weights, tasks and settings
+    (OUT.settings.json)."""
     out, meta, w = Path(a.out), Path(a.out + ".settings.json"), model.lm_head.weight
     # the weights as loaded: a strided sample of every parameter
     weights = torch.cat([p.detach().flatten()[::max(1, p.numel() // 4096)].float() for p in model.parameters()])

@@ -2,15 +2,15 @@
 
 Limits and verdict rules: docs/ALGORITHM.md 4. Each test runs in its own child (the code above the
 parent's imports, compiled once per process) with rlimits, a wall-time limit, a fresh folder and a
-clean environment; its process group is always SIGKILLed; a ready token on stderr tells a verdict from
-a 'sandbox error'. As root the child also gets its own uid, a fresh pid namespace, an empty network
-namespace and, where mount namespaces are allowed, a private read-only filesystem view (the stdlib,
-PACKAGES, its folder; no project, data, /etc or host /proc). Always, an audit hook refuses sockets and
-writes outside the folder (without namespaces also process creation; without a uid of its own, kill()).
-Function tests of known assert shapes (rewards._check_tests) run the call in the child and judge here
-its result, sent back as a literal of exact built-in types: lying objects, patched builtins or forged
-output earn no more than returning the value. Other test code passes only if the child prints a
-random marker after it returns ('in-sandbox verdict').
+clean environment; its process group is always SIGKILLed; a ready token on stderr tells a verdict
+from a 'sandbox error'. As root the child also gets its own uid, a fresh pid namespace, an empty
+network namespace and, where mount namespaces are allowed, a private read-only filesystem view (the
+stdlib, PACKAGES, its folder; no project, data, /etc or host /proc). Always, an audit hook refuses
+sockets and writes outside the folder (without namespaces also process creation; without a uid of
+its own, kill()). Function tests of known assert shapes (rewards._check_tests) run the call in the
+child and judge here its result, sent back as a literal of exact built-in types: lying objects,
+patched builtins or forged output earn no more than returning the value. Other test code passes only
+if the child prints a random marker after it returns ('in-sandbox verdict').
 
 Run: pytest tests/test_sandbox.py ; python bench.py rewards --data DIR
 """
@@ -30,7 +30,8 @@ _WRITE_EVENTS = ("os.remove", "os.rmdir", "os.mkdir", "os.rename", "os.chmod", "
 
 # ---------------------------------------------------------------------------------------- the child
 def _child_confine(c: dict) -> None:
-    """Limits, the private root, import paths, the uid drop; as pid 1 of a pid namespace, fork and mirror."""
+    """Limits, the private root, import paths, the uid drop; as pid 1 of a pid namespace, fork and
+    mirror."""
     import _signal as signal  # not `signal`: its enum import costs the child ~10 ms
     import resource
     for k, soft, hard in c["limits"]:
@@ -80,9 +81,9 @@ def _child_hook(block: list[str]) -> None:
 
 
 def _encoder(cap: int):
-    """enc(x): x as a literal of exact built-in types only (nested too); TypeError for anything else,
-    subclasses included; ValueError past `cap` characters. Bound before the program runs, so patched
-    builtins do not reach it."""
+    """enc(x): x as a literal of exact built-in types only (nested too); TypeError for anything
+    else, subclasses included; ValueError past `cap` characters. Bound before the program runs, so
+    patched builtins do not reach it."""
     tp, rp, fl, ln, left, atoms = type, repr, float, len, [cap], (int, bool, str, bytes, type(None))
 
     def enc(x, depth: int = 0) -> str:
@@ -228,8 +229,9 @@ def run_tests(code: str, tests, timeout_s: float = 10.0, memory_mb: int = 1024, 
 
 
 def valid_test(t) -> bool:
-    """Whether t is a test record: stdin ({"input", "output"}), in-sandbox function code ({"functional"[,
-    "prefix"]}) or split calls ({"calls", "checks", "entry"[, "prefix", "setup", "functional"]})."""
+    """Whether t is a test record: stdin ({"input", "output"}), in-sandbox function code
+    ({"functional"[, "prefix"]}) or split calls ({"calls", "checks", "entry"[, "prefix", "setup",
+    "functional"]})."""
     if not isinstance(t, dict):
         return False
     if "calls" in t:
@@ -284,7 +286,8 @@ def _ending(mode: str, rc: int, timed_out: bool, ready: bool, out: bytes, err: b
 
 
 def _spawn(main: str, mode: str, stdin: bytes, entry, timeout_s: float, memory_mb: int, output_mb: int):
-    """(exit status, timed out, reached the program, stdout, stderr tail) of main.py in one confined child."""
+    """(exit status, timed out, reached the program, stdout, stderr tail) of main.py in one confined
+    child."""
     jail, cpu, cap = _jail(), math.ceil(timeout_s) + 1, output_mb << 20
     with contextlib.ExitStack() as st:
         uid = None
@@ -323,7 +326,8 @@ def _spawn(main: str, mode: str, stdin: bytes, entry, timeout_s: float, memory_m
 
 
 def readable(fd: int, timeout_s: float) -> bool:
-    """Whether fd is readable (or closed) within timeout_s; poll, not select, which fails for fds >= 1024."""
+    """Whether fd is readable (or closed) within timeout_s; poll, not select, which fails for fds >=
+    1024."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return bool(poller.poll(max(0.0, timeout_s) * 1000))
@@ -349,7 +353,8 @@ def _finish(p: subprocess.Popen, timeout_s: float) -> tuple[int, bool]:
 
 
 def _take_uid() -> tuple[int, int]:
-    """A uid that no other sandbox, in any process, holds now, and the fd of its flock (close: free it)."""
+    """A uid that no other sandbox, in any process, holds now, and the fd of its flock (close: free
+    it)."""
     d = "/tmp/.rewards-uids"  # not $TMPDIR: every process on the machine sees the same locks
     os.makedirs(d, mode=0o700, exist_ok=True)
     start = random.randrange(_UID_COUNT)
@@ -365,7 +370,8 @@ def _take_uid() -> tuple[int, int]:
 
 
 def same_output(got: str, want: str) -> bool:
-    """Equal lines of whitespace-separated tokens; off by 1e-6 is equal where the expected one has a '.'."""
+    """Equal lines of whitespace-separated tokens; off by 1e-6 is equal where the expected one has a
+    '.'."""
     g, w = ([line.split() for line in s.strip().splitlines()] for s in (got, want))
     if len(g) != len(w) or any(len(a) != len(b) for a, b in zip(g, w)):
         return False
@@ -403,8 +409,9 @@ def literal(text: str):
 
 
 def _expected(test: dict, timeout_s: float, memory_mb: int) -> list | None:
-    """Values of a split test's expected expressions: literals parsed here, others evaluated (and cached)
-    by a child that runs the test's prefix and setup, never the program. None: one has no plain value."""
+    """Values of a split test's expected expressions: literals parsed here, others evaluated (and
+    cached) by a child that runs the test's prefix and setup, never the program. None: one has no
+    plain value."""
     exprs, got = [e for chk in test["checks"] for e in chk[1:]], {}
     key = lambda e: (test.get("prefix", ""), test.get("setup", ""), e)
     for e in exprs:

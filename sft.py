@@ -1,9 +1,9 @@
-"""Long chain-of-thought SFT of Qwen3 (Klear-Reasoner stage one), and the trainer plumbing gppo.py reuses:
-token NLL on the last assistant turn of packed chat rows (data.py), FSDP2 over any number of ranks, AdamW
-with linear warmup + cosine decay to a floor (hyper-parameters: docs/ALGORITHM.md 1), crash-safe sharded
-checkpoints. The loss is the summed NLL over the global count of loss tokens of the step, so any split of
-a batch over ranks or micro-steps gives the same gradient. --max-steps stops early without changing the
-schedule (a later --resume goes on).
+"""Long chain-of-thought SFT of Qwen3 (Klear-Reasoner stage one), and the trainer plumbing gppo.py
+reuses: token NLL on the last assistant turn of packed chat rows (data.py), FSDP2 over any number of
+ranks, AdamW with linear warmup + cosine decay to a floor (hyper-parameters: docs/ALGORITHM.md 1),
+crash-safe sharded checkpoints. The loss is the summed NLL over the global count of loss tokens of
+the step, so any split of a batch over ranks or micro-steps gives the same gradient. --max-steps
+stops early without changing the schedule (a later --resume goes on).
 
 Run (train.sh has the demo's and the recipe's commands):
   python sft.py --config config.json --tokenizer DIR --data sft.jsonl --out runs/sft [--resume]
@@ -76,7 +76,8 @@ def init_distributed(timeout_min: float = DIST_TIMEOUT_MIN) -> Dist:
 
 
 def all_reduce(x: float | torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    """Sum (or `op`, e.g. MAX) over ranks, in float64 (int stays int), on the device the backend needs."""
+    """Sum (or `op`, e.g. MAX) over ranks, in float64 (int stays int), on the device the backend
+    needs."""
     t = x.detach().clone() if torch.is_tensor(x) else torch.tensor(float(x), dtype=torch.float64)
     t = t.double() if t.is_floating_point() else t
     if dist.is_initialized():
@@ -106,8 +107,9 @@ def distributed_run():
 
 def shard_model(model: qwen3.Qwen3, dist_: Dist, checkpointing: bool = False,
                 bf16: bool | None = None) -> qwen3.Qwen3:
-    """FSDP2 per decoder layer, then the root (embeddings, norm, lm_head). bf16 (default: on CUDA): bf16
-    compute, fp32 gradient reduction and master weights. A meta-device model gets rank 0's weights."""
+    """FSDP2 per decoder layer, then the root (embeddings, norm, lm_head). bf16 (default: on CUDA):
+    bf16 compute, fp32 gradient reduction and master weights. A meta-device model gets rank 0's
+    weights."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     model.gradient_checkpointing = checkpointing
@@ -157,8 +159,8 @@ def lr_at(step: int, peak: float, floor: float, warmup: int, total: int) -> floa
 
 
 def clip_and_step(model: torch.nn.Module, optimizer, max_norm: float, ok: bool = True) -> tuple[float, bool]:
-    """Clip the grad norm over all ranks to max_norm (when > 0), step unless it is not finite (or not
-    `ok`), clear the gradients; returns (grad norm, stepped)."""
+    """Clip the grad norm over all ranks to max_norm (when > 0), step unless it is not finite (or
+    not `ok`), clear the gradients; returns (grad norm, stepped)."""
     grads = [p for p in model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(grads, max_norm if max_norm > 0 else float("inf"), foreach=True)
     norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
@@ -194,10 +196,10 @@ def _rng_state() -> dict:
 
 
 class RunDir:
-    """A run folder: args.json, metrics.jsonl, checkpoints/step_XXXXXXXX, the HF export; and on rank 0 the
-    trackers (--wandb, --tensorboard): the numbers of each metrics.jsonl line, and the config. A resume
-    continues their runs (wandb: the id in OUT/wandb_id.txt; OUT/tensorboard: events from the first
-    logged step on are purged), and replayed steps win, as in metrics.jsonl."""
+    """A run folder: args.json, metrics.jsonl, checkpoints/step_XXXXXXXX, the HF export; and on rank
+    0 the trackers (--wandb, --tensorboard): the numbers of each metrics.jsonl line, and the config.
+    A resume continues their runs (wandb: the id in OUT/wandb_id.txt; OUT/tensorboard: events from
+    the first logged step on are purged), and replayed steps win, as in metrics.jsonl."""
 
     def __init__(self, path, rank: int, args: dict | argparse.Namespace | None = None, keep: int = 2):
         self.path, self.rank, self.keep, self.tb, self.wandb = Path(path), rank, keep, None, None
@@ -313,7 +315,8 @@ class RunDir:
         return state
 
     def export_hf(self, model, tokenizer) -> Path:
-        """Gather the full weights on rank 0's CPU: OUT/hf in HF layout (config, safetensors, tokenizer)."""
+        """Gather the full weights on rank 0's CPU: OUT/hf in HF layout (config, safetensors,
+        tokenizer)."""
         opts = dcp_sd.StateDictOptions(full_state_dict=True, cpu_offload=True)
         sd = dcp_sd.get_model_state_dict(model, options=opts)
         out, tmp = self.path / "hf", self.path / ".hf.export-tmp"
@@ -445,7 +448,8 @@ def train(args) -> None:
 
 # ------------------------------------------------------------------------------------- command line
 class _NeedsPackage(argparse.Action):
-    """A flag named after the optional package it needs: a one-line error at parse time if it is missing."""
+    """A flag named after the optional package it needs: a one-line error at parse time if it is
+    missing."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         try:
