@@ -57,7 +57,7 @@ class Context:
 
 @dataclass
 class UpdateSums:
-    """This rank's sums over an RL step's micro-batches and optimizer steps: reduce_update_metrics."""
+    """This rank's sums over an RL step's micro-batches and steps, for reduce_update_metrics."""
     clip_low: float = 0.0  # clipped-token counts and ratios, weighted by tokens
     clip_high: float = 0.0
     dual_clip: float = 0.0
