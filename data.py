@@ -208,7 +208,8 @@ def _tokenised(path, tokenizer: Tokenizer, skip_bad: bool, batch: int = 256):
         for j, (lineno, _) in enumerate(chunk):
             p_ids, ids = enc[2 * j].ids, enc[2 * j + 1].ids
             if ids[:len(p_ids)] != p_ids:
-                why = f"{path}:{lineno}: the turns before the last assistant turn do not tokenise as a prefix"
+                why = (f"{path}:{lineno}: the conversation before the last assistant turn does not tokenise "
+                       "as its prefix")
                 if not skip_bad:
                     raise ValueError(why)
                 print(f"warning: skipped {why}")

@@ -330,7 +330,9 @@ def readable(fd: int, timeout_s: float) -> bool:
     1024."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    return bool(poller.poll(max(0.0, timeout_s) * 1000))
+    # poll takes whole milliseconds, at most 2**31 - 1; None waits without end
+    ms = -1 if timeout_s is None else min(math.ceil(max(0.0, timeout_s) * 1000), 2**31 - 1)
+    return bool(poller.poll(ms))
 
 
 def _finish(p: subprocess.Popen, timeout_s: float) -> tuple[int, bool]:
@@ -342,13 +344,15 @@ def _finish(p: subprocess.Popen, timeout_s: float) -> tuple[int, bool]:
             done = readable(fd, timeout_s)
         finally:
             os.close(fd)
-    except OSError:  # no pidfd (kernel < 5.3, or seccomp): plain wait, which reaps
+    # no pidfd (kernel < 5.3, seccomp, or a Python built without os.pidfd_open): plain wait, which reaps
+    except (AttributeError, OSError):
         try:
             done = p.wait(timeout_s) is not None
         except subprocess.TimeoutExpired:
             done = False
-    with contextlib.suppress(OSError):
-        os.killpg(p.pid, signal.SIGKILL)  # always: whatever stayed in the group dies too
+    finally:
+        with contextlib.suppress(OSError):
+            os.killpg(p.pid, signal.SIGKILL)  # always: whatever stayed in the group dies too
     return p.wait(), not done
 
 

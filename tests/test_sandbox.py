@@ -347,3 +347,20 @@ def test_a_process_with_many_open_files_still_judges():
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_without_pidfd_the_wait_falls_back(monkeypatch):
+    """Some Python builds (conda's, PyPy) lack os.pidfd_open even on new kernels: tests still run, and
+    a timed-out child is still killed. readable() takes any timeout select() took."""
+    monkeypatch.delattr(os, "pidfd_open")
+    prog = "a, b = map(int, input().split())\nprint(a + b)"
+    assert [r.status for r in sandbox.run_tests(prog, ADD[:2], timeout_s=10)] == ["pass", "pass"]
+    assert sandbox.run_tests("while True:\n    pass", ADD[:1], timeout_s=1)[0].status == "timeout"
+    r, w = os.pipe()
+    try:
+        assert not sandbox.readable(r, 0.01)
+        os.write(w, b"x")
+        assert sandbox.readable(r, 1e10) and sandbox.readable(r, None)
+    finally:
+        os.close(r)
+        os.close(w)
