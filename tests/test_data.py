@@ -247,7 +247,7 @@ def test_token_store_bad_input_and_crash_keep_the_old_store(demo_set, tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sft.jsonl", "tokens"]
 
 
-def test_token_store_waiters_and_racing_builders(demo_set, tmp_path):
+def test_token_store_waiters_and_racing_builders(demo_set, tmp_path, monkeypatch):
     tok = demo_set[2]
     src = tmp_path / "sft.jsonl"
     src.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": "dd"}\n')
@@ -262,6 +262,18 @@ def test_token_store_waiters_and_racing_builders(demo_set, tmp_path):
     data._publish(other, tmp_path / "tokens", key)
     assert data.store_ready(tmp_path / "tokens", key) and len(data.TokenStore.open(tmp_path / "tokens")) == 2
     assert (tmp_path / "tokens" / "ids.bin").stat().st_size > 0
+    # a builder that loses the race inside build_token_store keeps the winner's store and leaves no temp folder
+    shutil.rmtree(other)
+    data.build_token_store([src], tok, tmp_path / "theirs")
+    shutil.rmtree(tmp_path / "tokens")
+    write_store = data._write_store
+
+    def racing(*args):  # the other node's rename lands while this one writes
+        (tmp_path / "theirs").rename(tmp_path / "tokens")
+        return write_store(*args)
+    monkeypatch.setattr(data, "_write_store", racing)
+    assert len(data.build_token_store([src], tok, tmp_path / "tokens")) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sft.jsonl", "tokens"]
 
 
 def test_sampler_shards_and_resume():
