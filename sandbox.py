@@ -185,6 +185,7 @@ import subprocess  # noqa: E402
 import sysconfig  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
+import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 # The child's -c line: run the code above the parent's imports, compiled once per process
@@ -229,9 +230,8 @@ def run_tests(code: str, tests, timeout_s: float = 10.0, memory_mb: int = 1024, 
 
 
 def valid_test(t) -> bool:
-    """Whether t is a test record: stdin ({"input", "output"}), in-sandbox function code
-    ({"functional"[, "prefix"]}) or split calls ({"calls", "checks", "entry"[, "prefix", "setup",
-    "functional"]})."""
+    """Whether t is a test record: stdin ({"input", "output"}), function code ({"functional"[,
+    "prefix"]}) or split calls ({"calls", "checks", "entry"[, "prefix", "setup", "functional"]})."""
     if not isinstance(t, dict):
         return False
     if "calls" in t:
@@ -317,7 +317,7 @@ def _spawn(main: str, mode: str, stdin: bytes, entry, timeout_s: float, memory_m
         p = subprocess.Popen(argv, cwd=d, env=env, stdin=inp, stdout=out, stderr=err, start_new_session=True)
         _LIVE.add((p.pid, d))
         st.callback(_LIVE.discard, (p.pid, d))
-        rc, timed_out = _finish(p, timeout_s)
+        rc, timed_out = _finish(p, timeout_s, bool(jail["prefix"]))
         out.seek(0)
         err.seek(0)
         ready = err.read(len(_READY)) == _READY
@@ -335,9 +335,10 @@ def readable(fd: int, timeout_s: float) -> bool:
     return bool(poller.poll(ms))
 
 
-def _finish(p: subprocess.Popen, timeout_s: float) -> tuple[int, bool]:
+def _finish(p: subprocess.Popen, timeout_s: float, pid_ns: bool) -> tuple[int, bool]:
     """Wait up to timeout_s, then SIGKILL the whole process group before reaping (so the group id
     cannot have been reused). Returns (exit status, timed out)."""
+    done = False
     try:
         fd = os.pidfd_open(p.pid)  # readable when p exits; p stays unreaped
         try:
@@ -346,11 +347,20 @@ def _finish(p: subprocess.Popen, timeout_s: float) -> tuple[int, bool]:
             os.close(fd)
     # no pidfd (kernel < 5.3, seccomp, or a Python built without os.pidfd_open): plain wait, which reaps
     except (AttributeError, OSError):
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             done = p.wait(timeout_s) is not None
-        except subprocess.TimeoutExpired:
-            done = False
     finally:
+        # p is `unshare --fork`: kill its child (the namespace's init) first so that p reaps it; killed
+        # together it is an orphan that a pid-1 trainer never reaps: a zombie held against the sandbox uid
+        with contextlib.suppress(OSError, ValueError):
+            children = open(f"/proc/{p.pid}/task/{p.pid}/children").read().split() if pid_ns and not done else []
+            for child in children:
+                os.kill(int(child), signal.SIGKILL)
+            # p exits at once: wait for that (at most 5 s) without reaping it
+            for _ in range(500 if children else 0):
+                if os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                    break
+                time.sleep(0.01)
         with contextlib.suppress(OSError):
             os.killpg(p.pid, signal.SIGKILL)  # always: whatever stayed in the group dies too
     return p.wait(), not done
@@ -414,8 +424,7 @@ def literal(text: str):
 
 def _expected(test: dict, timeout_s: float, memory_mb: int) -> list | None:
     """Values of a split test's expected expressions: literals parsed here, others evaluated (and
-    cached) by a child that runs the test's prefix and setup, never the program. None: one has no
-    plain value."""
+    cached) by a child running the test's prefix and setup, not the program. None: one has none."""
     exprs, got = [e for chk in test["checks"] for e in chk[1:]], {}
     key = lambda e: (test.get("prefix", ""), test.get("setup", ""), e)
     for e in exprs:
@@ -504,9 +513,8 @@ def _jail() -> dict:
 
 
 def _keeper(tools: list, view: dict | None):
-    """A process holding an empty network namespace (and, with `view`, a mount namespace with the
-    private root) until we exit: (keeper, prefix of every child's command, view), else without the
-    view, else (None, [], None)."""
+    """A process holding an empty network namespace (with `view`, also a mount namespace with the
+    private root) until we exit: (keeper, every child's command prefix, view); else (None, [], None)."""
     script = _view_script(view["root"], view["work"]) if view else "echo ready; exec cat"
     cmd = [tools[0], "--net"] + (["--mount", "--propagation", "private"] if view else []) + ["sh", "-c", script]
     keeper = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

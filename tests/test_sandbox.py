@@ -364,3 +364,31 @@ def test_without_pidfd_the_wait_falls_back(monkeypatch):
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_timed_out_tests_leave_no_zombies(tmp_path):
+    """A trainer that is a container's pid 1 (or a subreaper) reaps no orphans: killing a timed-out test
+    must not leave its pid namespace's init behind as a zombie (which would also hold one of the sandbox
+    uid's 64 processes)."""
+    if not sandbox._jail()["prefix"]:
+        pytest.skip("no pid namespace here (needs root and unshare)")
+    script = tmp_path / "reaper.py"
+    script.write_text(f"""import ctypes, glob, os, sys, time
+sys.path.insert(0, {str(Path(sandbox.__file__).parent)!r})
+assert ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER: orphans come to us, as to pid 1
+import sandbox
+for code in ("while True:\\n    pass", "import time\\ntime.sleep(60)", "import os, time\\nos.fork()\\ntime.sleep(60)"):
+    res = sandbox.run_tests(code, [{{"input": "", "output": "x\\n"}}] * 3, timeout_s=0.5)
+    assert [r.status for r in res] == ["timeout"] * 3, [(r.status, r.detail) for r in res]
+time.sleep(0.5)
+zombies = 0
+for stat in glob.glob("/proc/[0-9]*/stat"):
+    try:
+        state, ppid = open(stat).read().rsplit(")", 1)[1].split()[:2]
+    except OSError:
+        continue
+    zombies += state == "Z" and int(ppid) == os.getpid()
+print("zombies", zombies)
+""")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "zombies 0", (out.stdout, out.stderr[-2000:])
