@@ -16,6 +16,8 @@ Run (defaults = the math stage; `--stage code` = lr 5e-7 and 32-prompt mini-batc
 import argparse
 import json
 import math
+import signal
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -406,6 +408,8 @@ def setup(a, dist) -> Context:
     reward_opts = {"correct": a.correct, "timeout_s": a.code_timeout, "soft": a.code_reward == "soft"}
     if a.no_thinking:  # the prompt already holds <think></think>: the reward's think checks are off
         reward_opts |= {"check_think": False, "no_close_think": None}
+    if any(t["kind"] == "code" for t in tasks):  # before hours of training: how programs are confined
+        sft.print0(f"gppo: sandbox: {sandbox.sandbox_info()}")
     return Context(args=a, model=model, opt=sft.build_optimizer(model, a.lr, a.weight_decay, (0.9, 0.999)),
                    dist=dist, tok=tok, tasks=tasks, prompts=prompts,
                    sampler=data.ShardedSampler(len(tasks), dist.rank, dist.world_size, a.seed),
@@ -531,4 +535,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    # torchrun and preemption stop a job with SIGTERM: exit through Python, so that atexit handlers run
+    # (the sandbox's folders and processes, the math helpers)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     main()

@@ -433,3 +433,25 @@ def test_code_tests_are_sampled_afresh_each_step(tiny_run, monkeypatch, one_thre
     monkeypatch.setattr(rewards, "reward_many", spy)
     run_in_process(args + ["--out", str(d / "seeds"), "--steps", "3", "--save-every", "1000", "--seed", "5"])
     assert len(seeds) == 3 and len(set(seeds)) == 3  # one per step, never the same sample twice in a row
+
+
+def test_sigterm_exits_through_python_and_leaves_no_sandbox_files(tiny_run, tmp_path):
+    """torchrun and preemption stop a job with SIGTERM; the sandbox's folders must not outlive it."""
+    d, args = tiny_run
+    code = tmp_path / "code.jsonl"
+    code.write_text("".join(json.dumps({"problem": f"print {i}", "tests": [{"input": "", "output": f"{i}\n"}]}) + "\n"
+                            for i in range(16)))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    argv = [x if x != str(d / "train.jsonl") else str(code) for x in args]
+    p = subprocess.Popen([sys.executable, str(ROOT / "gppo.py"), *argv, "--out", str(tmp_path / "run"), "--steps",
+                          "1000"], cwd=ROOT, env=dict(ENV, TMPDIR=str(tmp)), stdout=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not log.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert any(x.name.startswith("sandbox-") for x in tmp.iterdir()), "no sandbox files to clean up"
+    p.send_signal(signal.SIGTERM)
+    out = p.communicate(timeout=60)[0]
+    assert p.returncode == 128 + signal.SIGTERM and "gppo: sandbox: uid switching" in out, out[-2000:]
+    assert not [x.name for x in tmp.iterdir() if x.name.startswith("sandbox-")]
