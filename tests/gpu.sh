@@ -9,6 +9,8 @@
 #   3. one-GPU end to end through torchrun, NCCL, FSDP2 bf16 mixed precision and DCP checkpoints: sft.py on the
 #      demo data for 6 steps and again as 3 steps + --resume (the same curve), then GPPO on the demo config
 #      (a one-token task, so rewards come from the first step) for 4 steps + --resume to 6;
+#   3b. the decode across 12 generate calls with other prompt lengths (as RL steps make them): no fall-back of
+#      the compiled FlexAttention past dynamo's recompile limit;
 #   4. the benchmarks, which print (bench.py: the engine and decode at the Qwen3-0.6B shape, kernels, model).
 # It installs nothing: it uses a python3 that already holds a CUDA build of torch (GPU nodes may be offline). Each
 # step has a time limit; a failed step is reported and the later ones still run; the exit status is 1 if any
@@ -108,9 +110,31 @@ assert rows[6]["reward"] > rows[1]["reward"] + 0.5, "the one-token task was not 
 assert max(m.get("logp_diff", 0.0) for m in rows.values()) < 5e-2  # bf16 sampler vs trainer, one model.py
 EOF
 }
-export -f sft_e2e gppo_e2e
+decode_shapes() {  # generate as RL steps call it: other prompt lengths each call, so another KV pool size
+  $PY - <<'EOF'
+import logging, random
+import torch
+from torch._dynamo.utils import counters
+import model, rollout
+hits = []  # the decode's compiled FlexAttention past dynamo's recompile limit runs unfused (the full scores)
+logging.getLogger("torch._dynamo").addHandler(type("Hits", (logging.Handler,), {"emit": lambda self, r: hits.append(
+    r.getMessage().splitlines()[0]) if "recompile_limit" in r.getMessage() else None})())
+cfg = model.Qwen3Config(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=1024)
+m = model.build_model(cfg, device="cuda", dtype=torch.bfloat16, seed=0).eval()
+rng = random.Random(0)
+for call in range(12):
+    prompts = [[rng.randrange(1, 500) for _ in range(rng.randint(8, 120))] for _ in range(8)]
+    rollout.generate(m, prompts, n=2, max_new_tokens=24, temperature=1.0, seed=call, max_rows=16)
+    print(f"call {call}: compiled graphs {counters['stats']['unique_graphs']}, recompile-limit hits {len(hits)}")
+# on the CPU (flex=True) the 11th call hits the limit: the pool's size is a shape of the compiled decode
+assert not hits, f"the decode fell back to uncompiled FlexAttention: {hits[0]}"
+EOF
+}
+export -f sft_e2e gppo_e2e decode_shapes
 step sft-e2e 150 bash -c sft_e2e
 step gppo-e2e 150 bash -c gppo_e2e
+step decode-shapes 240 bash -c decode_shapes
 
 # ---- 4. the benchmarks (they print; a crash still fails the step)
 # the 0.6B config: its published shape (bench.qwen3_0_6b)
