@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -381,7 +381,7 @@ def reward_many(jobs, workers: int = 8, job_timeout_s: float | None = None, stat
     if job_timeout_s is None:
         job_timeout_s = (opts.get("max_tests") or 16) * (opts.get("timeout_s", 10.0) + 2) + 60
     # distinct jobs start in first-seen order
-    scores, done, running, todo = dict.fromkeys(distinct, wrong), queue.Queue(), {}, list(distinct)[::-1]
+    scores, done, running, todo = dict.fromkeys(distinct, wrong), queue.Queue(), {}, deque(distinct)
 
     def work(k: str) -> None:
         seen = Counter()
@@ -392,8 +392,9 @@ def reward_many(jobs, workers: int = 8, job_timeout_s: float | None = None, stat
 
     while todo or running:
         while todo and len(running) < max(1, workers):
-            running[todo[-1]] = time.monotonic() + job_timeout_s
-            threading.Thread(target=work, args=(todo.pop(),), daemon=True).start()
+            k = todo.popleft()
+            running[k] = time.monotonic() + job_timeout_s
+            threading.Thread(target=work, args=(k,), daemon=True).start()
         try:
             k, s, seen = done.get(timeout=max(0.0, min(running.values()) - time.monotonic()))
             if running.pop(k, None) is not None:
